@@ -1,0 +1,50 @@
+"""The `sbs` command: one subcommand per stage of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from sbs_jax.errors import SbsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+  # Subcommand modules are imported here, not at the top, so `sbs --help` stays fast.
+  from sbs_jax.annotate import command as annotate_command
+  from sbs_jax import demo
+  from sbs_jax.data import download_command
+
+  parser = argparse.ArgumentParser(
+      prog="sbs", description="Distilling Step-by-Step in JAX: annotate, build tasks, "
+      "train and evaluate small students.")
+  parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+  subparsers = parser.add_subparsers(dest="command", required=True)
+  annotate_command.add_parser(subparsers)
+  download_command.add_parser(subparsers)
+  demo.add_parser(subparsers)
+  return parser
+
+
+def main(argv=None) -> int:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                      format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+  for noisy in ("absl", "tensorflow", "h5py", "jax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    return args.func(args)
+  except SbsError as e:
+    print(f"sbs {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"sbs {args.command}: interrupted; rerun the same command to resume",
+          file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

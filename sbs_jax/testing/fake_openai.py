@@ -1,0 +1,211 @@
+"""A small OpenAI-compatible HTTP server for tests and client benchmarks, on 127.0.0.1.
+
+It answers `/v1/completions` and `/v1/chat/completions` with a completion computed from
+the prompt by `answer_fn`, and can misbehave on purpose: `fault_fn(prompt, attempt)`
+names a fault for the attempt-th request (1-based) carrying that prompt:
+
+    "429" / "500" / "401"  that HTTP status
+    "hang"                 say nothing for `hang_seconds`, then close
+    "garbage_body"         HTTP 200 with a body that is not JSON
+    "truncated"            HTTP 200 whose body stops short of its Content-Length
+    "garbage_text"         HTTP 200, well-formed, but the completion is nonsense
+
+Run it in a thread (`FakeOpenAIServer(...).start()`) or as a process:
+`python -m sbs_jax.testing.fake_openai --port 0` prints the port it listens on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import threading
+from typing import Callable
+
+GARBAGE_TEXT = "zxq!! 42 ??? lorem ipsum"
+
+
+def echo_answer(prompt: str) -> str:
+  """A deterministic answer: repeats the last question and 'answers' its length."""
+  query = prompt.rsplit("Q:", 1)[-1].split("\nA:", 1)[0].strip()
+  return (f"The question has {len(query)} characters. So the answer is {len(query)}."
+          "\n\nQ: a run-on exemplar that the parser must cut")
+
+
+class FakeOpenAIServer:
+
+  def __init__(self, answer_fn: Callable[[str], str] = echo_answer,
+               fault_fn: Callable[[str, int], str | None] | None = None,
+               hang_seconds: float = 5.0, delay_seconds: float = 0.0,
+               port: int = 0):
+    self.answer_fn = answer_fn
+    self.fault_fn = fault_fn or (lambda prompt, attempt: None)
+    self.hang_seconds = hang_seconds
+    self.delay_seconds = delay_seconds
+    self.port = port
+    self.attempts: collections.Counter = collections.Counter()  # prompt -> requests
+    self.faults: collections.Counter = collections.Counter()  # fault name -> times
+    self.log: list[tuple[str, str | None]] = []  # (prompt, fault) per request
+    self.auth_headers: list[str | None] = []
+    self._lock = threading.Lock()
+    self._loop = None
+    self._server = None
+    self._thread = None
+
+  @property
+  def url(self) -> str:
+    return f"http://127.0.0.1:{self.port}/v1"
+
+  # ---------------------------------------------------------------- HTTP
+
+  def _decide(self, path: str, headers: dict, body: bytes):
+    """Returns (fault, status, payload bytes)."""
+    try:
+      request = json.loads(body)
+      if path.endswith("/chat/completions"):
+        prompt = request["messages"][-1]["content"]
+      else:
+        prompt = request["prompt"]
+    except (ValueError, KeyError, IndexError, TypeError):
+      return None, 400, b'{"error": {"message": "bad request"}}'
+    with self._lock:
+      self.attempts[prompt] += 1
+      attempt = self.attempts[prompt]
+      fault = self.fault_fn(prompt, attempt)
+      self.log.append((prompt, fault))
+      self.auth_headers.append(headers.get("authorization"))
+      if fault:
+        self.faults[fault] += 1
+    if fault in ("429", "500", "401"):
+      return fault, int(fault), json.dumps({"error": {"message": fault}}).encode()
+    text = GARBAGE_TEXT if fault == "garbage_text" else self.answer_fn(prompt)
+    for stop in request.get("stop") or ():
+      text = text.split(stop)[0]  # as a server honours stop sequences
+    if path.endswith("/chat/completions"):
+      choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop"}
+    else:
+      choice = {"index": 0, "text": text, "finish_reason": "stop"}
+    payload = json.dumps({
+        "id": "cmpl-fake", "object": "text_completion", "model": request.get("model"),
+        "choices": [choice],
+        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
+                  "total_tokens": len(prompt.split()) + len(text.split())}}).encode()
+    if fault == "garbage_body":
+      payload = b"<html>502 Bad Gateway, or so</html>"
+    return fault, 200, payload
+
+  async def _handle(self, reader, writer):
+    try:
+      while True:
+        line = await reader.readline()
+        if not line:
+          return
+        method, path, _ = line.decode("latin-1").split(" ", 2)
+        headers = {}
+        while True:
+          h = await reader.readline()
+          if h in (b"\r\n", b"\n", b""):
+            break
+          k, v = h.decode("latin-1").split(":", 1)
+          headers[k.strip().lower()] = v.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        if method != "POST":
+          fault, status, payload = None, 405, b"{}"
+        else:
+          fault, status, payload = self._decide(path, headers, body)
+        if self.delay_seconds:
+          await asyncio.sleep(self.delay_seconds)
+        if fault == "hang":
+          await asyncio.sleep(self.hang_seconds)
+          return
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 405: "Not Allowed",
+                  429: "Too Many Requests", 500: "Internal Server Error"}[status]
+        declared = len(payload) + (200 if fault == "truncated" else 0)
+        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {declared}\r\n\r\n").encode()
+        if fault == "truncated":
+          writer.write(head + payload[:len(payload) // 2])
+          await writer.drain()
+          return
+        writer.write(head + payload)
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+      return
+    finally:
+      writer.close()
+
+  # ---------------------------------------------------------------- lifecycle
+
+  def start(self) -> "FakeOpenAIServer":
+    """Starts serving in a background thread; returns self (with .port set)."""
+    self._loop = asyncio.new_event_loop()
+    self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+    self._thread.start()
+    self._server = asyncio.run_coroutine_threadsafe(
+        asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=512),
+        self._loop).result()
+    self.port = self._server.sockets[0].getsockname()[1]
+    return self
+
+  def stop(self) -> None:
+    if self._server is not None:
+      self._loop.call_soon_threadsafe(self._server.close)
+
+      async def _cancel_all():
+        for task in asyncio.all_tasks():
+          if task is not asyncio.current_task():
+            task.cancel()
+
+      asyncio.run_coroutine_threadsafe(_cancel_all(), self._loop).result()
+      self._loop.call_soon_threadsafe(self._loop.stop)
+      self._thread.join(timeout=5)
+      self._server = None
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()
+
+
+def _faults_every(spec: str) -> Callable[[str, int], str | None]:
+  """'429:7,500:11' -> the first attempt of every 7th / 11th distinct prompt fails."""
+  rules = [(name, int(n)) for name, n in (p.split(":") for p in spec.split(",") if p)]
+
+  def fault(prompt: str, attempt: int) -> str | None:
+    if attempt > 1:
+      return None
+    h = sum(map(ord, prompt))
+    for name, n in rules:
+      if h % n == 0:
+        return name
+    return None
+
+  return fault
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--port", type=int, default=0)
+  parser.add_argument("--faults", default="", help="e.g. 429:7,500:11")
+  args = parser.parse_args()
+
+  async def serve():
+    server = FakeOpenAIServer(fault_fn=_faults_every(args.faults), port=args.port)
+    srv = await asyncio.start_server(server._handle, "127.0.0.1", args.port, backlog=1024)  # pylint: disable=protected-access
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    async with srv:
+      await srv.serve_forever()
+
+  try:
+    import uvloop  # pylint: disable=import-outside-toplevel
+    uvloop.install()
+  except ImportError:
+    pass
+  asyncio.run(serve())
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,34 @@
+"""sbs_jax: Distilling Step-by-Step (Hsieh et al., 2023) in JAX/Flax with SeqIO and gin."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sbs_jax",
+    version="0.1.0",
+    description="Distilling Step-by-Step in JAX: teacher rationales, SeqIO tasks, T5 students",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sbs_jax", "sbs_jax.*", "tasks", "tasks.*"]),
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.5",
+        "seqio>=0.0.19",
+        "tensorflow-cpu>=2.15",
+        "tensorflow-text>=2.15",
+        "tensorflow-datasets>=4.9",
+        "gin-config>=0.5",
+        "clu>=0.0.10",
+        "sentencepiece>=0.1.99",
+        "aiohttp>=3.9",
+        "tqdm>=4.60",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "hf": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
+    },
+    entry_points={"console_scripts": ["sbs=sbs_jax.cli:main"]},
+)
