@@ -1,0 +1,196 @@
+"""The annotation job with the replay teacher: the paper's numbers, sharding, resume, errors."""
+
+import argparse
+import json
+
+import pytest
+
+from sbs_jax.annotate import command, job as job_lib, records
+from sbs_jax.annotate.teachers import Completion, ReplayTeacher
+from sbs_jax.errors import SbsError
+from tests.conftest import run_sbs
+from tests.test_readers import ANLI_ROWS, make_anli, write_jsonl
+
+
+def annotate_args(**kw) -> argparse.Namespace:
+  parser = argparse.ArgumentParser()
+  command.add_parser(parser.add_subparsers())
+  argv = ["annotate", "--no_progress"]
+  for k, v in kw.items():
+    argv += [f"--{k}", str(v)]
+  return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("dataset,examples,accuracy,unparsable", [
+    ("cqa", 1221, 0.772, 0),
+    ("esnli", 9824, 0.730, 0),
+    ("svamp", 200, None, None),
+])
+def test_replay_on_released_test_splits(tmp_path, data_dir, dataset, examples, accuracy,
+                                        unparsable):
+  job = command.build_job(annotate_args(dataset=dataset, split="test", teacher="replay",
+                                        out_dir=tmp_path, data_dir=data_dir))
+  result = job_lib.run(job)
+  stats = json.loads((tmp_path / dataset / "test.stats.json").read_text())
+  assert stats == result.split_stats
+  assert stats["examples"] == examples == stats["parsed"] + stats["unparsable"]
+  if accuracy is not None:
+    assert stats["teacher_accuracy"] == pytest.approx(accuracy, abs=0.002)
+  if unparsable is not None:
+    assert stats["unparsable"] == unparsable
+  recs = records.read_records([result.records_path])
+  assert [r["index"] for r in recs] == list(range(examples))
+  assert all(r["teacher"] == f"replay:{dataset}/llm/test_CoT" for r in recs)
+  if dataset == "svamp":
+    # Equations are compared by value: '(10 * 45)' is right for '( 10.0 * 45.0 )'.
+    assert recs[0]["llm_label"] == "10 * 45" and recs[0]["label"] == "( 10.0 * 45.0 )"
+    ok = [r for r in recs if r["parse_ok"]]
+    from sbs_jax import arith
+    assert stats["correct"] == sum(arith.same_value(r["llm_label"], r["label"]) for r in ok)
+    assert stats["unparsable"] == len(recs) - len(ok) > 0
+    assert sum(stats["unparsable_reasons"].values()) == stats["unparsable"]
+
+
+def test_records_carry_the_schema(tmp_path, data_dir):
+  job = command.build_job(annotate_args(dataset="cqa", split="test", teacher="replay",
+                                        out_dir=tmp_path, data_dir=data_dir))
+  rec = records.read_records([job_lib.run(job).records_path])[0]
+  assert set(rec) == set(records.BYTES_FEATURES) | set(records.INT_FEATURES)
+  assert rec["id"] == "080ef6941410139d6869e78122bc741e"
+  assert (rec["label"], rec["llm_label"], rec["parse_ok"]) == ("wooded area",
+                                                              "wooded area", 1)
+  assert rec["rationale"].startswith("The answer must be") and "Q:" not in rec["rationale"]
+  assert rec["prompt_id"] == "released-cqa-cot" and rec["has_label"] == 1
+
+
+def test_anli1_through_the_command(tmp_path):
+  data = tmp_path / "data"
+  make_anli(data, ["Built in 1932. So the answer is entailment.\n\nPremise: x",
+                   "Nothing about jazz. So the answer is neutral.",
+                   "I cannot tell.\n\nPremise: next"])
+  proc = run_sbs("annotate", "--dataset", "anli1", "--split", "test", "--teacher", "replay",
+                 "--out_dir", tmp_path / "out", "--data_dir", data)
+  assert proc.returncode == 0, proc.stderr
+  stats = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert (stats["examples"], stats["parsed"], stats["unparsable"]) == (3, 2, 1)
+  assert stats["teacher_accuracy"] == pytest.approx(2 / 3, abs=1e-6)
+  recs = records.read_records([tmp_path / "out/anli1/test.tfrecord-00000-of-00001"])
+  assert [r["id"] for r in recs] == [r["uid"] for r in ANLI_ROWS]
+  assert recs[2]["parse_ok"] == 0 and recs[2]["llm_label"] == ""
+  assert "So the answer is" in recs[2]["parse_error"]
+
+
+def test_shards_together_equal_one_run(tmp_path, data_dir):
+  one = job_lib.run(command.build_job(annotate_args(
+      dataset="svamp", split="test", teacher="replay", out_dir=tmp_path / "one",
+      data_dir=data_dir)))
+  merged = None
+  for i in range(3):
+    r = job_lib.run(command.build_job(annotate_args(
+        dataset="svamp", split="test", teacher="replay", out_dir=tmp_path / "three",
+        data_dir=data_dir, num_shards=3, shard_index=i)))
+    assert (r.split_stats is None) == (i < 2)
+    merged = r.split_stats
+  shards = sorted((tmp_path / "three/svamp").glob("test.tfrecord-*-of-00003"))
+  assert len(shards) == 3
+  assert records.read_records(shards) == records.read_records([one.records_path])
+  assert {k: merged[k] for k in ("examples", "parsed", "correct", "teacher_accuracy")} == {
+      k: one.split_stats[k] for k in ("examples", "parsed", "correct", "teacher_accuracy")}
+
+
+def test_custom_data_replay_unlabeled_rows_and_stem_name(tmp_path):
+  path = write_jsonl(tmp_path / "my_faq.jsonl", [
+      {"input": "2+2?", "label": "4", "out": "Add them. So the answer is 4."},
+      {"input": "3+3?", "label": "6", "out": "Add. So the answer is 7."},
+      {"input": "Sky?", "out": "Look up. The answer is blue.\n\nQ: next"},
+      {"input": "??", "out": "garbage"}])
+  proc = run_sbs("annotate", "--dataset", f"jsonl:{path}", "--teacher", "replay",
+                 "--completion_key", "out", "--out_dir", tmp_path / "out")
+  assert proc.returncode == 0, proc.stderr
+  stats = json.loads((tmp_path / "out/my_faq/train.stats.json").read_text())
+  assert (stats["labeled"], stats["correct"], stats["unparsable"]) == (2, 1, 1)
+  recs = records.read_records([tmp_path / "out/my_faq/train.tfrecord-00000-of-00001"])
+  assert [(r["llm_label"], r["has_label"]) for r in recs] == [
+      ("4", 1), ("7", 1), ("blue", 0), ("", 0)]
+  assert recs[2]["rationale"] == "Look up." and recs[0]["prompt_id"] == "external"
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'{"input": "a", "out": "x"}\n{"input": "b", "out": \n', "line 2: invalid JSON"),
+    (b'{"input": "a", "out": "x"}\n{"out": "y"}\n', "line 2: field 'input': missing field"),
+    (b'{"input": "", "out": "x"}\n', "line 1: field 'input': empty text"),
+    (b'{"input": "\xff", "out": "x"}\n', "line 1: invalid UTF-8"),
+])
+def test_bad_input_exits_non_zero_and_writes_nothing(tmp_path, content, message):
+  path = tmp_path / "bad.jsonl"
+  path.write_bytes(content)
+  out = tmp_path / "out"
+  proc = run_sbs("annotate", "--dataset", f"jsonl:{path}", "--teacher", "replay",
+                 "--completion_key", "out", "--out_dir", out)
+  assert proc.returncode == 2
+  assert f"{path}: {message}" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not out.exists()
+
+
+def test_completion_mismatch_exits_non_zero_and_writes_nothing(tmp_path):
+  make_anli(tmp_path / "data", ["a", "b"])
+  proc = run_sbs("annotate", "--dataset", "anli1", "--split", "test", "--teacher", "replay",
+                 "--out_dir", tmp_path / "out", "--data_dir", tmp_path / "data")
+  assert proc.returncode == 2 and "2 completions for 3 rows" in proc.stderr
+  assert not (tmp_path / "out").exists()
+
+
+class FlakyTeacher(ReplayTeacher):
+  """Answers `budget` examples, then fails like a server going down."""
+
+  def __init__(self, completions, budget):
+    super().__init__(completions, "flaky")
+    self.budget = budget
+    self.asked = []
+
+  async def complete(self, example, prompt):
+    if len(self.asked) >= self.budget:
+      raise SbsError("teacher down")
+    self.asked.append(example.index)
+    return Completion(self._completions[example.index], prompt_tokens=3, completion_tokens=2)
+
+
+def test_interrupted_job_resumes_asking_only_for_missing(tmp_path, data_dir):
+  def make(budget):
+    j = command.build_job(annotate_args(dataset="svamp", split="test", teacher="replay",
+                                        out_dir=tmp_path, data_dir=data_dir, concurrency=4))
+    j.teacher = FlakyTeacher(j.teacher._completions, budget)  # pylint: disable=protected-access
+    return j
+
+  first = make(70)
+  with pytest.raises(SbsError, match="teacher down"):
+    job_lib.run(first)
+  records_path = tmp_path / "svamp/test.tfrecord-00000-of-00001"
+  assert not records_path.exists() and not (tmp_path / "svamp/test.stats.json").exists()
+  # A half-written journal line, as a kill in mid-write leaves it, is dropped on resume.
+  journal = first.work_dir / "journal.jsonl"
+  with open(journal, "a") as f:
+    f.write('{"i": 199, "h": "abc", "c": "trunc')
+  second = make(10_000)
+  result = job_lib.run(second)
+  assert sorted(first.teacher.asked + second.teacher.asked) == list(range(200))
+  assert result.asked == 130
+  recs = records.read_records([records_path])
+  assert [r["index"] for r in recs] == list(range(200))
+  assert result.stats["usage"] == {"prompt_tokens": 600, "completion_tokens": 400,
+                                   "total_tokens": 1000}
+  assert not first.work_dir.exists()
+  # Once done, the same command does nothing more.
+  assert job_lib.run(make(0)).already_done
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, data_dir):
+  j = command.build_job(annotate_args(dataset="svamp", split="test", teacher="replay",
+                                      out_dir=tmp_path, data_dir=data_dir))
+  j.work_dir.mkdir(parents=True)
+  (j.work_dir / "manifest.json").write_text(json.dumps(dict(j.manifest(), teacher="other")))
+  with pytest.raises(SbsError, match="other settings.*--restart"):
+    job_lib.run(j)
+  j.restart = True
+  assert job_lib.run(j).stats["examples"] == 200
