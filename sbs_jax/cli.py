@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
   # Subcommand modules are imported here, not at the top, so `sbs --help` stays fast.
   from sbs_jax.annotate import command as annotate_command
   from sbs_jax import demo
-  from sbs_jax.data import download_command
+  from sbs_jax.data import download_command, vocab_command
 
   parser = argparse.ArgumentParser(
       prog="sbs", description="Distilling Step-by-Step in JAX: annotate, build tasks, "
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
   subparsers = parser.add_subparsers(dest="command", required=True)
   annotate_command.add_parser(subparsers)
   download_command.add_parser(subparsers)
+  vocab_command.add_parser(subparsers)
   demo.add_parser(subparsers)
   return parser
 

@@ -25,3 +25,46 @@ def run_sbs(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedProce
   return subprocess.run([sys.executable, "-m", "sbs_jax.cli", *map(str, args)],
                         capture_output=True, text=True, env=full_env, timeout=timeout,
                         cwd=REPO, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def annotated(tmp_path_factory, data_dir):
+  """The released data annotated (replay teacher) and an 8k vocabulary, for the tasks.
+
+  Sets $SBS_ANNOTATION_DIR and $SBS_VOCAB, which the `tasks` registry reads at first use.
+  anli1 is not released here: small files in its layout stand in for it.
+  """
+  import argparse
+  from sbs_jax.annotate import command, job
+  from sbs_jax.data import vocab_command
+  from tests.test_readers import ANLI_ROWS, make_anli, write_jsonl
+
+  root = tmp_path_factory.mktemp("annotated")
+  anli_dir = root / "anli_data"
+  for split in ("train", "valid", "test"):
+    rows = [dict(r, uid=f"{split}-{i}-{r['uid']}") for i in range(4) for r in ANLI_ROWS]
+    write_jsonl(anli_dir / "anli1" / f"anli1_{split}.json", rows)
+    words = ["entailment", "neutral", "contradiction"]
+    completions = [f"Reason {i}. So the answer is {words[r['label']]}." for i, r in
+                   enumerate(rows)]
+    (anli_dir / "anli1" / "llm").mkdir(parents=True, exist_ok=True)
+    (anli_dir / "anli1" / "llm" / f"{split}_CoT_0.json").write_text(
+        __import__("json").dumps(completions))
+  out = root / "annotations"
+  parser = argparse.ArgumentParser()
+  command.add_parser(parser.add_subparsers())
+  runs = [("cqa", "train", data_dir), ("cqa", "test", data_dir), ("svamp", "train", data_dir),
+          ("svamp", "test", data_dir), ("esnli", "valid", data_dir),
+          ("esnli", "test", data_dir), ("anli1", "train", anli_dir),
+          ("anli1", "valid", anli_dir), ("anli1", "test", anli_dir)]
+  for dataset, split, ddir in runs:
+    args = parser.parse_args(["annotate", "--dataset", dataset, "--split", split, "--teacher",
+                              "replay", "--out_dir", str(out), "--data_dir", str(ddir),
+                              "--no_progress"])
+    job.run(command.build_job(args))
+  spm_path = root / "vocab" / "spm.model"
+  from sbs_jax.data import vocab
+  vocab.train_vocabulary(vocab_command.train_texts(str(out), ["cqa"]), spm_path, 8000)
+  os.environ["SBS_ANNOTATION_DIR"] = str(out)
+  os.environ["SBS_VOCAB"] = str(spm_path)
+  return out

@@ -1,0 +1,98 @@
+"""The student's vocabulary: a SentencePiece model, set by path in gin, trained offline here.
+
+`sbs vocab` trains one on the annotated *train* inputs, labels and rationales (never on
+validation or test text), with T5's special ids: 0 pad, 1 EOS, 2 unknown, no BOS. T5's own
+32k vocabulary works the same way by path (`vocabulary_settings.path`, `extra_ids = 100`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from typing import Iterable
+
+import gin
+import seqio
+
+from sbs_jax.errors import DataError
+
+VOCAB_ENV = "SBS_VOCAB"
+ANNOTATION_DIR_ENV = "SBS_ANNOTATION_DIR"
+DEFAULT_VOCAB = "runs/demo/vocab/spm.model"
+DEFAULT_ANNOTATION_DIR = "runs/demo/annotations"
+
+
+@gin.configurable
+def vocabulary_settings(path: str | None = None, extra_ids: int = 0) -> tuple[str, int]:
+  """The SentencePiece model path (gin, else $SBS_VOCAB, else the demo's) and extra ids."""
+  return path or os.environ.get(VOCAB_ENV) or DEFAULT_VOCAB, extra_ids
+
+
+@gin.configurable
+def annotation_dir(path: str | None = None) -> str:
+  """Where `sbs annotate` wrote the records (gin, else $SBS_ANNOTATION_DIR, else the demo's)."""
+  return path or os.environ.get(ANNOTATION_DIR_ENV) or DEFAULT_ANNOTATION_DIR
+
+
+class ConfiguredVocabulary(seqio.SentencePieceVocabulary):
+  """A SentencePiece vocabulary whose path is read from `vocabulary_settings` at first use.
+
+  Tasks are registered when `tasks` is imported, which in T5X happens while gin files are
+  still being parsed; reading the path only when the model is first needed lets a binding
+  anywhere in the gin files apply.
+  """
+
+  def __init__(self):
+    super().__init__(sentencepiece_model_file="", extra_ids=0)
+
+  def _model_context(self):
+    if self._model is None:
+      path, extra_ids = vocabulary_settings()
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      if not tf.io.gfile.exists(path):
+        raise DataError(path, f"no SentencePiece model: run `sbs vocab --out {path}`, set "
+                        f"${VOCAB_ENV}, or bind vocabulary_settings.path in gin")
+      self._sentencepiece_model_file = path
+      self._extra_ids = extra_ids
+    return super()._model_context()
+
+  @property
+  def extra_ids(self) -> int:
+    self._model_context()
+    return self._extra_ids
+
+
+def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
+                     model_type: str = "unigram") -> pathlib.Path:
+  """Trains a SentencePiece model with T5's special ids; returns the .model path."""
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  out_path = pathlib.Path(out_path)
+  if out_path.suffix != ".model":
+    raise DataError(out_path, "the vocabulary path must end in .model")
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    corpus = pathlib.Path(tmp) / "corpus.txt"
+    n = 0
+    with open(corpus, "w", encoding="utf-8") as f:
+      for text in texts:
+        for line in text.splitlines():
+          if line.strip():
+            f.write(line.strip() + "\n")
+            n += 1
+    if n == 0:
+      raise DataError(out_path, "no text to train a vocabulary on")
+    prefix = pathlib.Path(tmp) / "spm"
+    try:
+      spm.SentencePieceTrainer.train(
+          input=str(corpus), model_prefix=str(prefix), vocab_size=vocab_size,
+          model_type=model_type, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+          character_coverage=1.0, byte_fallback=True, split_digits=True,
+          hard_vocab_limit=False, num_threads=2, minloglevel=2,
+          input_sentence_size=2_000_000, shuffle_input_sentence=False)
+    except RuntimeError as e:  # e.g. a vocab_size below the 256 byte pieces + characters
+      raise DataError(out_path, f"SentencePiece training failed: {e}") from None
+    tmp_model = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    tmp_model.write_bytes(prefix.with_suffix(".model").read_bytes())
+    os.replace(tmp_model, out_path)
+  return out_path

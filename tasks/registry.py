@@ -1,0 +1,99 @@
+"""Registration of every SeqIO task and mixture of one dataset, by one function call.
+
+For a dataset `<ds>` (a benchmark, or a custom dataset annotated by `sbs annotate`):
+
+    sbs_<ds>_label_gt        predict: <input> -> gold label
+    sbs_<ds>_label_llm       predict: <input> -> teacher label (gold on validation/test)
+    sbs_<ds>_rationale       explain: <input> -> teacher rationale
+    sbs_<ds>_standard_gt     <input> -> gold label        (standard finetuning)
+    sbs_<ds>_standard_llm    <input> -> teacher label     (standard distillation)
+    sbs_<ds>_distill_gt      mixture: label_gt + rationale   (for T5X and our trainer)
+    sbs_<ds>_distill_llm     mixture: label_llm + rationale
+    sbs_<ds>_distill_gt_paired / _llm_paired
+                             both tasks of each record in one example, so that they share
+                             a packed batch (our trainer's default for distillation)
+
+Splits: train, train_50, train_25, train_12.5, validation, test (see sbs_jax/data/sources.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import seqio
+
+from sbs_jax import metrics
+from sbs_jax.data import preprocessors as pp
+from sbs_jax.data import vocab as vocab_lib
+from sbs_jax.data.sources import AnnotationSource
+
+# Task feature lengths of packed training rows. CQA's paired examples have about 2.9
+# encoder tokens per decoder token (8k vocabulary from `sbs vocab`); at 1024 / 352 packed
+# rows are 91% / 90% real tokens (see README). Other data may want other lengths (gin).
+DEFAULT_FEATURE_LENGTHS = {"inputs": 1024, "targets": 352}
+# Per-part caps of a paired example, as the reference caps its sequences.
+PART_LENGTHS = {"input_length": 512, "label_length": 64, "rationale_length": 256}
+
+
+def task_names(dataset: str) -> dict[str, str]:
+  """The names registered for `dataset`, by kind."""
+  kinds = ("label_gt", "label_llm", "rationale", "standard_gt", "standard_llm",
+           "distill_gt", "distill_llm", "distill_gt_paired", "distill_llm_paired")
+  return {k: f"sbs_{dataset}_{k}" for k in kinds}
+
+
+def _add_task(name: str, **kwargs) -> seqio.Task:
+  seqio.TaskRegistry.remove(name)  # re-registering (e.g. another dir) replaces
+  return seqio.TaskRegistry.add(name, **kwargs)
+
+
+def register_dataset(dataset: str, annotation_dir: str | Callable[[], str] | None = None,
+                     vocabulary: seqio.Vocabulary | None = None,
+                     metric_fns: Sequence[Callable] | None = None,
+                     subsample_seed: int = 0) -> dict[str, str]:
+  """Registers all tasks and mixtures of `dataset`; returns their names by kind.
+
+  Args:
+    dataset: the directory name under the annotation dir (benchmark or custom file stem).
+    annotation_dir: where `sbs annotate` wrote records; default: the gin/env setting,
+      read when data is first requested.
+    vocabulary: default: the SentencePiece model set in gin (`vocabulary_settings.path`).
+    metric_fns: label-task metrics; default label accuracy (+ equation accuracy for svamp).
+    subsample_seed: the seed of the train_<pct> subsamples.
+  """
+  names = task_names(dataset)
+  source = AnnotationSource(dataset, annotation_dir or vocab_lib.annotation_dir,
+                            subsample_seed=subsample_seed)
+  vocabulary = vocabulary or vocab_lib.ConfiguredVocabulary()
+  features = {"inputs": seqio.Feature(vocabulary, add_eos=True),
+              "targets": seqio.Feature(vocabulary, add_eos=True),
+              # An output feature, so that mixtures keep it: which task an example is of.
+              "task": seqio.Feature(seqio.PassThroughVocabulary(3), add_eos=False,
+                                    required=False, rank=0)}
+  tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+  if metric_fns is None:
+    metric_fns = [metrics.label_accuracy]
+    if dataset == "svamp":
+      metric_fns.append(metrics.equation_accuracy)
+  common = dict(source=source, output_features=features,
+                postprocess_fn=metrics.strip_postprocessor)
+
+  for kind, field, prefix in (("label_gt", "label", pp.LABEL_PREFIX),
+                              ("label_llm", "llm_label", pp.LABEL_PREFIX),
+                              ("standard_gt", "label", ""),
+                              ("standard_llm", "llm_label", "")):
+    _add_task(names[kind], preprocessors=[
+        functools.partial(pp.label_examples, label_field=field, prefix=prefix), *tokenize],
+              metric_fns=list(metric_fns), **common)
+  _add_task(names["rationale"], preprocessors=[pp.rationale_examples, *tokenize],
+            metric_fns=[], **common)
+  for variant, field in (("gt", "label"), ("llm", "llm_label")):
+    _add_task(names[f"distill_{variant}_paired"], preprocessors=[
+        functools.partial(pp.paired_examples, label_field=field, **PART_LENGTHS)],
+              metric_fns=list(metric_fns), **common)
+    mixture = names[f"distill_{variant}"]
+    seqio.MixtureRegistry.remove(mixture)
+    seqio.MixtureRegistry.add(mixture, [(names[f"label_{variant}"], 1.0),
+                                        (names["rationale"], 1.0)])
+  return names
