@@ -21,6 +21,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "gin-config>=0.5",
         "clu>=0.0.10",
+        "tensorboard>=2.15",  # clu's TensorBoard writer
         "sentencepiece>=0.1.99",
         "aiohttp>=3.9",
         "tqdm>=4.60",

@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
   from sbs_jax.annotate import command as annotate_command
   from sbs_jax import demo
   from sbs_jax.data import download_command, vocab_command
+  from sbs_jax.train import command as train_command, plan
 
   parser = argparse.ArgumentParser(
       prog="sbs", description="Distilling Step-by-Step in JAX: annotate, build tasks, "
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
   annotate_command.add_parser(subparsers)
   download_command.add_parser(subparsers)
   vocab_command.add_parser(subparsers)
+  train_command.add_parser(subparsers)
+  plan.add_parser(subparsers)
   demo.add_parser(subparsers)
   return parser
 
@@ -31,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  if getattr(args, "accepts_gin_bindings", False):
+    args.gin_bindings = extra
+  elif extra:
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                       format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
   for noisy in ("absl", "tensorflow", "h5py", "jax"):

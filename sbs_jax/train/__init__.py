@@ -1,0 +1,1 @@
+"""The student trainer: sharded multi-task training, evaluation, checkpoints, commands."""

@@ -1,0 +1,131 @@
+"""Checkpoints with orbax, and the layout of a model dir.
+
+    <model_dir>/model.json        the network's config, vocabulary and task prefixes
+    <model_dir>/config.gin        the run's gin bindings (what `sbs eval` re-reads)
+    <model_dir>/spm.model         the SentencePiece vocabulary (a copy: the dir stands alone)
+    <model_dir>/checkpoints/<step>/{state,meta}
+                                  the full train state, for resuming (keep N, atomic)
+    <model_dir>/params/<step>/{params,meta}
+                                  the parameters of the best step on validation: what
+                                  `sbs eval`, `sbs predict` and export read
+
+`sbs import-hf` writes the same layout (model.json, spm.model, params/0), so an imported
+checkpoint is a model dir that training can start from (`TrainConfig.initial_checkpoint`).
+Orbax writes each step to a temporary directory and renames it when complete, so a
+half-written checkpoint is never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+import tensorflow as tf
+
+from sbs_jax.errors import SbsError
+from sbs_jax.model.config import T5Config
+
+MODEL_INFO = "model.json"
+GIN_CONFIG = "config.gin"  # the gin bindings of the run, for `sbs eval`
+VOCAB_FILE = "spm.model"
+
+
+def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  if "://" not in directory:
+    directory = os.path.abspath(directory)  # orbax wants absolute local paths
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True, enable_async_checkpointing=False))
+
+
+class StateCheckpoints:
+  """The train state every N steps, for resuming."""
+
+  def __init__(self, model_dir: str, keep: int):
+    self._manager = _manager(f"{model_dir}/checkpoints", keep)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    step = self.latest_step() if step is None else step
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def save_params(model_dir: str, step: int, params: Any, meta: dict) -> None:
+  """Writes the parameters (replacing earlier ones) as the model dir's model."""
+  manager = _manager(f"{model_dir}/params", keep=1)
+  manager.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+
+
+def load_params(model_dir: str, abstract_params: Any) -> tuple[Any, dict]:
+  """Reads a model dir's parameters into the shapes and shardings of `abstract_params`."""
+  manager = _manager(f"{model_dir}/params", keep=1)
+  step = manager.latest_step()
+  if step is None:
+    raise SbsError(f"{model_dir}/params holds no checkpoint")
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+  except (ValueError, KeyError) as e:
+    raise SbsError(f"{model_dir}/params does not fit this network: {e}") from None
+  finally:
+    manager.close()
+  return restored["params"], restored["meta"]
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      tree, shardings)
+
+
+def write_model_info(model_dir: str, config: T5Config, vocabulary_file: str,
+                     extra_ids: int = 0, label_prefix: str = "predict: ",
+                     rationale_prefix: str = "explain: ") -> None:
+  """model.json and a copy of the vocabulary (host 0 only)."""
+  if jax.process_index() != 0:
+    return
+  tf.io.gfile.makedirs(model_dir)
+  if vocabulary_file:
+    tf.io.gfile.copy(vocabulary_file, f"{model_dir}/{VOCAB_FILE}", overwrite=True)
+  info = {"model": dataclasses.asdict(config), "vocabulary": VOCAB_FILE,
+          "extra_ids": extra_ids, "label_prefix": label_prefix,
+          "rationale_prefix": rationale_prefix}
+  with tf.io.gfile.GFile(f"{model_dir}/{MODEL_INFO}", "w") as f:
+    f.write(json.dumps(info, indent=2))
+
+
+def write_gin_config(model_dir: str) -> None:
+  """The gin bindings in force, so that `sbs eval` can rebuild the run (host 0 only)."""
+  if jax.process_index() != 0:
+    return
+  import gin  # pylint: disable=import-outside-toplevel
+  tf.io.gfile.makedirs(model_dir)
+  with tf.io.gfile.GFile(f"{model_dir}/{GIN_CONFIG}", "w") as f:
+    f.write(gin.config_str())
+
+
+def read_model_info(model_dir: str) -> tuple[T5Config, dict]:
+  path = f"{model_dir}/{MODEL_INFO}"
+  if not tf.io.gfile.exists(path):
+    raise SbsError(f"{model_dir} is not a model dir: no {MODEL_INFO}")
+  with tf.io.gfile.GFile(path) as f:
+    info = json.load(f)
+  return T5Config(**info["model"]), info

@@ -1,0 +1,180 @@
+"""`sbs train`, `sbs eval`, `sbs predict`: gin-configured, T5X style on the command line.
+
+    sbs train --gin_file=experiments/cqa_distill_llm.gin --gin_file=overlays/tiny_cpu.gin \
+        --gin.TrainConfig.model_dir="'runs/cqa'"
+    sbs eval --model_dir runs/cqa --split test
+    sbs predict --model_dir runs/cqa --input "..." [--rationale]
+
+Gin files are looked up as given, then under the repository's `gin_configs/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+
+import gin
+import jax
+import numpy as np
+
+from sbs_jax.errors import SbsError
+
+log = logging.getLogger(__name__)
+GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs"
+
+
+def _add_gin_flags(p) -> None:
+  p.add_argument("--gin_file", action="append", default=[],
+                 help="gin file (repeatable); relative paths also tried under gin_configs/")
+  p.add_argument("--gin_search_path", action="append", default=[])
+  p.add_argument("--coordinator_address", help="multi-host: host:port of process 0")
+  p.add_argument("--num_processes", type=int)
+  p.add_argument("--process_id", type=int)
+  p.add_argument("--multihost", action="store_true",
+                 help="call jax.distributed.initialize() with automatic detection (TPU VMs)")
+  p.epilog = "Bindings: --gin.KEY=VALUE (repeatable), e.g. --gin.TrainConfig.train_steps=100"
+
+
+def add_parser(subparsers) -> None:
+  p = subparsers.add_parser("train", help="train a student with a gin config")
+  _add_gin_flags(p)
+  p.set_defaults(func=train_main, accepts_gin_bindings=True)
+  p = subparsers.add_parser("eval", help="score a trained model dir's best params")
+  p.add_argument("--model_dir", required=True)
+  p.add_argument("--split", default="test")
+  _add_gin_flags(p)
+  p.set_defaults(func=eval_main, accepts_gin_bindings=True)
+  p = subparsers.add_parser("predict", help="the label (and rationale) for an input text")
+  p.add_argument("--model_dir", required=True)
+  p.add_argument("--input", required=True, action="append", help="repeatable")
+  p.add_argument("--rationale", action="store_true", help="also decode the rationale")
+  p.add_argument("--max_decode_length", type=int, default=64)
+  p.set_defaults(func=predict_main)
+
+
+def gin_bindings(extra: list[str]) -> list[str]:
+  """--gin.KEY=VALUE arguments -> gin binding strings; anything else is an error."""
+  bindings = []
+  for arg in extra:
+    if not arg.startswith("--gin.") or "=" not in arg:
+      raise SbsError(f"unrecognised argument {arg!r} (bindings look like --gin.KEY=VALUE)")
+    key, value = arg[len("--gin."):].split("=", 1)
+    bindings.append(f"{key} = {value}")
+  return bindings
+
+
+def initialize_distributed(args) -> None:
+  """Joins a multi-host JAX cluster when the launcher asks for it."""
+  if args.coordinator_address:
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id)
+  elif args.multihost:
+    jax.distributed.initialize()
+
+
+def _guard_gin_readers() -> None:
+  """Makes gin's file-existence checks return False instead of raising.
+
+  gin's package-path reader takes an include such as 'runs/finetune.gin' for package
+  `runs`; a directory of that name in the working directory (a namespace package, e.g.
+  our own `runs/` output dir) makes it raise TypeError before the search path is tried.
+  """
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  for i, (reader, exists) in enumerate(readers):
+    if getattr(exists, "_sbs_guarded", False):
+      continue
+
+    def safe(path, exists=exists):
+      try:
+        return exists(path)
+      except (TypeError, ValueError, ImportError):
+        return False
+
+    safe._sbs_guarded = True  # pylint: disable=protected-access
+    readers[i] = (reader, safe)
+
+
+def parse_gin(files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
+  _guard_gin_readers()
+  import tasks  # pylint: disable=import-outside-toplevel,unused-import  (registers tasks)
+  from sbs_jax.train import config  # pylint: disable=import-outside-toplevel,unused-import
+  for path in [*search_paths, str(GIN_DIR), "."]:
+    gin.add_config_file_search_path(path)
+  # gin logs an error for each search-path miss before it finds an include: quiet it.
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)
+  try:
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  except (ValueError, OSError, IOError, KeyError) as e:
+    raise SbsError(f"gin: {e}") from None
+  finally:
+    root.setLevel(level)
+
+
+def train_main(args) -> int:
+  from sbs_jax.train import config, loop  # pylint: disable=import-outside-toplevel
+  initialize_distributed(args)
+  parse_gin(args.gin_file, gin_bindings(args.gin_bindings), args.gin_search_path)
+  results = loop.train(config.TrainConfig(), config.student_config())
+  print(json.dumps({k: results[k] for k in ("best_step", "validation", "test")}))
+  return 0
+
+
+def eval_main(args) -> int:
+  from sbs_jax.train import checkpoint as ckpt, config  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
+  initialize_distributed(args)
+  saved = f"{args.model_dir}/{ckpt.GIN_CONFIG}"
+  parse_gin([saved, *args.gin_file], gin_bindings(args.gin_bindings), args.gin_search_path)
+  cfg, model_config = config.TrainConfig(), config.student_config()
+  student = build_student(model_config, make_optimizer(cfg.optimizer, cfg.train_steps),
+                          make_mesh(cfg.mesh), cfg.partitioning_dims)
+  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
+  params, best = ckpt.load_params(args.model_dir, abstract)
+  metrics, _ = eval_lib.evaluate(student, params, cfg.data.label_task(), args.split, cfg.eval)
+  print(json.dumps({"split": args.split, "step": best["step"], **metrics}))
+  return 0
+
+
+def predict_main(args) -> int:
+  """Needs only the model dir: model.json, spm.model and params/."""
+  import seqio  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.config import EvalConfig  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  model_config, info = ckpt.read_model_info(args.model_dir)
+  vocabulary = seqio.SentencePieceVocabulary(f"{args.model_dir}/{info['vocabulary']}",
+                                             extra_ids=info.get("extra_ids", 0))
+  student = build_student(model_config, optax.identity(), make_mesh((1, 1)))
+  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
+  params, _ = ckpt.load_params(args.model_dir, abstract)
+  labels = predict_labels(student, params, vocabulary, args.input, info["label_prefix"],
+                          args.max_decode_length)
+  eval_cfg = EvalConfig(batch_size=len(args.input))
+  rationales = (eval_lib.explain(student, params, vocabulary, args.input, eval_cfg)
+                if args.rationale else [None] * len(args.input))
+  for text, label, rationale in zip(args.input, labels, rationales):
+    out = {"input": text, "label": label}
+    if rationale is not None:
+      out["rationale"] = rationale
+    print(json.dumps(out))
+  return 0
+
+
+def predict_labels(student, params, vocabulary, texts: list[str], label_prefix: str,
+                   max_decode_length: int = 64) -> list[str]:
+  """Greedy label predictions for raw input texts."""
+  from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
+  rows = [list(vocabulary.encode(label_prefix + t)) + [eval_lib.EOS_ID] for t in texts]
+  length = -(-max(len(r) for r in rows) // 64) * 64
+  inputs = np.zeros((len(rows), length), np.int32)
+  for i, r in enumerate(rows):
+    inputs[i, :len(r)] = r
+  ids = eval_lib.decode(student, params, inputs, len(rows), max_decode_length)
+  return [eval_lib.detokenize(vocabulary, row) for row in ids]

@@ -1,0 +1,115 @@
+"""Configuration of a training run, bound by gin (see gin_configs/runs/ and experiments/).
+
+Groups, each a small dataclass: the student network (`student_config`), the data
+(`DataConfig`), the optimizer (`OptimizerConfig`), evaluation (`EvalConfig`), and the run
+itself (`TrainConfig`), which holds the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import gin
+
+from sbs_jax.model.config import T5Config, config_for
+
+
+@gin.configurable
+def student_config(size: str = gin.REQUIRED, **overrides) -> T5Config:
+  """The student's network: a published T5 v1.1 size with fields overridden."""
+  return config_for(size, **overrides)
+
+
+@gin.configurable
+@dataclasses.dataclass
+class DataConfig:
+  """What the student learns from.
+
+  Attributes:
+    mixture_or_task: a registered SeqIO task or mixture (see `tasks`).
+    train_split: train, or train_50 / train_25 / train_12.5 for the data-size curves.
+    eval_task: the label task scored on validation and test; by default the label task
+      of the same dataset and label source (gold labels on evaluation splits).
+    task_feature_lengths: packed row lengths, e.g. {"inputs": 1024, "targets": 352}.
+    pack: pack several examples per row (with segment ids).
+    batch_size: rows per step, over all hosts (each row may hold several examples).
+    seed: shuffling and mixing seed.
+  """
+  mixture_or_task: str = gin.REQUIRED
+  train_split: str = "train"
+  eval_task: str | None = None
+  task_feature_lengths: dict = dataclasses.field(
+      default_factory=lambda: {"inputs": 1024, "targets": 352})
+  pack: bool = True
+  batch_size: int = 64
+  seed: int = 0
+
+  def label_task(self) -> str:
+    return self.eval_task or default_eval_task(self.mixture_or_task)
+
+
+def default_eval_task(name: str) -> str:
+  """sbs_<ds>_distill_llm[_paired] -> sbs_<ds>_label_llm; standard and label tasks: same."""
+  m = re.fullmatch(r"(sbs_.+)_distill_(gt|llm)(_paired)?", name)
+  if m:
+    return f"{m.group(1)}_label_{m.group(2)}"
+  if re.fullmatch(r"sbs_.+_(label|standard)_(gt|llm)", name):
+    return name
+  raise ValueError(f"cannot tell the label task of {name!r}: set DataConfig.eval_task")
+
+
+@gin.configurable
+@dataclasses.dataclass
+class OptimizerConfig:
+  """adamw (the paper: lr 5e-5, linear decay) or adafactor (T5X's default)."""
+  name: str = "adamw"
+  learning_rate: float = 5e-5
+  schedule: str = "linear"  # linear (to 0 at the last step), constant, or rsqrt
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  grad_accum_steps: int = 1
+
+
+@gin.configurable
+@dataclasses.dataclass
+class EvalConfig:
+  """Greedy (beam_size 1) or beam decoding of the label task every `every` steps."""
+  every: int = 500
+  selection_metric: str = "accuracy"  # the validation metric that picks the best step
+  batch_size: int = 64
+  max_examples: int | None = None  # of validation (smoke runs); None: all
+  max_test_examples: int | None = None  # of test; None (the default): all, for real numbers
+  label_decode_length: int = 64
+  beam_size: int = 1
+  rationale_samples: int = 3  # validation examples whose rationale is decoded and shown
+  rationale_decode_length: int = 256
+
+
+@gin.configurable
+@dataclasses.dataclass
+class TrainConfig:
+  """A training run.
+
+  Attributes:
+    model_dir: checkpoints, logs, results.json (local or gs://).
+    alpha: weight of the label loss; 1 - alpha weighs the rationale loss (standard
+      finetuning and distillation use 1.0: the label loss alone).
+    mesh: (data, model) device mesh; -1 takes the remaining devices.
+    partitioning_dims: (activation, parameter) partitioning dims of T5X's rules, 1 or 2.
+    initial_checkpoint: a directory written by `sbs import-hf` (or a trained model dir) to
+      start from, instead of a random init.
+  """
+  model_dir: str = gin.REQUIRED
+  train_steps: int = gin.REQUIRED
+  alpha: float = 0.5
+  data: DataConfig = gin.REQUIRED
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  log_every: int = 50
+  seed: int = 0
+  mesh: tuple = (-1, 1)
+  partitioning_dims: tuple = (1, 1)
+  initial_checkpoint: str | None = None

@@ -1,0 +1,136 @@
+"""The training run, as one linear function in labelled sections."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Callable
+
+import jax
+import seqio
+import tensorflow as tf
+
+from sbs_jax.errors import SbsError
+from sbs_jax.model.config import T5Config
+from sbs_jax.train import checkpoint as ckpt
+from sbs_jax.train import evaluate as eval_lib
+from sbs_jax.train.config import TrainConfig
+from sbs_jax.train.data import label_examples, train_batches
+from sbs_jax.train.metric_log import MetricLog
+from sbs_jax.train.optim import make_optimizer
+from sbs_jax.train.state import (build_student, global_batch, init_state, make_mesh,
+                                 make_train_step)
+
+log = logging.getLogger(__name__)
+
+
+def _vocabulary(task_name: str) -> seqio.Vocabulary:
+  return seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
+
+
+def _better(metrics: dict, best: dict | None, key: str) -> bool:
+  if key not in metrics:
+    raise SbsError(f"EvalConfig.selection_metric {key!r} is not among {sorted(metrics)}")
+  return best is None or metrics[key] > best["metrics"][key]
+
+
+def train(cfg: TrainConfig, model_config: T5Config,
+          on_step: Callable[[int, dict], None] | None = None) -> dict:
+  """Trains (or resumes), selects the best step on validation, scores it on test.
+
+  Returns the results also written to `<model_dir>/results.json`. `on_step(step, metrics)`
+  is called after each step's logging, evaluation and checkpoint (tests use it to stop a
+  run midway).
+  """
+  # ---- Mesh, network, optimizer: every shape and sharding before any allocation.
+  mesh = make_mesh(cfg.mesh)
+  tx = make_optimizer(cfg.optimizer, cfg.train_steps)
+  student = build_student(model_config, tx, mesh, cfg.partitioning_dims)
+  label_task = cfg.data.label_task()
+  vocabulary = _vocabulary(label_task)
+  if vocabulary.vocab_size > model_config.vocab_size:
+    raise SbsError(f"the vocabulary has {vocabulary.vocab_size} ids but the network only "
+                   f"{model_config.vocab_size}: raise student_config.vocab_size")
+  label_prefix = "" if "_standard_" in label_task else "predict: "
+  ckpt.write_gin_config(cfg.model_dir)
+  ckpt.write_model_info(cfg.model_dir, model_config,
+                        getattr(vocabulary, "sentencepiece_model_file", ""),
+                        getattr(vocabulary, "extra_ids", 0), label_prefix)
+
+  # ---- State: resume from the last checkpoint, else start (random or imported params).
+  checkpoints = ckpt.StateCheckpoints(cfg.model_dir, cfg.keep_checkpoints)
+  if checkpoints.latest_step() is not None:
+    state, meta = checkpoints.restore(student.abstract_state)
+    best = meta.get("best")
+    log.info("resuming from step %d", int(state["step"]))
+  else:
+    params = None
+    if cfg.initial_checkpoint:
+      abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
+      params, _ = ckpt.load_params(cfg.initial_checkpoint, abstract)
+      log.info("starting from %s", cfg.initial_checkpoint)
+    state, best = init_state(student, cfg.seed, params), None
+  start = int(jax.device_get(state["step"]))
+
+  # ---- Input: this host's rows of each global batch, from the resumed position on.
+  batches = train_batches(cfg.data, start)
+  validation = label_examples(label_task, "validation", cfg.eval.max_examples)
+  metric_log = MetricLog(cfg.model_dir, start)
+
+  # ---- The loop: step, log, evaluate (keep the best params), checkpoint.
+  train_step = make_train_step(student, cfg.alpha, cfg.optimizer.grad_accum_steps, cfg.seed)
+  tic, rows_since = time.perf_counter(), 0
+  for step in range(start + 1, cfg.train_steps + 1):
+    state, metrics = train_step(state, global_batch(student, next(batches)))
+    rows_since += cfg.data.batch_size
+    last = step == cfg.train_steps
+    host_metrics = None
+    if step % cfg.log_every == 0 or last:
+      host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      elapsed = time.perf_counter() - tic
+      host_metrics["rows_per_s"] = rows_since / elapsed
+      tic, rows_since = time.perf_counter(), 0
+      metric_log.write(step, "train", host_metrics)
+      log.info("step %d: loss %.4f (label %.4f, rationale %.4f)", step,
+               host_metrics["loss"], host_metrics["label_loss"],
+               host_metrics["rationale_loss"])
+    if step % cfg.eval.every == 0 or last:
+      val_metrics, _ = eval_lib.evaluate(student, state["params"], label_task, "validation",
+                                         cfg.eval, validation)
+      metric_log.write(step, "validation", val_metrics)
+      log.info("step %d: validation %s", step, val_metrics)
+      if _better(val_metrics, best, cfg.eval.selection_metric):
+        best = {"step": step, "metrics": val_metrics}
+        ckpt.save_params(cfg.model_dir, step, state["params"], best)
+    if step % cfg.checkpoint_every == 0 or last:
+      checkpoints.save(step, state, {"best": best, "data_position": step})
+    if on_step is not None:
+      on_step(step, host_metrics or {})
+  checkpoints.close()
+  metric_log.close()
+
+  # ---- Final: the best step's params on test; a few rationales to look at.
+  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
+  params, best = ckpt.load_params(cfg.model_dir, abstract)
+  results = {"model_dir": cfg.model_dir, "mixture_or_task": cfg.data.mixture_or_task,
+             "eval_task": label_task, "train_steps": cfg.train_steps,
+             "best_step": best["step"], "selection_metric": cfg.eval.selection_metric,
+             "validation": best["metrics"]}
+  try:
+    # The final number: the whole test split unless a smoke run limits it.
+    results["test"], _ = eval_lib.evaluate(student, params, label_task, "test", cfg.eval,
+                                           label_examples(label_task, "test",
+                                                          cfg.eval.max_test_examples))
+  except (SbsError, ValueError) as e:  # e.g. custom data without a test split
+    results["test"] = None
+    log.warning("no test evaluation: %s", e)
+  samples = validation.input_texts[:cfg.eval.rationale_samples]
+  raw = [eval_lib.raw_input(t) for t in samples]
+  rationales = eval_lib.explain(student, params, vocabulary, raw, cfg.eval)
+  results["rationale_samples"] = [{"input": x, "rationale": r} for x, r in zip(raw,
+                                                                             rationales)]
+  if jax.process_index() == 0:
+    with tf.io.gfile.GFile(f"{cfg.model_dir}/results.json", "w") as f:
+      f.write(json.dumps(results, indent=2))
+  return results

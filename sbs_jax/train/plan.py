@@ -1,0 +1,112 @@
+"""`sbs plan`: per-device memory of a training run on a DATA x MODEL mesh, on paper.
+
+Shapes come from `jax.eval_shape` (nothing is allocated, no accelerator is needed) and the
+sharding of every parameter and optimizer-state array from T5X's logical axis rules, as the
+trainer applies them. Activations are an estimate: the tensors a layer keeps for the
+backward pass without rematerialisation, per micro-batch, in the compute dtype:
+
+    encoder layer, per token:  8 * emb + (3 * mlp + heads * L_enc) / model
+    decoder layer, per token:  12 * emb + (3 * mlp + heads * (L_dec + L_enc)) / model
+    logits (float32):          L_dec * vocab / model per row
+
+with rows per device = batch / (data * grad_accum_steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import optax
+from jax.sharding import PartitionSpec as P
+
+from sbs_jax.errors import SbsError
+from sbs_jax.model import partitioning
+from sbs_jax.model.config import T5Config
+from sbs_jax.model.network import Transformer
+from sbs_jax.train.config import TrainConfig
+from sbs_jax.train.optim import make_optimizer
+from sbs_jax.train.state import init_params
+
+GIB = 1024 ** 3
+
+
+def add_parser(subparsers) -> None:
+  from sbs_jax.train.command import _add_gin_flags  # pylint: disable=import-outside-toplevel
+  p = subparsers.add_parser("plan", help="per-device memory of a run on a mesh, on paper")
+  p.add_argument("--mesh", required=True, help="DATAxMODEL, e.g. 8x4")
+  p.add_argument("--hbm_gib", type=float, help="memory per device, to say whether it fits")
+  _add_gin_flags(p)
+  p.set_defaults(func=main, accepts_gin_bindings=True)
+
+
+def _local_bytes(shape, dtype, spec: P, mesh_shape: dict) -> int:
+  """Bytes of one device's shard (replicated where the spec does not fit the array)."""
+  spec = tuple(spec)
+  if len(spec) > len(shape):
+    spec = ()
+  local = []
+  for i, dim in enumerate(shape):
+    axes = spec[i] if i < len(spec) else None
+    axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    local.append(math.ceil(dim / math.prod(mesh_shape[a] for a in axes)))
+  return math.prod(local) * jax.numpy.dtype(dtype).itemsize
+
+
+def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dict:
+  """Per-device bytes of parameters, gradients, optimizer state and activations."""
+  mesh_shape = {"data": data, "model": model}
+  rules = partitioning.standard_logical_axis_rules(*cfg.partitioning_dims)
+  network = Transformer(model_config)
+  boxed = jax.eval_shape(lambda: init_params(network, jax.random.key(0)))
+  specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
+  params = nn.unbox(boxed)
+  tx = make_optimizer(cfg.optimizer, cfg.train_steps)
+  opt = jax.eval_shape(tx.init, params)
+  opt_specs = optax.tree_map_params(tx, lambda _, s: s, opt, specs,
+                                    transform_non_params=lambda _: P(),
+                                    is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+  def total(tree, spec_tree):
+    leaves = jax.tree.leaves(tree)
+    spec_leaves = jax.tree.leaves(spec_tree, is_leaf=lambda x: isinstance(x, P))
+    return sum(_local_bytes(a.shape, a.dtype, s, mesh_shape)
+               for a, s in zip(leaves, spec_leaves))
+
+  param_bytes = total(params, specs)
+  c = model_config
+  l_enc = cfg.data.task_feature_lengths["inputs"]
+  l_dec = cfg.data.task_feature_lengths["targets"]
+  rows = cfg.data.batch_size / (data * cfg.optimizer.grad_accum_steps)
+  width = jax.numpy.dtype(c.compute_dtype).itemsize
+  heads_mlp = lambda length: (3 * c.mlp_dim + c.num_heads * length) / model
+  enc = c.num_encoder_layers * l_enc * (8 * c.emb_dim + heads_mlp(l_enc))
+  dec = c.num_decoder_layers * l_dec * (12 * c.emb_dim + heads_mlp(l_dec + l_enc))
+  activations = rows * ((enc + dec) * width + l_dec * c.vocab_size / model * 4)
+  parts = {"parameters": param_bytes, "gradients": param_bytes,
+           "optimizer_state": total(opt, opt_specs), "activations_estimate": activations}
+  return {"mesh": f"{data}x{model}", "partitioning_dims": list(cfg.partitioning_dims),
+          "parameters": int(sum(a.size for a in jax.tree.leaves(params))),
+          "optimizer": cfg.optimizer.name, "batch_size": cfg.data.batch_size,
+          "task_feature_lengths": cfg.data.task_feature_lengths,
+          "per_device_bytes": {k: int(v) for k, v in parts.items()},
+          "per_device_gib": {k: round(v / GIB, 3) for k, v in parts.items()},
+          "per_device_total_gib": round(sum(parts.values()) / GIB, 3)}
+
+
+def main(args) -> int:
+  from sbs_jax.train import command, config  # pylint: disable=import-outside-toplevel
+  try:
+    data, model = (int(x) for x in args.mesh.lower().split("x"))
+  except ValueError:
+    raise SbsError(f"--mesh must look like 8x4, got {args.mesh!r}") from None
+  command.parse_gin(args.gin_file, command.gin_bindings(args.gin_bindings),
+                    args.gin_search_path)
+  result = plan(config.TrainConfig(), config.student_config(), data, model)
+  if args.hbm_gib:
+    result["hbm_gib"] = args.hbm_gib
+    result["fits"] = result["per_device_total_gib"] <= args.hbm_gib
+  print(json.dumps(result, indent=2))
+  return 0

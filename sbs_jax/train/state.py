@@ -1,0 +1,217 @@
+"""The sharded train state and the train step.
+
+Shape first (`jax.eval_shape`), then shardings from T5X's logical axis rules, then a
+sharded init; the step is `jax.jit` with those shardings in and out (pjit semantics) over a
+('data', 'model') mesh. The state is a plain dict: {"params", "opt_state", "step"}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sbs_jax.model import partitioning
+from sbs_jax.model.config import T5Config
+from sbs_jax.model.network import Transformer
+from sbs_jax.train import loss as loss_lib
+
+BATCH_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
+              "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
+              "decoder_positions", "decoder_task_ids")
+
+
+def make_mesh(shape: tuple[int, int]) -> Mesh:
+  """A (data, model) mesh over all devices of all hosts; -1 takes what is left."""
+  n = jax.device_count()
+  data, model = shape
+  if data == -1:
+    data = n // model
+  if model == -1:
+    model = n // data
+  return partitioning.make_mesh(data, model)
+
+
+def _fit(sharding: NamedSharding, shape) -> NamedSharding:
+  """The sharding, or replication where it does not fit the array (e.g. factored stats)."""
+  spec = tuple(sharding.spec)
+  if len(spec) > len(shape):
+    return NamedSharding(sharding.mesh, P())
+  for dim, axes in zip(shape, spec):
+    if axes is None:
+      continue
+    size = np.prod([sharding.mesh.shape[a] for a in (axes if isinstance(axes, tuple)
+                                                      else (axes,))])
+    if dim % size:
+      return NamedSharding(sharding.mesh, P())
+  return sharding
+
+
+@dataclasses.dataclass
+class Student:
+  """The network, its optimizer and where everything lives."""
+  config: T5Config
+  model: Transformer
+  tx: optax.GradientTransformation
+  mesh: Mesh
+  rules: tuple
+  param_shardings: Any  # unboxed params structure -> NamedSharding
+  state_shardings: Any
+  abstract_state: Any
+
+  @contextlib.contextmanager
+  def sharding_context(self):
+    """The mesh and the logical axis rules, for tracing the network's constraints."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P("data", None))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+
+def _dummy_batch(batch: int = 1, length: int = 8) -> dict:
+  return {k: jnp.ones((batch, length), jnp.int32) for k in BATCH_KEYS}
+
+
+def init_params(model: Transformer, rng) -> Any:
+  b = _dummy_batch()
+  return model.init(rng, b["encoder_input_tokens"], b["decoder_input_tokens"],
+                    b["decoder_target_tokens"])["params"]
+
+
+def build_student(config: T5Config, tx: optax.GradientTransformation, mesh: Mesh,
+                  partitioning_dims: tuple[int, int] = (1, 1)) -> Student:
+  """Computes every shape and sharding of the train state without allocating it."""
+  model = Transformer(config)
+  rules = partitioning.standard_logical_axis_rules(*partitioning_dims)
+  boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+  abstract_params = nn.unbox(boxed)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  replicated = NamedSharding(mesh, P())
+  opt_shardings = optax.tree_map_params(
+      tx, lambda p, s: _fit(s, p.shape), abstract_opt, param_shardings,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+  opt_shardings = jax.tree.map(lambda s, a: _fit(s, a.shape), opt_shardings, abstract_opt)
+  state_shardings = {"params": param_shardings, "opt_state": opt_shardings,
+                     "step": replicated}
+  abstract_state = {"params": abstract_params, "opt_state": abstract_opt,
+                    "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+      state_shardings)
+  return Student(config, model, tx, mesh, rules, param_shardings, state_shardings,
+                 abstract_state)
+
+
+def init_state(student: Student, seed: int, params: Any = None) -> dict:
+  """A sharded train state from a random init, or from given (e.g. imported) params."""
+
+  def make(rng, given):
+    p = nn.unbox(init_params(student.model, rng)) if given is None else given
+    return {"params": p, "opt_state": student.tx.init(p), "step": jnp.zeros((), jnp.int32)}
+
+  with student.sharding_context():
+    if params is None:
+      return jax.jit(lambda rng: make(rng, None), out_shardings=student.state_shardings)(
+          jax.random.key(seed))
+    params = jax.device_put(params, student.param_shardings)
+    return jax.jit(lambda given: make(None, given), in_shardings=(student.param_shardings,),
+                   out_shardings=student.state_shardings)(params)
+
+
+def loss_and_grads(student: Student, params, batch: dict, alpha: float,
+                   grad_accum_steps: int = 1, rng=None):
+  """The paper's loss of a global batch and its gradient (summed over micro-batches).
+
+  With gradient accumulation the batch is cut into `grad_accum_steps` micro-batches; each
+  task's token count is that of the whole batch, so the loss and its gradient are exactly
+  those of the whole batch in one pass. Returns (loss, label_sum, rationale_sum), grads.
+  """
+  model = student.model
+  dropout = student.config.dropout_rate > 0
+  counts = loss_lib.task_token_counts(batch["decoder_task_ids"])
+
+  def micro_loss(p, micro, micro_rng):
+    logits = model.apply(
+        {"params": p}, micro["encoder_input_tokens"], micro["decoder_input_tokens"],
+        micro["decoder_target_tokens"], micro["encoder_segment_ids"],
+        micro["decoder_segment_ids"], micro["encoder_positions"], micro["decoder_positions"],
+        enable_dropout=dropout, rngs={"dropout": micro_rng} if dropout else None)
+    label_sum, rationale_sum = loss_lib.task_sums(logits, micro["decoder_target_tokens"],
+                                                  micro["decoder_task_ids"])
+    return loss_lib.distill_loss(label_sum, rationale_sum, *counts, alpha), (label_sum,
+                                                                             rationale_sum)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+  rng = jax.random.key(0) if rng is None else rng
+  micro = jax.tree.map(
+      lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
+      batch)
+
+  def accumulate(carry, inputs):
+    mb, i = inputs
+    (loss, sums), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+    total_loss, total_sums, total_grads = carry
+    return (total_loss + loss, jax.tree.map(jnp.add, total_sums, sums),
+            jax.tree.map(jnp.add, total_grads, grads)), None
+
+  zeros = (jnp.zeros(()), (jnp.zeros(()), jnp.zeros(())), jax.tree.map(jnp.zeros_like, params))
+  (loss, (label_sum, rationale_sum), grads), _ = jax.lax.scan(
+      accumulate, zeros, (micro, jnp.arange(grad_accum_steps)))
+  return (loss, label_sum, rationale_sum, counts), grads
+
+
+def make_train_step(student: Student, alpha: float, grad_accum_steps: int = 1,
+                    seed: int = 0):
+  """jit(state, batch) -> (state, metrics): one optimizer step over a global batch."""
+
+  def step_fn(state, batch):
+    params = state["params"]
+    rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+    (loss, label_sum, rationale_sum, counts), grads = loss_and_grads(
+        student, params, batch, alpha, grad_accum_steps, rng)
+    updates, opt_state = student.tx.update(grads, state["opt_state"], params)
+    new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
+                 "step": state["step"] + 1}
+    metrics = {
+        "loss": loss,
+        "label_loss": label_sum / jnp.maximum(counts[0], 1.0),
+        "rationale_loss": rationale_sum / jnp.maximum(counts[1], 1.0),
+        "label_tokens": counts[0], "rationale_tokens": counts[1],
+        "grad_norm": optax.global_norm(grads),
+    }
+    return new_state, metrics
+
+  jitted = jax.jit(step_fn, in_shardings=(student.state_shardings, batch_shardings(student)),
+                   out_shardings=(student.state_shardings, student.replicated),
+                   donate_argnums=(0,))
+
+  def train_step(state, batch):
+    with student.sharding_context():
+      return jitted(state, batch)
+
+  return train_step
+
+
+def batch_shardings(student: Student) -> dict:
+  return {k: student.batch_sharding for k in BATCH_KEYS}
+
+
+def global_batch(student: Student, local_batch: dict) -> dict:
+  """Per-host numpy rows -> global arrays sharded over the 'data' axis."""
+  return {k: jax.make_array_from_process_local_data(student.batch_sharding, local_batch[k])
+          for k in BATCH_KEYS}

@@ -1,0 +1,47 @@
+"""`sbs plan`: per-device memory on paper, and the README's claim about T5 XXL on 32 chips."""
+
+import dataclasses
+
+import pytest
+
+from sbs_jax.model.config import config_for
+from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
+from sbs_jax.train.plan import plan
+
+
+def run_config(dims=(1, 1), accum=1, batch=64):
+  return TrainConfig(model_dir="unused", train_steps=10, partitioning_dims=dims,
+                     data=DataConfig(mixture_or_task="sbs_cqa_distill_llm_paired",
+                                     batch_size=batch),
+                     optimizer=OptimizerConfig(name="adamw", grad_accum_steps=accum))
+
+
+def test_tiny_on_one_device_counts_every_parameter_once():
+  tiny = config_for("tiny", vocab_size=512)
+  got = plan(run_config(), tiny, 1, 1)
+  b = got["per_device_bytes"]
+  assert b["parameters"] == 4 * got["parameters"]
+  # AdamW's mu and nu, and two int32 step counts (Adam's and the schedule's).
+  assert b["optimizer_state"] == 2 * b["parameters"] + 8
+
+
+def test_model_axis_shards_what_the_rules_say():
+  c = config_for("tiny", vocab_size=512)
+  one = plan(run_config(), c, 1, 1)["per_device_bytes"]["parameters"]
+  # 1-D rules on a 1x4 mesh: every kernel, the embedding and the relpos tables have a
+  # dimension sharded over 'model' (vocab, mlp, joined_kv or heads); only the RMS scales
+  # ('embed' alone) are replicated.
+  scales = 4 * c.emb_dim * (2 * c.num_encoder_layers + 3 * c.num_decoder_layers + 2)
+  got = plan(run_config(), c, 1, 4)["per_device_bytes"]["parameters"]
+  assert got == (one - scales) // 4 + scales
+
+
+def test_xxl_fits_a_32_chip_v4_slice_only_with_2d_rules():
+  xxl = config_for("xxl", dtype="bfloat16")
+  two_d = plan(run_config(dims=(1, 2), accum=4), xxl, 8, 4)
+  one_d = plan(run_config(dims=(1, 1), accum=4), xxl, 8, 4)
+  assert 11.0e9 < two_d["parameters"] < 11.3e9
+  assert two_d["per_device_total_gib"] <= 32 < one_d["per_device_total_gib"]
+  # 2-D rules split the float32 parameters over all 32 chips.
+  assert two_d["per_device_bytes"]["parameters"] == pytest.approx(
+      4 * two_d["parameters"] / 32, rel=0.01)

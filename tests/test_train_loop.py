@@ -1,0 +1,83 @@
+"""Training the tiny student on real annotated CQA: the loss goes down, a resumed run has the
+same loss curve, and the model dir serves `sbs eval` and `sbs predict`."""
+
+import json
+
+import gin
+import pytest
+
+from sbs_jax.train import command, config, loop
+from sbs_jax.train.metric_log import read_metrics
+from tests.conftest import run_sbs
+
+SMOKE = ["MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = {steps}", "TrainConfig.log_every = 1",
+         "TrainConfig.checkpoint_every = 3", "EvalConfig.every = 6",
+         "EvalConfig.max_examples = 16", "EvalConfig.max_test_examples = 16",
+         "EvalConfig.batch_size = 16", "OptimizerConfig.warmup_steps = 0",
+         "EvalConfig.rationale_samples = 2"]
+
+
+def train(model_dir, steps, on_step=None):
+  gin.clear_config()
+  bindings = [b.format(model_dir=model_dir, steps=steps) for b in SMOKE]
+  command.parse_gin(["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"], bindings)
+  try:
+    return loop.train(config.TrainConfig(), config.student_config(), on_step=on_step)
+  finally:
+    gin.clear_config()
+
+
+class Stop(Exception):
+  pass
+
+
+@pytest.fixture(scope="module")
+def trained(annotated, tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("model") / "cqa"
+  results = train(str(model_dir), 12)
+  return model_dir, results
+
+
+def test_loss_goes_down_and_results_are_written(trained):
+  model_dir, results = trained
+  losses = [m["loss"] for m in read_metrics(str(model_dir))]
+  assert len(losses) == 12
+  assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
+  on_disk = json.loads((model_dir / "results.json").read_text())
+  assert on_disk["best_step"] in (6, 12) and on_disk["test"]["examples"] == 16
+  assert on_disk["eval_task"] == "sbs_cqa_label_llm"
+  assert len(on_disk["rationale_samples"]) == 2
+  assert {m["step"] for m in read_metrics(str(model_dir), "validation")} == {6, 12}
+  assert list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_interrupted_and_resumed_run_has_the_same_losses(trained, tmp_path):
+  model_dir, _ = trained
+  reference = [m["loss"] for m in read_metrics(str(model_dir))]
+
+  def stop_at_7(step, metrics):
+    if step == 7:  # after the checkpoint of step 6: step 7 is lost, as in a crash
+      raise Stop()
+
+  with pytest.raises(Stop):
+    train(str(tmp_path / "cqa"), 12, on_step=stop_at_7)
+  train(str(tmp_path / "cqa"), 12)
+  resumed = read_metrics(str(tmp_path / "cqa"))
+  assert [m["step"] for m in resumed] == list(range(1, 13))
+  assert [m["loss"] for m in resumed] == pytest.approx(reference, abs=1e-6)
+
+
+def test_eval_and_predict_commands(trained):
+  model_dir, results = trained
+  proc = run_sbs("eval", "--model_dir", model_dir, "--split", "test",
+                 "--gin.EvalConfig.max_examples=16")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert got["step"] == results["best_step"] and got["examples"] == 16
+  text = "Where do you put your grapes just before checking out?\nAnswer Choices:\n" \
+         "(a) mouth\n(b) grocery cart\n(c) super market\n(d) fruit basket\n(e) fruit market"
+  proc = run_sbs("predict", "--model_dir", model_dir, "--input", text, "--rationale")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["input"] == text and isinstance(out["label"], str)
+  assert "rationale" in out

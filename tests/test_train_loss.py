@@ -1,0 +1,102 @@
+"""The paper's loss from one packed pass equals the two-pass computation; accumulation is exact."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow as tf
+
+from sbs_jax.data.features import DistillFeatureConverter
+from sbs_jax.model.config import config_for
+from sbs_jax.train import loss as loss_lib
+from sbs_jax.train import state as state_lib
+from sbs_jax.train.state import BATCH_KEYS, build_student, init_state, make_mesh
+
+ALPHA = 0.3
+
+
+def loss_and_grads(student, params, batch, alpha, accum=1):
+  fn = jax.jit(lambda p, b: state_lib.loss_and_grads(student, p, b, alpha, accum))
+  return fn(params, batch)
+
+
+def paired_examples(n, rng):
+  """Random paired examples: (predict ids, label ids, explain ids, rationale ids)."""
+  out = []
+  for _ in range(n):
+    part = lambda lo, hi: list(rng.integers(3, 100, rng.integers(lo, hi))) + [1]
+    out.append((part(3, 9), part(1, 4), part(3, 9), part(4, 12)))
+  return out
+
+
+def packed_batch(examples, enc_len=64, dec_len=48):
+  units = [{"inputs": p + e, "inputs_part": [1] * len(p) + [2] * len(e),
+            "targets": l + r, "targets_part": [1] * len(l) + [2] * len(r), "task": 1}
+           for p, l, e, r in examples]
+  sig = {k: tf.TensorSpec([None] if k != "task" else [], tf.int32) for k in units[0]}
+  ds = tf.data.Dataset.from_generator(lambda: iter(units), output_signature=sig)
+  ds = DistillFeatureConverter(pack=True)(ds, {"inputs": enc_len, "targets": dec_len})
+  rows = list(ds.as_numpy_iterator())
+  return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
+
+
+def one_example_ce(student, params, inputs, targets, length=16):
+  """Token cross-entropies of one example run alone (padded to a fixed shape)."""
+  pad = lambda ids: jnp.asarray([ids + [0] * (length - len(ids))])
+  enc, tgt = pad(inputs), pad(targets)
+  dec_in = pad([0] + targets[:-1])
+  ce = _ce(student.model, params, enc, dec_in, tgt)
+  return np.asarray(ce[0, :len(targets)])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ce(model, params, enc, dec_in, tgt):
+  return loss_lib.token_cross_entropy(model.apply({"params": params}, enc, dec_in, tgt), tgt)
+
+
+@pytest.fixture(scope="module")
+def student_and_params():
+  config = config_for("tiny", vocab_size=128)
+  student = build_student(config, optax.sgd(0.1), make_mesh((1, 1)))
+  return student, init_state(student, seed=0)["params"]
+
+
+def test_one_packed_pass_equals_two_passes(student_and_params):
+  student, params = student_and_params
+  examples = paired_examples(6, np.random.default_rng(0))
+  batch = packed_batch(examples)
+  assert batch["encoder_input_tokens"].shape[0] < len(examples)  # really packed
+  (loss, _, _, _), _ = loss_and_grads(student, params, batch, ALPHA)
+
+  label_ce, rationale_ce = [], []
+  for p, l, e, r in examples:  # pass 1: predict -> label; pass 2: explain -> rationale
+    for inputs, targets, bucket in ((p, l, label_ce), (e, r, rationale_ce)):
+      bucket.extend(one_example_ce(student, params, inputs, targets))
+  direct = ALPHA * np.mean(label_ce) + (1 - ALPHA) * np.mean(rationale_ce)
+  assert abs(float(loss) - direct) < 1e-5
+
+
+def test_label_only_batches_give_the_label_loss(student_and_params):
+  student, params = student_and_params
+  examples = [(p, l, [], []) for p, l, _, _ in paired_examples(4, np.random.default_rng(1))]
+  batch = packed_batch(examples)
+  (loss_half, _, _, _), _ = loss_and_grads(student, params, batch, 0.5)
+  (loss_one, label_sum, _, counts), _ = loss_and_grads(student, params, batch, 1.0)
+  assert float(counts[1]) == 0
+  assert float(loss_one) == pytest.approx(float(label_sum / counts[0]), abs=1e-6)
+  assert float(loss_half) == pytest.approx(0.5 * float(loss_one), abs=1e-6)
+
+
+def test_gradient_accumulation_is_exact(student_and_params):
+  student, params = student_and_params
+  batch = packed_batch(paired_examples(12, np.random.default_rng(2)), enc_len=32, dec_len=24)
+  rows = batch["encoder_input_tokens"].shape[0] // 2 * 2
+  batch = {k: v[:rows] for k, v in batch.items()}
+  (loss1, *_), grads1 = loss_and_grads(student, params, batch, ALPHA, 1)
+  (loss2, *_), grads2 = loss_and_grads(student, params, batch, ALPHA, 2)
+  assert abs(float(loss1) - float(loss2)) < 1e-5
+  for g1, g2 in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads2)):
+    np.testing.assert_allclose(g1, g2, atol=1e-5, rtol=1e-4)
