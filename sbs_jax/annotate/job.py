@@ -175,11 +175,13 @@ class _Progress:
     if self._bar is not None:
       self._bar.update(1)
     elif self.total and self.done / self.total >= self._next_log:
+      self._next_log = (int(self.done / self.total * 10) + 1) / 10
+      if time.monotonic() - self._start < 2.0:
+        return  # a fast run (e.g. replay) needs no progress lines
       rate = (self.done - self._start_done) / max(time.monotonic() - self._start, 1e-9)
       eta = (self.total - self.done) / rate if rate else float("inf")
       log.info("%s: %d/%d (%.0f ex/s, ETA %.0fs)", self._label, self.done, self.total,
                rate, eta)
-      self._next_log = (int(self.done / self.total * 10) + 1) / 10
 
   def close(self) -> None:
     if self._bar is not None:

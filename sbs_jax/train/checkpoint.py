@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -82,6 +83,7 @@ def load_params(model_dir: str, abstract_params: Any) -> tuple[Any, dict]:
   if step is None:
     raise SbsError(f"{model_dir}/params holds no checkpoint")
   try:
+    _check_fits(f"{manager.directory}/{step}/params", abstract_params, model_dir)
     restored = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
   except (ValueError, KeyError) as e:
@@ -89,6 +91,25 @@ def load_params(model_dir: str, abstract_params: Any) -> tuple[Any, dict]:
   finally:
     manager.close()
   return restored["params"], restored["meta"]
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_fits(path: str, abstract_params: Any, model_dir: str) -> None:
+  """Names and shapes of a saved parameter tree vs the network's; lists every mismatch."""
+  logging.getLogger("absl").setLevel(logging.ERROR)  # orbax warns of an absent metadata file
+  saved = _shapes(dict(ocp.StandardCheckpointer().metadata(path).item_metadata))
+  wanted = _shapes(abstract_params)
+  problems = [f"missing: {k} {wanted[k]}" for k in sorted(set(wanted) - set(saved))]
+  problems += [f"unexpected: {k} {saved[k]}" for k in sorted(set(saved) - set(wanted))]
+  problems += [f"wrong shape: {k}: saved {saved[k]}, network {wanted[k]}"
+               for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
+  if problems:
+    raise SbsError(f"the parameters in {model_dir} do not fit this network "
+                   f"({len(problems)} problems):\n  " + "\n  ".join(problems))
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

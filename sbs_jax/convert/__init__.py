@@ -1,0 +1,1 @@
+"""Converters between the student's parameters and other frameworks' checkpoint formats."""

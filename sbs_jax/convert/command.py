@@ -1,0 +1,87 @@
+"""`sbs import-hf` and `sbs export-hf`: Hugging Face T5 folders <-> our model dirs.
+
+    sbs import-hf --hf_dir t5-v1_1-base/ --out ckpt/t5_1_1_base
+    sbs train --gin_file=experiments/svamp_distill_llm.gin \
+        --gin.INITIAL_CHECKPOINT="'ckpt/t5_1_1_base'" ...
+    sbs export-hf --model_dir runs/svamp_distill_llm --out hf/svamp_student
+
+An imported folder is a model dir (model.json, spm.model, params/0); exporting writes what
+`transformers.T5ForConditionalGeneration` and `T5Tokenizer` load, plus `sbs_prefixes.json`
+with the task prefixes the student expects (`predict: `, `explain: `).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+
+from sbs_jax.convert import hf
+from sbs_jax.errors import SbsError
+from sbs_jax.train import checkpoint as ckpt
+
+PREFIXES_FILE = "sbs_prefixes.json"
+
+
+def add_parser(subparsers) -> None:
+  p = subparsers.add_parser("import-hf", help="an HF T5 checkpoint -> a model dir to train from")
+  p.add_argument("--hf_dir", required=True)
+  p.add_argument("--out", required=True)
+  p.add_argument("--allow_pickle", action="store_true",
+                 help="read a pickle-based pytorch_model.bin (unpickling can run code)")
+  p.set_defaults(func=import_main)
+  p = subparsers.add_parser("export-hf", help="a trained model dir -> an HF T5 folder")
+  p.add_argument("--model_dir", required=True)
+  p.add_argument("--out", required=True)
+  p.set_defaults(func=export_main)
+
+
+def _extra_ids(hf_dir: pathlib.Path) -> int:
+  """The tokenizer's sentinel count (T5's own vocabulary has 100), 0 if none is declared."""
+  path = hf_dir / "tokenizer_config.json"
+  if path.exists():
+    return int(json.loads(path.read_text()).get("extra_ids", 0) or 0)
+  return 0
+
+
+def import_hf(hf_dir, out: str, allow_pickle: bool = False) -> dict:
+  """Writes an HF T5 checkpoint as a model dir; returns a summary."""
+  hf_dir = pathlib.Path(hf_dir)
+  config, params, spiece = hf.read_hf_dir(hf_dir, allow_pickle=allow_pickle)
+  if spiece is None:
+    raise SbsError(f"{hf_dir} has no spiece.model: the student needs its vocabulary")
+  extra_ids = _extra_ids(hf_dir)
+  ckpt.write_model_info(out, config, spiece, extra_ids)
+  ckpt.save_params(out, 0, params, {"step": 0, "source": str(hf_dir)})
+  return {"model_dir": out, "parameters": int(sum(np.size(x) for x in
+                                                   jax.tree.leaves(params))),
+          "extra_ids": extra_ids, "config": config.__dict__}
+
+
+def export_hf(model_dir: str, out: str) -> pathlib.Path:
+  """Writes a model dir's best parameters as an HF T5 folder with its tokenizer."""
+  config, info = ckpt.read_model_info(model_dir)
+  from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  student = build_student(config, optax.identity(), make_mesh((1, 1)))
+  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
+  params, _ = ckpt.load_params(model_dir, abstract)
+  params = jax.tree.map(np.asarray, jax.device_get(params))
+  path = hf.write_hf_dir(out, config, params, f"{model_dir}/{info['vocabulary']}")
+  (path / PREFIXES_FILE).write_text(json.dumps(
+      {"label_prefix": info["label_prefix"], "rationale_prefix": info["rationale_prefix"]},
+      indent=2))
+  return path
+
+
+def import_main(args) -> int:
+  summary = import_hf(args.hf_dir, args.out, args.allow_pickle)
+  print(json.dumps({k: summary[k] for k in ("model_dir", "parameters", "extra_ids")}))
+  return 0
+
+
+def export_main(args) -> int:
+  print(json.dumps({"hf_dir": str(export_hf(args.model_dir, args.out))}))
+  return 0
