@@ -100,3 +100,32 @@ def test_gradient_accumulation_is_exact(student_and_params):
   assert abs(float(loss1) - float(loss2)) < 1e-5
   for g1, g2 in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads2)):
     np.testing.assert_allclose(g1, g2, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_both_optimizers_step_and_fit_a_batch(name):
+  from sbs_jax.train.config import OptimizerConfig
+  from sbs_jax.train.optim import make_optimizer
+  config = config_for("tiny", vocab_size=128)
+  tx = make_optimizer(OptimizerConfig(name=name, learning_rate=1e-2, schedule="constant"), 10)
+  student = build_student(config, tx, make_mesh((1, 1)))
+  state = init_state(student, seed=0)
+  batch = state_lib.global_batch(student, packed_batch(paired_examples(
+      6, np.random.default_rng(3))))
+  step = state_lib.make_train_step(student, ALPHA)
+  losses = []
+  for _ in range(4):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0] - 0.1
+  assert int(state["step"]) == 4
+
+
+def test_linear_schedule_warms_up_and_decays_to_zero():
+  from sbs_jax.train.config import OptimizerConfig
+  from sbs_jax.train.optim import learning_rate_schedule
+  schedule = learning_rate_schedule(OptimizerConfig(learning_rate=5e-5, warmup_steps=10), 110)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(10)) == pytest.approx(5e-5)
+  assert float(schedule(60)) == pytest.approx(2.5e-5)
+  assert float(schedule(110)) == pytest.approx(0.0, abs=1e-12)
