@@ -302,3 +302,12 @@ def test_bfloat16_compute_is_close_to_float32(tiny):
   error = float(jnp.max(jnp.abs(logits - reference)))
   assert 0 < error < 0.05 * float(jnp.max(jnp.abs(reference)))  # > 0: bf16 really was used
   assert decoding.greedy_decode(bf16_model, params, ENC, 4).shape == (2, 4)
+
+
+def test_mesh_rows_may_not_span_hosts():
+  """Every host feeds its own batch rows, so a mesh row must lie on one host."""
+  import types
+  from sbs_jax.model import partitioning
+  fake = [types.SimpleNamespace(process_index=p, id=i) for i, p in enumerate([0, 0, 1, 1])]
+  with pytest.raises(ValueError, match="several hosts"):
+    partitioning.make_mesh(1, 4, devices=fake)

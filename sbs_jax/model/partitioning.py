@@ -52,12 +52,23 @@ def standard_logical_axis_rules(
 
 
 def make_mesh(data: int, model: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A data x model mesh with axis names ('data', 'model') over the first data*model devices."""
-  devices = list(jax.devices() if devices is None else devices)
+  """A data x model mesh with axis names ('data', 'model') over the first data*model devices.
+
+  By default the devices are taken host by host, and each row of the mesh (the devices that
+  hold the same rows of a batch) must lie on one host, since every host feeds its own rows.
+  """
+  if devices is None:
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  devices = list(devices)
   if data < 1 or model < 1 or data * model > len(devices):
     raise ValueError(f"a {data}x{model} mesh needs {data * model} devices, "
                      f"{len(devices)} available")
   grid = np.array(devices[:data * model], dtype=object).reshape(data, model)
+  for row in grid:
+    if len({d.process_index for d in row}) > 1:
+      raise ValueError(f"a {data}x{model} mesh puts one row of each batch on several hosts "
+                       f"({jax.local_device_count()} devices per host): the 'model' axis "
+                       "must divide the devices per host")
   return Mesh(grid, ("data", "model"))
 
 

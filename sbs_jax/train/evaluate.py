@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 import seqio
 
 from sbs_jax.data.preprocessors import LABEL_PREFIX, RATIONALE_PREFIX
@@ -32,7 +33,8 @@ def decode(student: Student, params, inputs: np.ndarray, batch_size: int,
                                    beam_size=beam_size)
       else:
         out = decoding.greedy_decode(student.model, params, chunk, max_decode_length)
-      outputs.append(np.asarray(jax.device_get(out)))
+      # All hosts' shards of the output, on every host (device_get fails across hosts).
+      outputs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
   return np.concatenate(outputs)[:n]
 
 

@@ -1,0 +1,395 @@
+"""Cloud TPU launcher: make a TPU VM or pod slice, install sbs_jax on every worker, train.
+
+    python launch/tpu.py create --name sbs --zone us-central2-b --accelerator_type v4-64 --spot
+    python launch/tpu.py setup  --name sbs [--repo_url URL [--ref origin/main]] [--with_t5x]
+    python launch/tpu.py train  --name sbs --gin_file=experiments/cqa_distill_llm.gin \
+        --gin.MODEL_DIR="'gs://bucket/runs/cqa'" [--gin.KEY=VALUE ...]
+    python launch/tpu.py t5x    --name sbs --family distill_llm --size base \
+        --gin.MIXTURE_OR_TASK_NAME="'sbs_cqa_distill_llm'" --gin.MODEL_DIR="'gs://...'"
+    python launch/tpu.py logs   --name sbs [--worker 3] [--follow | --fetch DIR]
+    python launch/tpu.py run    --name sbs [--worker 0] [--cpu] -- sbs_venv/bin/sbs ...
+    python launch/tpu.py resume --name sbs     # the last train/t5x command again
+    python launch/tpu.py delete --name sbs
+
+Zone, project and accelerator type are remembered per VM name in
+`<state_dir>/<name>.json` (default ~/.sbs_launch), with the last training command,
+which `resume` runs again: the trainer then continues from the model dir's last
+checkpoint. Training runs on all workers at once under nohup (an ssh disconnect does not
+stop it), each worker logging to its own ~/sbs_logs/<job>.log.
+
+Safety: every local command is an argv list run without a shell. The one string that a
+worker's shell reads (ssh --command) is built from argv lists with shlex.quote, so no
+argument (a gin binding, a path with spaces, quotes, `$(...)`, backticks or `;`) can leave
+its quotes. `--dry_run` prints each command on one line, ready to paste, and runs nothing.
+Only the Python standard library is used: the launcher runs anywhere gcloud does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+COPIED = ("setup.py", "README.md", "sbs_jax", "tasks", "gin_configs")  # what `pip -e` needs
+LOG_DIR = "sbs_logs"  # on each worker, under the home directory
+T5X_FAMILIES = ("distill_llm", "distill_gt", "standard_gt", "standard_llm")
+T5X_SIZES = ("small", "base", "large", "xl", "xxl")
+T5X_URL = "https://github.com/google-research/t5x"
+MODEL_DIR_KEYS = ("MODEL_DIR", "TrainConfig.model_dir")
+# Cloud TPU's recommended software versions for JAX, by TPU generation.
+RUNTIMES = {"v6e": "v2-alpha-tpuv6e", "v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite",
+            "v5e": "v2-alpha-tpuv5-lite"}
+DEFAULT_RUNTIME = "tpu-ubuntu2204-base"  # v4 and older
+
+_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_REMOTE_PATH = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./-]*")
+_PYTHON = re.compile(r"python3\.[0-9]+")
+
+
+class LaunchError(Exception):
+  """A problem with the request, reported as one line."""
+
+
+def _matching(pattern: re.Pattern, what: str):
+  def check(value: str) -> str:
+    if not pattern.fullmatch(value) or ".." in value.split("/"):
+      raise argparse.ArgumentTypeError(f"{value!r} is not a valid {what}")
+    return value
+  return check
+
+
+def hosts_of(accelerator_type: str | None) -> int | None:
+  """Worker VMs of a slice (v4-8: 1, v4-64: 8, v5litepod-16: 4); None if unknown."""
+  m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", accelerator_type or "")
+  if not m:
+    return None
+  family, n = m.group(1), int(m.group(2))
+  if family in ("v2", "v3", "v4", "v5p"):  # the number counts TensorCores, 8 per host
+    return max(1, n // 8)
+  if family in ("v5litepod", "v5e", "v6e"):  # the number counts chips: 8 on one host, else 4
+    return 1 if n <= 8 else n // 4
+  return None
+
+
+# ---- State: zone, project, accelerator type and the last training command, per VM.
+
+def _state_path(args) -> pathlib.Path:
+  return pathlib.Path(os.path.expanduser(args.state_dir)) / f"{args.name}.json"
+
+
+def load_state(args) -> dict:
+  path = _state_path(args)
+  return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def save_state(args, **fields) -> None:
+  """Merges `fields` into the VM's state file (never in a dry run)."""
+  if args.dry_run:
+    return
+  state = {**load_state(args), "name": args.name, **fields}
+  path = _state_path(args)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+  tmp.replace(path)
+
+
+def resolve(args, state: dict) -> None:
+  """Fills zone, project and accelerator type from the state where not given."""
+  for key in ("zone", "project", "accelerator_type"):
+    if getattr(args, key, None) is None:
+      setattr(args, key, state.get(key))
+  if not args.zone:
+    raise LaunchError(f"no --zone given and none recorded for {args.name!r}")
+
+
+# ---- gcloud commands (argument lists, without the gcloud binary itself).
+
+def _tpu_vm(verb: str, args, *rest: str) -> list[str]:
+  project = [f"--project={args.project}"] if args.project else []
+  return ["compute", "tpus", "tpu-vm", verb, *rest, f"--zone={args.zone}", *project]
+
+
+def ssh(args, remote_command: str, worker: str = "all") -> list[str]:
+  """One shell command run on the workers (in parallel with --worker=all)."""
+  return _tpu_vm("ssh", args, args.name, f"--worker={worker}", f"--command={remote_command}")
+
+
+def local_path(path: str) -> str:
+  """A local path for scp, which would take one with ':' for a remote one."""
+  if ":" in path:
+    raise LaunchError(f"scp cannot copy a local path with ':' in it: {path!r}")
+  return path
+
+
+def scp(args, sources: list[str], dest: str, worker: str = "all",
+        recurse: bool = False) -> list[str]:
+  """Copies files to (or from) the workers; remote paths are written NAME:PATH."""
+  return _tpu_vm("scp", args, *(["--recurse"] if recurse else []), *sources, dest,
+                 f"--worker={worker}")
+
+
+def in_background(argv: list[str], job: str) -> str:
+  """A shell command starting argv under nohup, its output appended to ~/sbs_logs/<job>.log."""
+  log, pid = f"{LOG_DIR}/{job}.log", f"{LOG_DIR}/{job}.pid"
+  return (f"mkdir -p {LOG_DIR} && ( nohup {shlex.join(argv)} >> {log} 2>&1 < /dev/null & "
+          f"echo $! > {pid} ) && echo \"started on $(hostname): ~/{log}\"")
+
+
+def venv_python(args) -> str:
+  return f"{args.venv}/bin/python"
+
+
+def model_dir_of(bindings: list[str]) -> str | None:
+  """The model dir a list of --gin.KEY=VALUE bindings sets (the last one wins)."""
+  found = None
+  for arg in bindings:
+    key, _, value = arg[len("--gin."):].partition("=")
+    if key.strip() in MODEL_DIR_KEYS:
+      found = value.strip().strip("'\"")
+  return found
+
+
+def check_bindings(args, bindings: list[str]) -> None:
+  """Gin bindings only; on a multi-host slice the model dir must be shared (gs://)."""
+  for arg in bindings:
+    if not arg.startswith("--gin.") or "=" not in arg:
+      raise LaunchError(f"unrecognised argument {arg!r} (bindings look like --gin.KEY=VALUE)")
+  hosts = hosts_of(args.accelerator_type)
+  model_dir = model_dir_of(bindings)
+  if hosts and hosts > 1 and not (model_dir or "").startswith("gs://"):
+    raise LaunchError(
+        f"{args.accelerator_type} has {hosts} workers, each with its own disk: give a "
+        f"shared model dir, e.g. --gin.MODEL_DIR=\"'gs://BUCKET/runs/NAME'\" "
+        f"(got {model_dir!r})")
+
+
+# ---- Subcommands: each returns the gcloud commands to run, in order.
+
+def create_commands(args) -> list[list[str]]:
+  version = args.runtime_version or RUNTIMES.get(args.accelerator_type.split("-")[0],
+                                                  DEFAULT_RUNTIME)
+  flags = [f"--accelerator-type={args.accelerator_type}", f"--version={version}"]
+  flags += ["--spot"] if args.spot else ["--preemptible"] if args.preemptible else []
+  return [_tpu_vm("create", args, args.name, *flags)]
+
+
+def setup_commands(args) -> list[list[str]]:
+  """Get the code onto every worker, then a venv with the package, t5x and jax[tpu]."""
+  q, repo, py = shlex.quote, args.remote_dir, venv_python(args)
+  commands = []
+  if args.repo_url:
+    fetch = (f"( test -d {q(repo + '/.git')} || git clone -- {q(args.repo_url)} {q(repo)} ) "
+             f"&& git -C {q(repo)} fetch --quiet origin "
+             f"&& git -C {q(repo)} checkout --quiet --detach {q(args.ref)}")
+    commands.append(ssh(args, fetch))
+  else:
+    src = pathlib.Path(args.src).resolve()
+    missing = [p for p in COPIED if not (src / p).exists()]
+    if missing:
+      raise LaunchError(f"{src} is not an sbs_jax checkout: no {', '.join(missing)}")
+    commands.append(ssh(args, f"mkdir -p {q(repo)}"))
+    commands.append(scp(args, [local_path(str(src / p)) for p in COPIED],
+                        f"{args.name}:{repo}", recurse=True))
+  steps = ["sudo apt-get update -qq",
+           f"sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {args.base_python} "
+           f"{args.base_python}-venv",
+           f"( test -x {q(py)} || {args.base_python} -m venv {q(args.venv)} )",
+           f"{q(py)} -m pip install --quiet --upgrade pip",
+           f"{q(py)} -m pip install --quiet -e {q(repo)}"]
+  if args.with_t5x:
+    steps += [f"( test -d {q(args.t5x_dir + '/.git')} || git clone --depth 1 -- "
+              f"{q(args.t5x_url)} {q(args.t5x_dir)} )",
+              f"{q(py)} -m pip install --quiet -e {q(args.t5x_dir)}"]
+  steps.append(f"{q(py)} -m pip install --quiet --upgrade {q(args.jax_spec)}")
+  commands.append(ssh(args, " && ".join(steps)))
+  return commands
+
+
+def train_argv(args, bindings: list[str]) -> list[str]:
+  """What each worker runs for `train`: our trainer, joining the slice's JAX cluster.
+
+  --multihost (jax.distributed.initialize()) unless the slice is known to be one host.
+  """
+  multihost = [] if hosts_of(args.accelerator_type) == 1 else ["--multihost"]
+  return [venv_python(args), "-m", "sbs_jax.cli", "train", *multihost,
+          *[f"--gin_file={f}" for f in args.gin_file], *bindings]
+
+
+def t5x_argv(args, bindings: list[str]) -> list[str]:
+  """What each worker runs for `t5x`: T5X's trainer on our mixtures (run from ~)."""
+  gin_files = [f"t5x/examples/t5/t5_1_1/{args.size}.gin", args.run_gin,
+               f"gin_configs/t5x/{args.family}.gin", *args.gin_file]
+  return ["env", f"PYTHONPATH={args.remote_dir}", venv_python(args), "-m", "t5x.train",
+          f"--gin_search_paths=.,{args.t5x_dir},{args.remote_dir}",
+          *[f"--gin_file={f}" for f in gin_files], *bindings]
+
+
+def train_commands(args, bindings: list[str]) -> list[list[str]]:
+  check_bindings(args, bindings)
+  argv = (t5x_argv if args.command == "t5x" else train_argv)(args, bindings)
+  return [ssh(args, in_background(argv, args.command))]
+
+
+def logs_commands(args, state: dict) -> list[list[str]]:
+  log = f"{LOG_DIR}/{args.job or state.get('job', 'train')}.log"
+  if args.fetch is None:
+    follow = ["-F"] if args.follow else []
+    return [ssh(args, shlex.join(["tail", "-n", str(args.lines), *follow, log]),
+                worker=args.worker)]
+  if args.worker == "all":
+    hosts = hosts_of(args.accelerator_type)
+    if hosts is None:
+      raise LaunchError("--worker all needs the accelerator type (give --accelerator_type)")
+    workers = [str(i) for i in range(hosts)]
+  else:
+    workers = [args.worker]
+  out = pathlib.Path(args.fetch)
+  return [scp(args, [f"{args.name}:{log}"],
+              local_path(str(out / f"{args.name}-worker{w}.log")), w) for w in workers]
+
+
+def run_commands(args) -> list[list[str]]:
+  """Any command, in the foreground, from ~ on the chosen worker(s); --cpu hides the TPU."""
+  argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+  if not argv:
+    raise LaunchError("nothing to run: give the command after --")
+  env = ["env", "JAX_PLATFORMS=cpu"] if args.cpu else []
+  return [ssh(args, shlex.join([*env, *argv]), worker=args.worker)]
+
+
+def delete_commands(args) -> list[list[str]]:
+  return [_tpu_vm("delete", args, args.name, "--quiet")]
+
+
+# ---- Command line.
+
+def build_parser() -> argparse.ArgumentParser:
+  common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  common.add_argument("--name", required=True, type=_matching(_NAME, "TPU name"))
+  common.add_argument("--zone", type=_matching(_TOKEN, "zone"), help="default: recorded")
+  common.add_argument("--project", type=_matching(_TOKEN, "project"))
+  common.add_argument("--dry_run", action="store_true", help="print the commands, run none")
+  common.add_argument("--state_dir", default=os.environ.get("SBS_LAUNCH_STATE",
+                                                            "~/.sbs_launch"))
+  common.add_argument("--gcloud", default="gcloud", help="the gcloud binary")
+  remote = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  path = _matching(_REMOTE_PATH, "remote path")
+  remote.add_argument("--remote_dir", default="sbs_jax", type=path,
+                      help="the checkout on each worker, relative to ~")
+  remote.add_argument("--venv", default="sbs_venv", type=path, help="relative to ~")
+  remote.add_argument("--t5x_dir", default="t5x", type=path, help="relative to ~")
+  accel = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  accel.add_argument("--accelerator_type", type=_matching(_TOKEN, "accelerator type"),
+                     help="e.g. v4-8, v4-64 (default: recorded by create)")
+
+  parser = argparse.ArgumentParser(prog="launch/tpu.py", allow_abbrev=False,
+                                   description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  def add(name, **kwargs):
+    return sub.add_parser(name, allow_abbrev=False, **kwargs)
+
+  p = add("create", parents=[common], help="create a TPU VM or pod slice")
+  p.add_argument("--accelerator_type", required=True, type=_matching(_TOKEN, "type"))
+  p.add_argument("--runtime_version", type=_matching(_TOKEN, "runtime version"),
+                 help=f"default: {DEFAULT_RUNTIME} (v4 and older), or v5e/v5p/v6e's own")
+  g = p.add_mutually_exclusive_group()
+  g.add_argument("--spot", action="store_true")
+  g.add_argument("--preemptible", action="store_true")
+  p = add("setup", parents=[common, remote], help="install on every worker")
+  p.add_argument("--src", default=str(REPO), help="local checkout to copy (default: this)")
+  p.add_argument("--repo_url", help="git clone this on the workers instead of copying")
+  p.add_argument("--ref", default="origin/HEAD", help="with --repo_url: what to check out")
+  p.add_argument("--with_t5x", action="store_true", help="also clone and install t5x")
+  p.add_argument("--t5x_url", default=T5X_URL)
+  p.add_argument("--base_python", default="python3.11", type=_matching(_PYTHON, "python"))
+  p.add_argument("--jax_spec", default="jax[tpu]", help="pip requirement for JAX on TPU")
+  p = add("train", parents=[common, remote, accel],
+          help="sbs train --multihost on all workers (+ --gin.KEY=VALUE ...)")
+  p.add_argument("--gin_file", action="append", default=[])
+  p = add("t5x", parents=[common, remote, accel],
+          help="T5X's trainer on our mixtures (+ --gin.KEY=VALUE ...)")
+  p.add_argument("--family", choices=T5X_FAMILIES, default="distill_llm")
+  p.add_argument("--size", choices=T5X_SIZES, default="base", help="T5 v1.1 size")
+  p.add_argument("--run_gin", default="t5x/configs/runs/finetune.gin")
+  p.add_argument("--gin_file", action="append", default=[], help="more gin files, last")
+  worker = _matching(re.compile(r"all|[0-9]+"), "worker")
+  p = add("logs", parents=[common, accel], help="show or fetch worker logs")
+  p.add_argument("--worker", default="0", type=worker)
+  p.add_argument("--job", choices=("train", "t5x"), help="default: the last one started")
+  p.add_argument("--lines", type=int, default=100)
+  p.add_argument("--follow", action="store_true")
+  p.add_argument("--fetch", metavar="DIR", help="copy the log(s) into DIR")
+  p = add("run", parents=[common], help="run a command on worker(s): -- ARGV")
+  p.add_argument("--worker", default="0", type=worker)
+  p.add_argument("--cpu", action="store_true", help="JAX_PLATFORMS=cpu (e.g. import-hf)")
+  p.add_argument("argv", nargs=argparse.REMAINDER)
+  add("resume", parents=[common], help="rerun the last train/t5x command")
+  add("delete", parents=[common], help="delete the TPU VM (state is kept)")
+  return parser
+
+
+def run(args, commands: list[list[str]], out=None) -> int:
+  """Prints (dry run) or runs each gcloud command; stops at the first failure."""
+  out = out or sys.stdout
+  for command in commands:
+    argv = [args.gcloud, *command]
+    if args.dry_run:
+      print(shlex.join(argv), file=out)
+      continue
+    print(f"+ {shlex.join(argv)}", file=sys.stderr, flush=True)
+    try:
+      code = subprocess.run(argv, check=False).returncode
+    except FileNotFoundError:
+      raise LaunchError(f"{args.gcloud!r} not found: install the Google Cloud CLI") from None
+    if code:
+      print(f"launch/tpu.py {args.command}: command failed with exit code {code}",
+            file=sys.stderr)
+      return code
+  return 0
+
+
+def main(argv: list[str] | None = None, out=None) -> int:
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  if extra and args.command not in ("train", "t5x"):
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  try:
+    state = load_state(args)
+    if args.command == "resume":
+      if "command" not in state:
+        raise LaunchError(f"nothing recorded for {args.name!r} in {_state_path(args)}")
+      return run(args, [state["command"]], out)
+    resolve(args, state)
+    if args.command == "create":
+      code = run(args, create_commands(args), out)
+      if not code:
+        save_state(args, zone=args.zone, project=args.project,
+                   accelerator_type=args.accelerator_type)
+      return code
+    if args.command in ("train", "t5x"):
+      commands = train_commands(args, extra)
+      code = run(args, commands, out)
+      if not code:
+        save_state(args, zone=args.zone, project=args.project,
+                   accelerator_type=args.accelerator_type, job=args.command,
+                   command=commands[0])
+      return code
+    build = {"setup": setup_commands, "logs": lambda a: logs_commands(a, state),
+             "run": run_commands, "delete": delete_commands}[args.command]
+    return run(args, build(args), out)
+  except LaunchError as e:
+    print(f"launch/tpu.py {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,130 @@
+"""Two JAX processes (2 CPU devices each) that form one cluster train like one process with
+4 devices fed the same global batches.
+
+This runs the multi-host path of `sbs train` end to end on this machine:
+`jax.distributed.initialize` (gloo collectives on the CPU, jax's default), each host
+reading its own shard of the input, global arrays built from host-local rows, metrics
+written by host 0 alone, and checkpoints saved by every host together.
+
+The global batches cannot be those of a plain one-process run: with 2 hosts, host i reads
+shard i of 2 of the data stream (seqio.ShardInfo) and contributes rows [4i, 4i + 4) of each
+batch of 8, whereas one host reads the unsharded stream. So the one-process reference
+(tests/multihost_worker.py) builds each global batch from the trainer's own
+`train_batches` called for both shards, exactly as the two hosts feed it; it also checks
+that these batches differ from the unsharded stream's, so the comparison does exercise the
+sharding.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sbs_jax.train.metric_log import read_metrics
+from tests.conftest import REPO
+
+STEPS = 4
+TIMEOUT = 240  # seconds, per run; a run takes about a minute on 2 cores
+BINDINGS = [f"--gin.TRAIN_STEPS={STEPS}", "--gin.TrainConfig.log_every=1",
+            "--gin.TrainConfig.checkpoint_every=2", f"--gin.EvalConfig.every={STEPS}",
+            "--gin.EvalConfig.max_examples=8", "--gin.EvalConfig.max_test_examples=8",
+            "--gin.EvalConfig.batch_size=8", "--gin.EvalConfig.rationale_samples=1",
+            "--gin.EvalConfig.rationale_decode_length=16", "--gin.BATCH_SIZE=8",
+            "--gin.OptimizerConfig.warmup_steps=0"]
+# What the trainer's evaluation raised before it gathered decoded ids across hosts.
+
+
+def _train_flags(model_dir) -> list[str]:
+  return ["--gin_file=experiments/cqa_distill_llm.gin", "--gin_file=overlays/tiny_cpu.gin",
+          *BINDINGS, f"--gin.MODEL_DIR='{model_dir}'"]
+
+
+def _env(devices: int) -> dict:
+  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _tail(path, n=3000) -> str:
+  return path.read_text(errors="replace")[-n:]
+
+
+def _wait_all(procs, timeout: float) -> list:
+  """Exit codes once all have ended, one has failed (a peer would wait for it in a
+  collective) or the time is up; None for a process still running."""
+  deadline = time.monotonic() + timeout
+  while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    if any(p.returncode for p in procs):
+      break
+    time.sleep(0.5)
+  return [p.poll() for p in procs]
+
+
+@pytest.fixture(scope="module")
+def runs(annotated, tmp_path_factory):
+  """The two-process run and the one-process reference, with their exit codes and logs."""
+  root = tmp_path_factory.mktemp("multihost")
+  address = f"127.0.0.1:{_free_port()}"
+  procs, logs = [], [root / f"host{i}.log" for i in range(2)]
+  try:
+    for i, log in enumerate(logs):
+      with open(log, "w", encoding="utf-8") as out:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "sbs_jax.cli", "train", "--coordinator_address", address,
+             "--num_processes", "2", "--process_id", str(i),
+             *_train_flags(root / "two_hosts")],
+            cwd=REPO, env=_env(2), stdout=out, stderr=subprocess.STDOUT))
+    codes = _wait_all(procs, TIMEOUT)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  report = root / "report.json"
+  with open(root / "one_host.log", "w", encoding="utf-8") as out:
+    ref = subprocess.run([sys.executable, "tests/multihost_worker.py", "2", str(report),
+                          "train", *_train_flags(root / "one_host")], cwd=REPO, env=_env(4),
+                         stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+  return {"root": root, "codes": codes, "logs": logs, "ref_code": ref.returncode,
+          "report": json.loads(report.read_text()) if report.exists() else {}}
+
+
+def test_two_hosts_train_like_one_host(runs):
+  root = runs["root"]
+  assert runs["ref_code"] == 0, _tail(root / "one_host.log")
+  assert runs["report"] == {"differs_from_one_host_stream": True, "global_rows": 8}
+  one = read_metrics(str(root / "one_host"))
+  two = read_metrics(str(root / "two_hosts"))  # written by host 0 alone
+  assert [m["step"] for m in two] == list(range(1, STEPS + 1)), _tail(runs["logs"][0])
+  assert [m["step"] for m in one] == list(range(1, STEPS + 1))
+  for a, b in zip(one, two):
+    # The same rows in every global batch: the same token counts per task, exactly.
+    assert (a["label_tokens"], a["rationale_tokens"]) == (b["label_tokens"],
+                                                          b["rationale_tokens"])
+    for key in ("loss", "label_loss", "rationale_loss", "grad_norm"):
+      assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
+  assert one[-1]["loss"] < one[0]["loss"]
+  # Both hosts took part in the step-2 checkpoint (orbax saves collectively).
+  assert (root / "two_hosts" / "checkpoints" / "2").is_dir()
+
+
+def test_two_hosts_complete_the_run(runs):
+  root, codes, logs = runs["root"], runs["codes"], runs["logs"]
+  assert codes == [0, 0], "\n".join(_tail(log) for log in logs)
+  finals = [json.loads(log.read_text().strip().splitlines()[-1]) for log in logs]
+  reference = json.loads((root / "one_host" / "results.json").read_text())
+  results = json.loads((root / "two_hosts" / "results.json").read_text())
+  assert finals[0] == finals[1]
+  assert results["best_step"] == reference["best_step"] == finals[0]["best_step"]
+  assert results["validation"] == reference["validation"] == finals[0]["validation"]
+  assert results["test"] == reference["test"]
+  assert sorted(p.name for p in (root / "two_hosts" / "checkpoints").iterdir()) == ["2", "4"]
