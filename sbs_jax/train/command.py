@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs"
 
 
-def _add_gin_flags(p) -> None:
+def add_gin_flags(p) -> None:
   p.add_argument("--gin_file", action="append", default=[],
                  help="gin file (repeatable); relative paths also tried under gin_configs/")
   p.add_argument("--gin_search_path", action="append", default=[])
@@ -38,12 +38,12 @@ def _add_gin_flags(p) -> None:
 
 def add_parser(subparsers) -> None:
   p = subparsers.add_parser("train", help="train a student with a gin config")
-  _add_gin_flags(p)
+  add_gin_flags(p)
   p.set_defaults(func=train_main, accepts_gin_bindings=True)
   p = subparsers.add_parser("eval", help="score a trained model dir's best params")
   p.add_argument("--model_dir", required=True)
   p.add_argument("--split", default="test")
-  _add_gin_flags(p)
+  add_gin_flags(p)
   p.set_defaults(func=eval_main, accepts_gin_bindings=True)
   p = subparsers.add_parser("predict", help="the label (and rationale) for an input text")
   p.add_argument("--model_dir", required=True)

@@ -34,11 +34,11 @@ GIB = 1024 ** 3
 
 
 def add_parser(subparsers) -> None:
-  from sbs_jax.train.command import _add_gin_flags  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.command import add_gin_flags  # pylint: disable=import-outside-toplevel
   p = subparsers.add_parser("plan", help="per-device memory of a run on a mesh, on paper")
   p.add_argument("--mesh", required=True, help="DATAxMODEL, e.g. 8x4")
   p.add_argument("--hbm_gib", type=float, help="memory per device, to say whether it fits")
-  _add_gin_flags(p)
+  add_gin_flags(p)
   p.set_defaults(func=main, accepts_gin_bindings=True)
 
 
