@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
   from sbs_jax.data import download_command, vocab_command
   from sbs_jax.train import command as train_command, plan
   from sbs_jax.convert import command as convert_command
+  from sbs_jax import bench
 
   parser = argparse.ArgumentParser(
       prog="sbs", description="Distilling Step-by-Step in JAX: annotate, build tasks, "
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
   train_command.add_parser(subparsers)
   plan.add_parser(subparsers)
   convert_command.add_parser(subparsers)
+  bench.add_parser(subparsers)
   demo.add_parser(subparsers)
   return parser
 

@@ -204,6 +204,7 @@ def make_train_step(student: Student, alpha: float, grad_accum_steps: int = 1,
     with student.sharding_context():
       return jitted(state, batch)
 
+  train_step.jitted = jitted  # for ahead-of-time lowering (cost analysis in `sbs bench`)
   return train_step
 
 

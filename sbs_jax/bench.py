@@ -1,0 +1,528 @@
+"""`sbs bench`: training and label-decoding throughput of the student, beside the reference.
+
+One JSON line per configuration (docs/benchmarks.md explains every field). Modes:
+synthetic (default): fixed shapes, one unpacked *paired* row per example, as our trainer
+sees distillation (encoder: `predict:` then `explain:` input as segments 1 and 2; decoder:
+label then rationale; positions restart per segment; random ids, no padding). `--mixture`:
+real rows of a registered task packed by `DistillFeatureConverter(pack=True)`, fetched into
+memory before timing (input time reported apart); an example is a label segment.
+`--inference`: greedy decoding of exactly `--decode_len` tokens (EOS stops neither side).
+
+`--reference` runs, in the same process, HF `T5ForConditionalGeneration` of the same dims
+(random init): two forward passes per step (`predict:` -> label, `explain:` -> rationale),
+loss 0.5 * l1 + 0.5 * l2, `torch.optim.AdamW(lr=5e-5)`; with `--mixture` on the very
+examples of our timed rows, padded to the longest per batch as DataCollatorForSeq2Seq does.
+Ours keeps XLA's default flags and threads; torch gets `set_num_threads(os.cpu_count())`.
+
+Timing: compile, 2 warmup steps, then `--steps` steps dispatched back to back up to one
+`jax.block_until_ready` (torch: `cuda.synchronize`). FLOPs: `flops_per_step_xla` is
+`compiled.cost_analysis()["flops"]` of the very executable timed, the whole step (forward,
+backward, loss, AdamW update) over every position, padding included;
+`flops_per_step_analytic` counts matmuls only (6 * N * tokens plus attention); the
+reference's `flops_per_step_torch` is FlopCounterMode over one warmup step. MFU divides the
+achieved FLOP/s by `--peak_tflops`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from sbs_jax.errors import SbsError
+from sbs_jax.train import state as state_lib
+
+WARMUP = 2
+LABEL, RATIONALE = 1, 2
+
+
+def add_parser(subparsers) -> None:
+  p = subparsers.add_parser("bench", help="training / decoding throughput, FLOPs and MFU")
+  p.add_argument("--size", default="small", help="tiny, small, base, large, xl or xxl")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--batch", default="16", help="rows per step; a comma list runs each")
+  p.add_argument("--input_len", type=int, default=128, help="synthetic: per task input")
+  p.add_argument("--label_len", type=int, default=8)
+  p.add_argument("--rationale_len", type=int, default=64)
+  p.add_argument("--mixture", help="a registered task or mixture: real packed batches")
+  p.add_argument("--task_feature_lengths", default="1024,352", help="INPUTS,TARGETS")
+  p.add_argument("--split", default="train")
+  p.add_argument("--steps", type=int, default=5, help="timed steps (after compile + 2)")
+  p.add_argument("--rounds", type=int, default=1,
+                 help="alternate this many rounds of --steps of each side; report the median")
+  p.add_argument("--reference", action="store_true", help="also the HF transformers recipe")
+  p.add_argument("--reference_batch", type=int,
+                 help="--mixture: examples per reference step (default: ours' average)")
+  p.add_argument("--inference", action="store_true", help="greedy label decoding instead")
+  p.add_argument("--decode_len", type=int, default=8)
+  p.add_argument("--peak_tflops", type=float, help="the device's peak, for MFU")
+  p.add_argument("--vocab_size", type=int, help="override the size's vocabulary")
+  p.add_argument("--dropout", type=float, default=0.0, help="dropout of both networks")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", help="also append the JSON lines to this file")
+  p.set_defaults(func=main)
+
+
+# ---- Batches and what is in them.
+
+def synthetic_batch(batch: int, input_len: int, label_len: int, rationale_len: int,
+                    vocab_size: int = 32128, seed: int = 0) -> dict:
+  """Unpacked paired rows (see module doc): random ids >= 2, every position real."""
+  rng = np.random.default_rng(seed)
+
+  def two_segments(first: int, second: int):
+    seg = np.array([1] * first + [2] * second, np.int32)
+    pos = np.concatenate([np.arange(first), np.arange(second)]).astype(np.int32)
+    return np.tile(seg, (batch, 1)), np.tile(pos, (batch, 1))
+
+  enc_seg, enc_pos = two_segments(input_len, input_len)
+  dec_seg, dec_pos = two_segments(label_len, rationale_len)
+  targets = rng.integers(2, vocab_size, dec_seg.shape, dtype=np.int32)
+  return {"encoder_input_tokens": rng.integers(2, vocab_size, enc_seg.shape, dtype=np.int32),
+          "encoder_segment_ids": enc_seg, "encoder_positions": enc_pos,
+          "decoder_input_tokens": np.where(dec_pos == 0, 0, np.roll(targets, 1, axis=1)),
+          "decoder_target_tokens": targets, "decoder_segment_ids": dec_seg,
+          "decoder_positions": dec_pos, "decoder_task_ids": dec_seg.copy()}
+
+
+def batch_stats(batches: list[dict]) -> dict:
+  """Examples (label segments), real target tokens and non-padding fractions."""
+  count = lambda key: sum(int((b[key] != 0).sum()) for b in batches)
+  slots = lambda key: sum(b[key].size for b in batches)
+  enc, dec = count("encoder_input_tokens"), count("decoder_target_tokens")
+  enc_slots, dec_slots = slots("encoder_input_tokens"), slots("decoder_target_tokens")
+  examples = sum(int(((b["decoder_task_ids"] == LABEL) & (b["decoder_positions"] == 0)).sum())
+                 for b in batches)
+  return {"examples": examples, "target_tokens": dec,
+          "non_padding_fraction": (enc + dec) / (enc_slots + dec_slots),
+          "non_padding_encoder": enc / enc_slots, "non_padding_decoder": dec / dec_slots}
+
+
+def mixture_batches(name: str, batch: int, lengths: tuple[int, int], count: int,
+                    split: str = "train", seed: int = 0) -> tuple[list[dict], float]:
+  """`count` packed batches of a registered task or mixture, and the seconds they took."""
+  import seqio  # pylint: disable=import-outside-toplevel
+  import tasks  # pylint: disable=import-outside-toplevel,unused-import  # registers them
+  from sbs_jax.data.features import DistillFeatureConverter  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  ds = seqio.get_dataset(name, task_feature_lengths=dict(zip(("inputs", "targets"), lengths)),
+                         dataset_split=split, shuffle=True, seed=seed, num_epochs=None,
+                         feature_converter=DistillFeatureConverter(pack=True))
+  batches = [{k: b[k] for k in state_lib.BATCH_KEYS}
+             for b in ds.batch(batch, drop_remainder=True).take(count).as_numpy_iterator()]
+  return batches, time.perf_counter() - start
+
+
+def paired_examples(batches: list[dict]) -> list[tuple[np.ndarray, ...]]:
+  """(predict input, explain input, label, rationale) of every example in packed rows."""
+  out = []
+  for b in batches:
+    for enc, es, tgt, ds, task in zip(b["encoder_input_tokens"], b["encoder_segment_ids"],
+                                      b["decoder_target_tokens"], b["decoder_segment_ids"],
+                                      b["decoder_task_ids"]):
+      for seg in range(1, int(ds.max()) + 1, 2):
+        if not ((task[ds == seg] == LABEL).all() and (task[ds == seg + 1] == RATIONALE).any()):
+          raise SbsError("--reference with --mixture needs a *_paired task")
+        out.append((enc[es == seg], enc[es == seg + 1], tgt[ds == seg], tgt[ds == seg + 1]))
+  return out
+
+
+def _pad(seqs, value: int) -> np.ndarray:
+  """Pads to the longest sequence, as DataCollatorForSeq2Seq does."""
+  out = np.full((len(seqs), max(len(s) for s in seqs)), value, np.int64)
+  for i, s in enumerate(seqs):
+    out[i, :len(s)] = s
+  return out
+
+
+def reference_batches(examples, size: int) -> list[dict]:
+  """The HF recipe's padded {"pred": ..., "expl": ...} numpy batches of `size` examples."""
+  out = []
+  for i in range(0, len(examples) - size + 1, size):
+    chunk = examples[i:i + size]
+    out.append({name: {"input_ids": _pad([e[j] for e in chunk], 0),
+                       "attention_mask": _pad([np.ones_like(e[j]) for e in chunk], 0),
+                       "labels": _pad([e[j + 2] for e in chunk], -100)}
+                for name, j in (("pred", 0), ("expl", 1))})
+  return out
+
+
+def _reference_stats(batches: list[dict]) -> dict:
+  parts = [p for b in batches for p in b.values()]
+  enc = sum(int(p["attention_mask"].sum()) for p in parts)
+  dec = sum(int((p["labels"] >= 0).sum()) for p in parts)
+  enc_slots, dec_slots = (sum(p[k].size for p in parts) for k in ("input_ids", "labels"))
+  return {"examples": sum(len(b["pred"]["input_ids"]) for b in batches), "target_tokens": dec,
+          "non_padding_fraction": (enc + dec) / (enc_slots + dec_slots),
+          "non_padding_encoder": enc / enc_slots, "non_padding_decoder": dec / dec_slots}
+
+
+# ---- FLOPs.
+
+def analytic_flops(c, rows: int, enc_len: int, dec_len: int) -> float:
+  """Matmul FLOPs of one training step over rows of the given lengths (3x the forward)."""
+  inner, d = c.num_heads * c.head_dim, c.emb_dim
+  mlp = (len(c.mlp_activations) + 1) * d * c.mlp_dim
+  enc = c.num_encoder_layers * (2 * enc_len * (4 * d * inner + mlp) + 4 * enc_len ** 2 * inner)
+  dec = c.num_decoder_layers * (2 * dec_len * (6 * d * inner + mlp) + 4 * enc_len * d * inner
+                                + 4 * dec_len * (dec_len + enc_len) * inner)
+  return 3.0 * rows * (enc + dec + 2 * dec_len * d * c.vocab_size)
+
+
+def xla_flops(compiled) -> float | None:
+  """XLA's FLOP count of a compiled executable (None where the backend gives none)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def _jitted_step(train_step):
+  """The `jax.jit` object inside the trainer's step wrapper."""
+  return train_step.jitted
+
+
+# ---- Ours. Each `prepare_*` compiles and warms up, then returns (info, run): run(n) runs
+# the next n steps (cycling over `timed`) and returns their seconds.
+
+def _student(config) -> state_lib.Student:
+  from sbs_jax.train.config import OptimizerConfig  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
+  tx = make_optimizer(OptimizerConfig(schedule="constant"), 1)
+  return state_lib.build_student(config, tx, state_lib.make_mesh((-1, 1)))
+
+
+def prepare_ours(config, warm: list[dict], timed: list[dict], seed: int = 0):
+  """The trainer's own jitted step, lowered, compiled and costed by XLA."""
+  student = _student(config)
+  box = {"state": state_lib.init_state(student, seed), "step": 0}
+  jitted = _jitted_step(state_lib.make_train_step(student, alpha=0.5))
+  warm, timed = ([state_lib.global_batch(student, b) for b in x] for x in (warm, timed))
+  start = time.perf_counter()
+  with student.sharding_context():
+    compiled = jitted.lower(box["state"], warm[0]).compile()
+  info = {"compile_s": round(time.perf_counter() - start, 2),
+          "flops_per_step_xla": xla_flops(compiled)}
+  for i in range(WARMUP):
+    box["state"], _ = compiled(box["state"], warm[i % len(warm)])
+  jax.block_until_ready(box["state"])
+
+  def run(count: int) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+      box["state"], metrics = compiled(box["state"], timed[box["step"] % len(timed)])
+      box["step"] += 1
+    jax.block_until_ready((box["state"], metrics))
+    seconds = time.perf_counter() - start
+    info["loss"] = float(metrics["loss"])
+    return seconds
+
+  return info, run
+
+
+def prepare_ours_decode(config, inputs: np.ndarray, decode_len: int, seed: int = 0):
+  """Jitted `greedy_decode` of exactly `decode_len` tokens per row."""
+  from sbs_jax.model.decoding import greedy_decode  # pylint: disable=import-outside-toplevel
+  student = _student(config)
+  params = state_lib.init_state(student, seed)["params"]
+  x = jax.device_put(inputs, student.replicated)
+  info = {}
+
+  def run(count: int) -> float:
+    start = time.perf_counter()
+    with student.sharding_context():
+      out = jax.block_until_ready([greedy_decode(student.model, params, x, decode_len,
+                                                 eos_id=-1) for _ in range(count)])
+    info["decoded_shape"] = list(out[-1].shape)
+    return time.perf_counter() - start
+
+  info["compile_s"] = round(run(1), 2)
+  run(WARMUP)
+  return info, run
+
+
+# ---- The reference recipe (torch and transformers are imported only here).
+
+def _torch():
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise SbsError(f"--reference needs the hf extra (pip install -e '.[hf]'): {e}") from e
+  torch.set_num_threads(os.cpu_count() or 1)
+  return torch, transformers
+
+
+def hf_model(config, seed: int = 0):
+  """A randomly initialised HF T5 v1.1 (gated-gelu) of our config's dims, and its device."""
+  torch, transformers = _torch()
+  hf = transformers.T5Config(
+      vocab_size=config.vocab_size, d_model=config.emb_dim, d_kv=config.head_dim,
+      d_ff=config.mlp_dim, num_heads=config.num_heads, num_layers=config.num_encoder_layers,
+      num_decoder_layers=config.num_decoder_layers, feed_forward_proj="gated-gelu",
+      tie_word_embeddings=False, dropout_rate=config.dropout_rate, decoder_start_token_id=0,
+      pad_token_id=0, eos_token_id=1)
+  torch.manual_seed(seed)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  return transformers.T5ForConditionalGeneration(hf).to(device), device
+
+
+def _timed_loop(torch, device: str, fn, count: int) -> float:
+  """Seconds of `count` calls of fn(), synchronised on CUDA."""
+  start = time.perf_counter()
+  for _ in range(count):
+    fn()
+  if device == "cuda":
+    torch.cuda.synchronize()
+  return time.perf_counter() - start
+
+
+def prepare_reference(config, warm: list[dict], timed: list[dict], seed: int = 0):
+  """The HF recipe: two forward passes, 0.5 * l1 + 0.5 * l2, AdamW; FLOPs by torch."""
+  torch, _ = _torch()
+  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=import-outside-toplevel
+  model, device = hf_model(config, seed)
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
+  warm, timed = ([{k: {n: torch.from_numpy(t).to(device) for n, t in part.items()}
+                   for k, part in b.items()} for b in x] for x in (warm, timed))
+  box = {"step": 0}
+
+  def step(b):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16"):
+      loss = 0.5 * model(**b["pred"]).loss + 0.5 * model(**b["expl"]).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    box["loss"] = loss
+
+  counter = FlopCounterMode(display=False)
+  with counter:
+    step(warm[0])
+  for i in range(1, WARMUP):
+    step(warm[i % len(warm)])
+  info = {"flops_per_step_torch": float(counter.get_total_flops()), "device": device,
+          "parameters": sum(p.numel() for p in model.parameters())}
+
+  def next_step():
+    step(timed[box["step"] % len(timed)])
+    box["step"] += 1
+
+  def run(count: int) -> float:
+    seconds = _timed_loop(torch, device, next_step, count)
+    info["loss"] = float(box["loss"].detach())
+    return seconds
+
+  return info, run
+
+
+def prepare_reference_decode(config, inputs: np.ndarray, decode_len: int, seed: int = 0):
+  """`generate(max_new_tokens=decode_len, do_sample=False, num_beams=1)`, EOS disabled."""
+  torch, _ = _torch()
+  model, device = hf_model(config, seed)
+  model.eval()
+  model.generation_config.eos_token_id = None  # all `decode_len` tokens, as ours
+  x = torch.from_numpy(inputs.astype(np.int64)).to(device)
+  info = {"device": device}
+
+  def generate():
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16,
+                                                enabled=config.dtype == "bfloat16"):
+      info["decoded_shape"] = list(model.generate(
+          input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=decode_len,
+          do_sample=False, num_beams=1).shape)
+
+  _timed_loop(torch, device, generate, WARMUP)
+  return info, lambda count: _timed_loop(torch, device, generate, count)
+
+
+def timings(makers: list, rounds: int):
+  """Yields the info of each (maker, steps) with `seconds`: the median of `rounds` rounds.
+
+  With one round the sides run one at a time, the reference first: torch's cache goes back
+  to the device (`empty_cache`) before ours starts, while JAX's allocator keeps what it
+  grew to. With more, all are prepared and their rounds alternate, so that both sides see
+  the same machine (a shared CPU's load comes and goes).
+  """
+  def result(info, times):
+    return {**info, "seconds": float(np.median(times)),
+            "round_seconds": [round(t, 3) for t in times]}
+
+  if rounds <= 1:
+    results = {}
+    for i in reversed(range(len(makers))):
+      info, run = makers[i][0]()
+      results[i] = result(info, [run(makers[i][1])])
+      del run  # free this side's memory before the next one starts
+      if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        sys.modules["torch"].cuda.empty_cache()
+    yield from (results[i] for i in range(len(makers)))
+    return
+  prepared = [make() for make, _ in makers]
+  times = [[] for _ in prepared]
+  for _ in range(rounds):
+    for seconds, (_, run), (_, steps) in zip(times, prepared, makers):
+      seconds.append(run(steps))
+  for (info, _), seconds in zip(prepared, times):
+    yield result(info, seconds)
+
+
+# ---- The command.
+
+def environment(impl: str) -> dict:
+  """Device, versions, date and machine load of a result line."""
+  info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "host_cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+  if impl == "sbs_jax":
+    return {**info, "device_kind": jax.devices()[0].device_kind,
+            "num_devices": jax.device_count(), "jax_version": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  torch, transformers = _torch()
+  kind = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+  return {**info, "device_kind": kind, "torch_version": torch.__version__,
+          "transformers_version": transformers.__version__,
+          "torch_threads": torch.get_num_threads()}
+
+
+def rates(seconds: float, steps: int, stats: dict, flops: float | None, analytic: float,
+          peak: float | None) -> dict:
+  """Throughputs, achieved TFLOP/s and MFU of `steps` steps that took `seconds`."""
+  step_s = seconds / steps
+  out = {"step_s": round(step_s, 4), "examples_per_s": round(stats["examples"] / seconds, 3),
+         "target_tokens_per_s": round(stats["target_tokens"] / seconds, 1)}
+  for suffix, value in (("", flops), ("_analytic", analytic)):
+    if value:
+      out[f"tflops_per_s{suffix}"] = round(value / step_s / 1e12, 4)
+      if peak:
+        out[f"mfu{suffix}"] = round(value / step_s / 1e12 / peak, 4)
+  return out
+
+
+def model_config(args, mixture: str | None = None):
+  """The size's T5Config with --dtype, --dropout and a vocabulary covering the task's ids."""
+  from sbs_jax.model.config import config_for  # pylint: disable=import-outside-toplevel
+  config = config_for(args.size, dtype=args.dtype, dropout_rate=args.dropout)
+  vocab = args.vocab_size
+  if mixture and not vocab:
+    import seqio  # pylint: disable=import-outside-toplevel
+    import tasks  # pylint: disable=import-outside-toplevel,unused-import
+    size = seqio.get_mixture_or_task(mixture).output_features["targets"].vocabulary.vocab_size
+    vocab = -(-size // 128) * 128 if size > config.vocab_size else None
+  return dataclasses.replace(config, vocab_size=vocab) if vocab else config
+
+
+def _inference(args, config, common: dict):
+  inputs = synthetic_batch(common["batch"], args.input_len, 1, 1, config.vocab_size,
+                           args.seed)["encoder_input_tokens"][:, :args.input_len]
+  makers = [(lambda: prepare_ours_decode(config, inputs, args.decode_len, args.seed),
+             args.steps)]
+  if args.reference:
+    makers.append((lambda: prepare_reference_decode(config, inputs, args.decode_len,
+                                                    args.seed), args.steps))
+  for impl, timing in zip(("sbs_jax", "hf_reference"), timings(makers, args.rounds)):
+    yield {**common, "impl": impl, "input_len": args.input_len,
+           "decode_len": args.decode_len, **timing,
+           "examples_per_s": round(common["batch"] * args.steps / timing["seconds"], 3),
+           **environment(impl)}
+
+
+def _training(args, config, common: dict):
+  batch, steps = common["batch"], args.steps
+  if args.mixture:
+    lengths = tuple(int(x) for x in args.task_feature_lengths.split(","))
+    batches, input_s = mixture_batches(args.mixture, batch, lengths, WARMUP + steps,
+                                       args.split, args.seed)
+    warm, timed = batches[:WARMUP], batches[WARMUP:]
+    extra = {"mixture": args.mixture, "task_feature_lengths": list(lengths),
+             "input_pipeline_s": round(input_s, 2), "input_batches": len(batches)}
+  else:
+    timed = warm = [synthetic_batch(batch, args.input_len, args.label_len,
+                                    args.rationale_len, config.vocab_size, args.seed)]
+    extra = {k: getattr(args, k) for k in ("input_len", "label_len", "rationale_len")}
+  b = timed[0]
+  stats = batch_stats([timed[i % len(timed)] for i in range(steps)])
+  sides = [(steps, stats, analytic_flops(config, batch, b["encoder_input_tokens"].shape[1],
+                                         b["decoder_target_tokens"].shape[1]))]
+  makers = [(lambda: prepare_ours(config, warm, timed, args.seed), steps)]
+  if args.reference:
+    if args.mixture:  # the very examples of our timed rows, in the recipe's padded batches
+      examples = paired_examples(timed)
+      ref = reference_batches(examples, args.reference_batch or
+                              max(1, round(len(examples) / steps)))
+      if not ref:
+        raise SbsError("fewer examples in the timed rows than --reference_batch")
+      ref_warm, ref_steps, ref_stats = ref[:WARMUP], len(ref), _reference_stats(ref)
+    else:
+      cut = lambda x: {"input_ids": x.astype(np.int64), "attention_mask": np.ones_like(
+          x, np.int64)}
+      ids, tgt, n = b["encoder_input_tokens"], b["decoder_target_tokens"], args.label_len
+      ref = ref_warm = [{
+          "pred": {**cut(ids[:, :args.input_len]), "labels": tgt[:, :n].astype(np.int64)},
+          "expl": {**cut(ids[:, args.input_len:]), "labels": tgt[:, n:].astype(np.int64)}}]
+      ref_steps, ref_stats = steps, stats
+    fed = [ref[i % len(ref)] for i in range(ref_steps)]
+    sides.append((ref_steps, ref_stats, sum(
+        analytic_flops(config, *p["input_ids"].shape, p["labels"].shape[1])
+        for r in fed for p in r.values()) / ref_steps))
+    makers.append((lambda: prepare_reference(config, ref_warm, ref, args.seed), ref_steps))
+  for impl, (side_steps, side_stats, analytic), timing in zip(
+      ("sbs_jax", "hf_reference"), sides, timings(makers, args.rounds)):
+    if impl == "hf_reference":
+      extra = {**extra, "reference_batch": len(ref[0]["pred"]["input_ids"])}
+      if args.mixture:  # counted on the first warmup batch only: not per step
+        timing["flops_first_step_torch"] = timing.pop("flops_per_step_torch")
+    measured = timing.get("flops_per_step_xla", timing.get("flops_per_step_torch"))
+    yield {**common, "impl": impl, "steps": side_steps, **extra, **side_stats,
+           "flops_per_step_analytic": analytic, **timing,
+           **rates(timing["seconds"], side_steps, side_stats, measured, analytic,
+                   args.peak_tflops), **environment(impl)}
+
+
+def bench(args, batch: int):
+  """Yields the lines of one batch size: ours, then the reference's and the ratio."""
+  mode = "inference" if args.inference else "mixture" if args.mixture else "synthetic"
+  config = model_config(args, args.mixture)
+  common = {"mode": mode, "size": args.size, "dtype": args.dtype, "batch": batch,
+            "steps": args.steps, "rounds": args.rounds}
+  lines = []
+  for line in (_inference if args.inference else _training)(args, config, common):
+    lines.append(line)
+    yield line
+  if len(lines) == 2 and lines[1]["examples_per_s"]:
+    yield {"ratio": "sbs_jax / hf_reference examples_per_s", "mode": mode, "size": args.size,
+           "batch": batch, "value": round(lines[0]["examples_per_s"] /
+                                          lines[1]["examples_per_s"], 3)}
+
+
+def main(args) -> int:
+  if args.inference and args.mixture:
+    raise SbsError("--inference runs on synthetic inputs; drop --mixture")
+  for batch in (int(x) for x in str(args.batch).split(",")):
+    try:
+      for line in bench(args, batch):
+        text = json.dumps(line)
+        print(text, flush=True)
+        if args.out:
+          with open(args.out, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+    except SbsError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: go on
+      print(json.dumps({"size": args.size, "dtype": args.dtype, "batch": batch,
+                        "error": f"{type(e).__name__}: {str(e)[:500]}"}), flush=True)
+  return 0
+
+
+if __name__ == "__main__":  # `python -m sbs_jax.bench ...`, the same as `sbs bench ...`
+  import argparse  # pylint: disable=ungrouped-imports
+  _parser = argparse.ArgumentParser(prog="sbs")
+  add_parser(_parser.add_subparsers(dest="command", required=True))
+  _args = _parser.parse_args(["bench", *sys.argv[1:]])
+  sys.exit(_args.func(_args))
