@@ -16,7 +16,6 @@ import pathlib
 
 import gin
 import jax
-import numpy as np
 
 from sbs_jax.errors import SbsError
 
@@ -171,10 +170,7 @@ def predict_labels(student, params, vocabulary, texts: list[str], label_prefix: 
                    max_decode_length: int = 64) -> list[str]:
   """Greedy label predictions for raw input texts."""
   from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.data import pad_rows  # pylint: disable=import-outside-toplevel
   rows = [list(vocabulary.encode(label_prefix + t)) + [eval_lib.EOS_ID] for t in texts]
-  length = -(-max(len(r) for r in rows) // 64) * 64
-  inputs = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    inputs[i, :len(r)] = r
-  ids = eval_lib.decode(student, params, inputs, len(rows), max_decode_length)
+  ids = eval_lib.decode(student, params, pad_rows(rows), len(rows), max_decode_length)
   return [eval_lib.detokenize(vocabulary, row) for row in ids]

@@ -60,8 +60,14 @@ def label_examples(task_name: str, split: str, max_examples: int | None = None,
     ids.append(ex["id"].decode("utf-8"))
   if not rows:
     raise ValueError(f"{task_name} has no examples in split {split!r}")
+  return LabelExamples(pad_rows(rows, length_multiple), texts, targets, ids)
+
+
+def pad_rows(rows, length_multiple: int = 64) -> np.ndarray:
+  """Token id rows -> one int32 array, zero-padded to a multiple of `length_multiple`
+  (few distinct shapes, so few compilations)."""
   length = -(-max(len(r) for r in rows) // length_multiple) * length_multiple
-  inputs = np.zeros((len(rows), length), np.int32)
+  out = np.zeros((len(rows), length), np.int32)
   for i, r in enumerate(rows):
-    inputs[i, :len(r)] = r
-  return LabelExamples(inputs, texts, targets, ids)
+    out[i, :len(r)] = r
+  return out

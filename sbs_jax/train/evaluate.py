@@ -11,7 +11,7 @@ import seqio
 from sbs_jax.data.preprocessors import LABEL_PREFIX, RATIONALE_PREFIX
 from sbs_jax.model import decoding
 from sbs_jax.train.config import EvalConfig
-from sbs_jax.train.data import LabelExamples, label_examples
+from sbs_jax.train.data import LabelExamples, label_examples, pad_rows
 from sbs_jax.train.state import Student
 
 EOS_ID = 1
@@ -74,10 +74,7 @@ def explain(student: Student, params, vocabulary: seqio.Vocabulary, texts: list[
   for text in texts:
     ids = list(vocabulary.encode(RATIONALE_PREFIX + text))[:max_input_length - 1] + [EOS_ID]
     rows.append(ids)
-  length = -(-max(len(r) for r in rows) // 64) * 64
-  inputs = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    inputs[i, :len(r)] = r
+  inputs = pad_rows(rows)
   ids = decode(student, params, inputs, min(cfg.batch_size, len(rows)),
                cfg.rationale_decode_length)
   return [detokenize(vocabulary, row) for row in ids]
