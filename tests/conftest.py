@@ -1,5 +1,6 @@
 """Shared fixtures: the real data dir and a way to run the `sbs` command."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -49,7 +50,7 @@ def annotated(tmp_path_factory, data_dir):
                    enumerate(rows)]
     (anli_dir / "anli1" / "llm").mkdir(parents=True, exist_ok=True)
     (anli_dir / "anli1" / "llm" / f"{split}_CoT_0.json").write_text(
-        __import__("json").dumps(completions))
+        json.dumps(completions))
   out = root / "annotations"
   parser = argparse.ArgumentParser()
   command.add_parser(parser.add_subparsers())

@@ -2,6 +2,8 @@
 student, and serve it with transformers (tiny random-init models built here; no download)."""
 
 import json
+import os
+import pathlib
 
 import gin
 import jax
@@ -48,9 +50,8 @@ def train(model_dir, bindings):
 
 @pytest.fixture(scope="module")
 def imported(annotated, tmp_path_factory):
-  import os
   root = tmp_path_factory.mktemp("hf")
-  spiece = __import__("pathlib").Path(os.environ["SBS_VOCAB"])
+  spiece = pathlib.Path(os.environ["SBS_VOCAB"])
   hf_dir = hf_folder(root / "hf_tiny", spiece)
   out = root / "imported"
   summary = convert.import_hf(hf_dir, str(out))
@@ -67,20 +68,14 @@ def test_import_writes_a_model_dir_training_starts_from(imported, tmp_path):
   train(tmp_path / "run", [f"INITIAL_CHECKPOINT = '{out}'", "TRAIN_STEPS = 2",
                            "OptimizerConfig.learning_rate = 0.0",
                            "OptimizerConfig.warmup_steps = 0"])
-  cfg, _ = ckpt.read_model_info(str(out))
-  from sbs_jax.train.state import build_student, make_mesh
-  import optax
-  student = build_student(cfg, optax.identity(), make_mesh((1, 1)))
-  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
-  start, _ = ckpt.load_params(str(out), abstract)
-  after, _ = ckpt.load_params(str(tmp_path / "run"), abstract)
+  student, start, _ = ckpt.load_student(str(out))
+  after, _ = ckpt.load_params(str(tmp_path / "run"), student.abstract_state["params"])
   for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(after)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_mismatched_checkpoint_lists_the_offending_parameters(annotated, tmp_path):
-  import os
-  spiece = __import__("pathlib").Path(os.environ["SBS_VOCAB"])
+  spiece = pathlib.Path(os.environ["SBS_VOCAB"])
   other = convert.import_hf(hf_folder(tmp_path / "hf", spiece, d_ff=96), str(tmp_path / "x"))
   with pytest.raises(SbsError) as err:
     train(tmp_path / "run", [f"INITIAL_CHECKPOINT = '{other['model_dir']}'",
@@ -115,12 +110,7 @@ def test_trained_student_exported_serves_the_same_greedy_outputs(imported, tmp_p
   assert len(texts) == 20
 
   from sbs_jax.train.command import predict_labels
-  from sbs_jax.train.state import build_student, make_mesh
-  import optax
-  cfg, _ = ckpt.read_model_info(str(model_dir))
-  student = build_student(cfg, optax.identity(), make_mesh((1, 1)))
-  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
-  params, _ = ckpt.load_params(str(model_dir), abstract)
+  student, params, _ = ckpt.load_student(str(model_dir))
   raw = [t[len("predict: "):] for t in texts]
   ours = predict_labels(student, params, vocab, raw, "predict: ", max_decode_length=16)
 

@@ -62,14 +62,9 @@ def import_hf(hf_dir, out: str, allow_pickle: bool = False) -> dict:
 
 def export_hf(model_dir: str, out: str) -> pathlib.Path:
   """Writes a model dir's best parameters as an HF T5 folder with its tokenizer."""
-  config, info = ckpt.read_model_info(model_dir)
-  from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  student = build_student(config, optax.identity(), make_mesh((1, 1)))
-  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
-  params, _ = ckpt.load_params(model_dir, abstract)
+  student, params, info = ckpt.load_student(model_dir)
   params = jax.tree.map(np.asarray, jax.device_get(params))
-  path = hf.write_hf_dir(out, config, params, f"{model_dir}/{info['vocabulary']}")
+  path = hf.write_hf_dir(out, student.config, params, f"{model_dir}/{info['vocabulary']}")
   (path / PREFIXES_FILE).write_text(json.dumps(
       {"label_prefix": info["label_prefix"], "rationale_prefix": info["rationale_prefix"]},
       indent=2))

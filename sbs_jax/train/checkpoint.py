@@ -112,9 +112,14 @@ def _check_fits(path: str, abstract_params: Any, model_dir: str) -> None:
                    f"({len(problems)} problems):\n  " + "\n  ".join(problems))
 
 
-def abstract_like(tree: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      tree, shardings)
+def load_student(model_dir: str):
+  """A model dir's network on one device (no optimizer), its best params and model.json."""
+  import optax  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
+  config, info = read_model_info(model_dir)
+  student = build_student(config, optax.identity(), make_mesh((1, 1)))
+  params, _ = load_params(model_dir, student.abstract_state["params"])
+  return student, params, info
 
 
 def write_model_info(model_dir: str, config: T5Config, vocabulary_file: str,

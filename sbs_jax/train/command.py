@@ -132,8 +132,7 @@ def eval_main(args) -> int:
   cfg, model_config = config.TrainConfig(), config.student_config()
   student = build_student(model_config, make_optimizer(cfg.optimizer, cfg.train_steps),
                           make_mesh(cfg.mesh), cfg.partitioning_dims)
-  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
-  params, best = ckpt.load_params(args.model_dir, abstract)
+  params, best = ckpt.load_params(args.model_dir, student.abstract_state["params"])
   metrics, _ = eval_lib.evaluate(student, params, cfg.data.label_task(), args.split, cfg.eval)
   print(json.dumps({"split": args.split, "step": best["step"], **metrics}))
   return 0
@@ -145,14 +144,9 @@ def predict_main(args) -> int:
   from sbs_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
   from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
   from sbs_jax.train.config import EvalConfig  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  model_config, info = ckpt.read_model_info(args.model_dir)
+  student, params, info = ckpt.load_student(args.model_dir)
   vocabulary = seqio.SentencePieceVocabulary(f"{args.model_dir}/{info['vocabulary']}",
                                              extra_ids=info.get("extra_ids", 0))
-  student = build_student(model_config, optax.identity(), make_mesh((1, 1)))
-  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
-  params, _ = ckpt.load_params(args.model_dir, abstract)
   labels = predict_labels(student, params, vocabulary, args.input, info["label_prefix"],
                           args.max_decode_length)
   eval_cfg = EvalConfig(batch_size=len(args.input))

@@ -67,8 +67,7 @@ def train(cfg: TrainConfig, model_config: T5Config,
   else:
     params = None
     if cfg.initial_checkpoint:
-      abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
-      params, _ = ckpt.load_params(cfg.initial_checkpoint, abstract)
+      params, _ = ckpt.load_params(cfg.initial_checkpoint, student.abstract_state["params"])
       log.info("starting from %s", cfg.initial_checkpoint)
     state, best = init_state(student, cfg.seed, params), None
   start = int(jax.device_get(state["step"]))
@@ -111,8 +110,7 @@ def train(cfg: TrainConfig, model_config: T5Config,
   metric_log.close()
 
   # ---- Final: the best step's params on test; a few rationales to look at.
-  abstract = ckpt.abstract_like(student.abstract_state["params"], student.param_shardings)
-  params, best = ckpt.load_params(cfg.model_dir, abstract)
+  params, best = ckpt.load_params(cfg.model_dir, student.abstract_state["params"])
   results = {"model_dir": cfg.model_dir, "mixture_or_task": cfg.data.mixture_or_task,
              "eval_task": label_task, "train_steps": cfg.train_steps,
              "best_step": best["step"], "selection_metric": cfg.eval.selection_metric,

@@ -61,7 +61,7 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
   rules = partitioning.standard_logical_axis_rules(*cfg.partitioning_dims)
   network = Transformer(model_config)
   boxed = jax.eval_shape(lambda: init_params(network, jax.random.key(0)))
-  specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
+  specs = partitioning.mesh_partition_specs(boxed, rules)
   params = nn.unbox(boxed)
   tx = make_optimizer(cfg.optimizer, cfg.train_steps)
   opt = jax.eval_shape(tx.init, params)

@@ -97,7 +97,7 @@ def build_student(config: T5Config, tx: optax.GradientTransformation, mesh: Mesh
   model = Transformer(config)
   rules = partitioning.standard_logical_axis_rules(*partitioning_dims)
   boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-  param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+  param_shardings = partitioning.param_shardings(boxed, mesh, rules)
   abstract_params = nn.unbox(boxed)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = NamedSharding(mesh, P())
