@@ -169,6 +169,9 @@ def loss_and_grads(student: Student, params, batch: dict, alpha: float,
     return (total_loss + loss, jax.tree.map(jnp.add, total_sums, sums),
             jax.tree.map(jnp.add, total_grads, grads)), None
 
+  if grad_accum_steps == 1:  # no loop: XLA then fuses and lays out the step as a whole
+    (loss, (label_sum, rationale_sum)), grads = grad_fn(params, batch, jax.random.fold_in(rng, 0))
+    return (loss, label_sum, rationale_sum, counts), grads
   zeros = (jnp.zeros(()), (jnp.zeros(()), jnp.zeros(())), jax.tree.map(jnp.zeros_like, params))
   (loss, (label_sum, rationale_sum), grads), _ = jax.lax.scan(
       accumulate, zeros, (micro, jnp.arange(grad_accum_steps)))
