@@ -8,6 +8,7 @@ import os
 import sys
 
 from sbs_jax.errors import SbsError
+from sbs_jax.train.preemption import EXIT_CODE as PREEMPTED_EXIT_CODE, Preempted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,9 @@ def main(argv=None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     return args.func(args)
+  except Preempted as e:  # a checkpoint was saved: not a failure, but not finished either
+    print(f"sbs {args.command}: {e}", file=sys.stderr)
+    return PREEMPTED_EXIT_CODE
   except SbsError as e:
     print(f"sbs {args.command}: error: {e}", file=sys.stderr)
     return 2

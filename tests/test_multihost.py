@@ -17,6 +17,7 @@ sharding.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -128,3 +129,43 @@ def test_two_hosts_complete_the_run(runs):
   assert results["validation"] == reference["validation"] == finals[0]["validation"]
   assert results["test"] == reference["test"]
   assert sorted(p.name for p in (root / "two_hosts" / "checkpoints").iterdir()) == ["2", "4"]
+
+
+def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(annotated, tmp_path):
+  """A preemption notice reaches one host: JAX's preemption sync manager makes both hosts
+  agree on a step, both save that step together and exit with 128 + SIGTERM."""
+  address = f"127.0.0.1:{_free_port()}"
+  flags = [f for f in _train_flags(tmp_path / "run")
+           if not f.startswith(("--gin.TRAIN_STEPS", "--gin.TrainConfig.checkpoint_every",
+                                "--gin.EvalConfig.every"))]
+  flags += ["--gin.TRAIN_STEPS=500", "--gin.TrainConfig.checkpoint_every=1000",
+            "--gin.EvalConfig.every=1000"]  # no scheduled checkpoint or evaluation
+  metrics, logs, procs = tmp_path / "run" / "metrics.jsonl", [], []
+  try:
+    for i in range(2):
+      logs.append(tmp_path / f"host{i}.log")
+      with open(logs[-1], "w", encoding="utf-8") as out:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "sbs_jax.cli", "train", "--coordinator_address", address,
+             "--num_processes", "2", "--process_id", str(i), *flags],
+            cwd=REPO, env=_env(2), stdout=out, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+      if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+        break
+      time.sleep(0.2)
+    assert all(p.poll() is None for p in procs), "\n".join(_tail(log) for log in logs)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = _wait_all(procs, TIMEOUT)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert codes == [143, 143], "\n".join(_tail(log) for log in logs)
+  saved = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
+  steps = [m["step"] for m in read_metrics(str(tmp_path / "run"))]
+  assert len(saved) == 1 and int(saved[0]) == steps[-1] >= 2 and steps[-1] < 500
+  assert steps == list(range(1, steps[-1] + 1))
+  for log in logs:
+    assert f"saved a checkpoint of step {steps[-1]}" in log.read_text()

@@ -2,11 +2,15 @@
 same loss curve, and the model dir serves `sbs eval` and `sbs predict`."""
 
 import json
+import os
+import signal
 
 import gin
 import pytest
 
 from sbs_jax.train import command, config, loop
+from sbs_jax.train.checkpoint import StateCheckpoints
+from sbs_jax.train.preemption import Preempted
 from sbs_jax.train.metric_log import read_metrics
 from tests.conftest import run_sbs
 
@@ -61,6 +65,29 @@ def test_interrupted_and_resumed_run_has_the_same_losses(trained, tmp_path):
 
   with pytest.raises(Stop):
     train(str(tmp_path / "cqa"), 12, on_step=stop_at_7)
+  train(str(tmp_path / "cqa"), 12)
+  resumed = read_metrics(str(tmp_path / "cqa"))
+  assert [m["step"] for m in resumed] == list(range(1, 13))
+  assert [m["loss"] for m in resumed] == pytest.approx(reference, abs=1e-6)
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_loses_nothing(trained, tmp_path):
+  """A preemption notice mid-run: the step it arrived in is checkpointed (5: not a multiple
+  of checkpoint_every 3), the run stops with Preempted, and the rerun repeats no step."""
+  model_dir, _ = trained
+  reference = [m["loss"] for m in read_metrics(str(model_dir))]
+  before = signal.getsignal(signal.SIGTERM)
+
+  def notice_after_4(step, metrics):
+    if step == 4:  # the handler only notes it: step 5 still runs, then is saved
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(Preempted) as stopped:
+    train(str(tmp_path / "cqa"), 12, on_step=notice_after_4)
+  assert stopped.value.step == 5
+  assert signal.getsignal(signal.SIGTERM) == before  # our handler is gone again
+  assert StateCheckpoints(str(tmp_path / "cqa"), 3).latest_step() == 5
+  assert [m["step"] for m in read_metrics(str(tmp_path / "cqa"))] == [1, 2, 3, 4, 5]
   train(str(tmp_path / "cqa"), 12)
   resumed = read_metrics(str(tmp_path / "cqa"))
   assert [m["step"] for m in resumed] == list(range(1, 13))

@@ -19,6 +19,7 @@ from sbs_jax.train.config import TrainConfig
 from sbs_jax.train.data import label_examples, train_batches
 from sbs_jax.train.metric_log import MetricLog
 from sbs_jax.train.optim import make_optimizer
+from sbs_jax.train.preemption import Preempted, PreemptionWatch
 from sbs_jax.train.state import (build_student, global_batch, init_state, make_mesh,
                                  make_train_step)
 
@@ -77,35 +78,42 @@ def train(cfg: TrainConfig, model_config: T5Config,
   validation = label_examples(label_task, "validation", cfg.eval.max_examples)
   metric_log = MetricLog(cfg.model_dir, start)
 
-  # ---- The loop: step, log, evaluate (keep the best params), checkpoint.
+  # ---- The loop: step, log, evaluate (keep the best params), checkpoint. A preemption
+  # notice (SIGTERM) ends it after the current step, checkpointed (see preemption.py).
   train_step = make_train_step(student, cfg.alpha, cfg.optimizer.grad_accum_steps, cfg.seed)
   tic, rows_since = time.perf_counter(), 0
-  for step in range(start + 1, cfg.train_steps + 1):
-    state, metrics = train_step(state, global_batch(student, next(batches)))
-    rows_since += cfg.data.batch_size
-    last = step == cfg.train_steps
-    host_metrics = None
-    if step % cfg.log_every == 0 or last:
-      host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      elapsed = time.perf_counter() - tic
-      host_metrics["rows_per_s"] = rows_since / elapsed
-      tic, rows_since = time.perf_counter(), 0
-      metric_log.write(step, "train", host_metrics)
-      log.info("step %d: loss %.4f (label %.4f, rationale %.4f)", step,
-               host_metrics["loss"], host_metrics["label_loss"],
-               host_metrics["rationale_loss"])
-    if step % cfg.eval.every == 0 or last:
-      val_metrics, _ = eval_lib.evaluate(student, state["params"], label_task, "validation",
-                                         cfg.eval, validation)
-      metric_log.write(step, "validation", val_metrics)
-      log.info("step %d: validation %s", step, val_metrics)
-      if _better(val_metrics, best, cfg.eval.selection_metric):
-        best = {"step": step, "metrics": val_metrics}
-        ckpt.save_params(cfg.model_dir, step, state["params"], best)
-    if step % cfg.checkpoint_every == 0 or last:
-      checkpoints.save(step, state, {"best": best, "data_position": step})
-    if on_step is not None:
-      on_step(step, host_metrics or {})
+  with PreemptionWatch() as preemption:
+    for step in range(start + 1, cfg.train_steps + 1):
+      state, metrics = train_step(state, global_batch(student, next(batches)))
+      rows_since += cfg.data.batch_size
+      last = step == cfg.train_steps
+      host_metrics = None
+      if step % cfg.log_every == 0 or last:
+        host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = time.perf_counter() - tic
+        host_metrics["rows_per_s"] = rows_since / elapsed
+        tic, rows_since = time.perf_counter(), 0
+        metric_log.write(step, "train", host_metrics)
+        log.info("step %d: loss %.4f (label %.4f, rationale %.4f)", step,
+                 host_metrics["loss"], host_metrics["label_loss"],
+                 host_metrics["rationale_loss"])
+      if step % cfg.eval.every == 0 or last:
+        val_metrics, _ = eval_lib.evaluate(student, state["params"], label_task, "validation",
+                                           cfg.eval, validation)
+        metric_log.write(step, "validation", val_metrics)
+        log.info("step %d: validation %s", step, val_metrics)
+        if _better(val_metrics, best, cfg.eval.selection_metric):
+          best = {"step": step, "metrics": val_metrics}
+          ckpt.save_params(cfg.model_dir, step, state["params"], best)
+      preempted = preemption.reached(step)
+      if step % cfg.checkpoint_every == 0 or last or preempted:
+        checkpoints.save(step, state, {"best": best, "data_position": step})
+      if preempted and not last:
+        checkpoints.close()
+        metric_log.close()
+        raise Preempted(step, cfg.model_dir)
+      if on_step is not None:
+        on_step(step, host_metrics or {})
   checkpoints.close()
   metric_log.close()
 
