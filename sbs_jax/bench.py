@@ -12,7 +12,9 @@ memory before timing (input time reported apart); an example is a label segment.
 (random init): two forward passes per step (`predict:` -> label, `explain:` -> rationale),
 loss 0.5 * l1 + 0.5 * l2, `torch.optim.AdamW(lr=5e-5)`; with `--mixture` on the very
 examples of our timed rows, padded to the longest per batch as DataCollatorForSeq2Seq does.
-Ours keeps XLA's default flags and threads; torch gets `set_num_threads(os.cpu_count())`.
+Ours keeps XLA's default flags and threads; torch gets `set_num_threads(os.cpu_count())`
+and flushes subnormals to zero as XLA does. `--isolate` runs each side in its own worker
+process (this command again with `--worker I`) instead of both in this one.
 
 Timing: compile, 2 warmup steps, then `--steps` steps dispatched back to back up to one
 `jax.block_until_ready` (torch: `cuda.synchronize`). FLOPs: `flops_per_step_xla` is
@@ -25,10 +27,12 @@ achieved FLOP/s by `--peak_tflops`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -67,6 +71,9 @@ def add_parser(subparsers) -> None:
   p.add_argument("--dropout", type=float, default=0.0, help="dropout of both networks")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", help="also append the JSON lines to this file")
+  p.add_argument("--isolate", action="store_true",
+                 help="run each side in its own worker process (rounds still alternate)")
+  p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a side, for --isolate
   p.set_defaults(func=main)
 
 
@@ -205,19 +212,31 @@ def prepare_ours_decode(config, inputs: np.ndarray, decode_len: int, seed: int =
   return info, run
 
 
-def timings(makers: list, rounds: int):
+IMPLS = ("sbs_jax", "hf_reference")
+_REPLY = "@@sbs-bench-worker "  # marks the worker's answers on its stdout
+
+
+def timings(makers: list, args):
   """Yields the info of each (maker, steps) with `seconds`: the median of `rounds` rounds.
 
   With one round the sides run one at a time, the reference first: torch's cache goes back
   to the device (`empty_cache`) before ours starts, while JAX's allocator keeps what it
   grew to. With more, all are prepared and their rounds alternate, so that both sides see
-  the same machine (a shared CPU's load comes and goes).
+  the same machine (a shared CPU's load comes and goes). With `--isolate` each side lives
+  in a worker process of its own (this command again, with `--worker I`), so that neither
+  runtime's threads or allocator share a process with the other's.
   """
+  rounds = args.rounds
+
   def result(info, times):
     return {**info, "seconds": float(np.median(times)),
             "round_seconds": [round(t, 3) for t in times]}
 
-  if rounds <= 1:
+  if args.worker is not None:  # serve one side to the parent; never returns
+    _serve(*makers[args.worker], IMPLS[args.worker])
+  if args.isolate:
+    prepared = [_Worker(args, i) for i in range(len(makers))]
+  elif rounds <= 1:
     results = {}
     for i in reversed(range(len(makers))):
       info, run = makers[i][0]()
@@ -227,13 +246,66 @@ def timings(makers: list, rounds: int):
         sys.modules["torch"].cuda.empty_cache()
     yield from (results[i] for i in range(len(makers)))
     return
-  prepared = [make() for make, _ in makers]
+  else:
+    prepared = [make() for make, _ in makers]
   times = [[] for _ in prepared]
   for _ in range(rounds):
     for seconds, (_, run), (_, steps) in zip(times, prepared, makers):
       seconds.append(run(steps))
-  for (info, _), seconds in zip(prepared, times):
+  for side, seconds in zip(prepared, times):
+    info = side.info() if isinstance(side, _Worker) else side[0]
     yield result(info, seconds)
+    if isinstance(side, _Worker):
+      side.close()
+
+
+def _serve(make, steps, impl: str):
+  """Worker side of --isolate: prepare, then answer `run N`, `info` and `quit` on stdin."""
+  del steps
+  info, run = make()
+  reply = lambda value: print(_REPLY + json.dumps(value), flush=True)
+  reply("ready")
+  for line in sys.stdin:
+    command, *rest = line.split()
+    if command == "run":
+      reply(run(int(rest[0])))
+    elif command == "info":
+      reply({**info, "environment": environment(impl)})
+    else:
+      break
+  sys.exit(0)
+
+
+class _Worker:
+  """Parent side of --isolate: one side's worker process; iterates as (info, run)."""
+
+  def __init__(self, args, index: int):
+    argv = [a for a in args.argv if a != "--isolate"]
+    self._proc = subprocess.Popen(
+        [sys.executable, "-m", "sbs_jax.bench", *argv, "--batch", str(args.current_batch),
+         "--worker", str(index)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self._ask(None)  # "ready": compiled and warmed up
+
+  def _ask(self, command: str | None):
+    if command is not None:
+      self._proc.stdin.write(command + "\n")
+      self._proc.stdin.flush()
+    for line in self._proc.stdout:
+      if line.startswith(_REPLY):
+        return json.loads(line[len(_REPLY):])
+    raise SbsError(f"bench worker exited with status {self._proc.wait()} (its stderr is "
+                   "above)")
+
+  def info(self) -> dict:
+    return self._ask("info")
+
+  def close(self) -> None:
+    self._proc.stdin.write("quit\n")
+    self._proc.stdin.close()
+    self._proc.wait()
+
+  def __iter__(self):  # (info, run) like a prepared side
+    return iter((None, lambda steps: self._ask(f"run {steps}")))
 
 
 # ---- The command.
@@ -241,7 +313,8 @@ def timings(makers: list, rounds: int):
 def environment(impl: str) -> dict:
   """Device, versions, date and machine load of a result line."""
   info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "host_cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+          "host_cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
+          "pid": os.getpid()}
   if impl == "sbs_jax":
     return {**info, "device_kind": jax.devices()[0].device_kind,
             "num_devices": jax.device_count(), "jax_version": jax.__version__,
@@ -288,11 +361,12 @@ def _inference(args, config, common: dict):
   if args.reference:
     makers.append((lambda: prepare_reference_decode(config, inputs, args.decode_len,
                                                     args.seed), args.steps))
-  for impl, timing in zip(("sbs_jax", "hf_reference"), timings(makers, args.rounds)):
+  for impl, timing in zip(IMPLS, timings(makers, args)):
+    env = timing.pop("environment", None)  # measured in the worker with --isolate
     yield {**common, "impl": impl, "input_len": args.input_len,
            "decode_len": args.decode_len, **timing,
            "examples_per_s": round(common["batch"] * args.steps / timing["seconds"], 3),
-           **environment(impl)}
+           **(env or environment(impl))}
 
 
 def _training(args, config, common: dict):
@@ -335,7 +409,8 @@ def _training(args, config, common: dict):
         for r in fed for p in r.values()) / ref_steps))
     makers.append((lambda: prepare_reference(config, ref_warm, ref, args.seed), ref_steps))
   for impl, (side_steps, side_stats, analytic), timing in zip(
-      ("sbs_jax", "hf_reference"), sides, timings(makers, args.rounds)):
+      IMPLS, sides, timings(makers, args)):
+    env = timing.pop("environment", None)  # measured in the worker with --isolate
     if impl == "hf_reference":
       extra = {**extra, "reference_batch": len(ref[0]["pred"]["input_ids"])}
       if args.mixture:  # counted on the first warmup batch only: not per step
@@ -344,7 +419,7 @@ def _training(args, config, common: dict):
     yield {**common, "impl": impl, "steps": side_steps, **extra, **side_stats,
            "flops_per_step_analytic": analytic, **timing,
            **rates(timing["seconds"], side_steps, side_stats, measured, analytic,
-                   args.peak_tflops), **environment(impl)}
+                   args.peak_tflops), **(env or environment(impl))}
 
 
 def bench(args, batch: int):
@@ -366,7 +441,10 @@ def bench(args, batch: int):
 def main(args) -> int:
   if args.inference and args.mixture:
     raise SbsError("--inference runs on synthetic inputs; drop --mixture")
+  if not getattr(args, "argv", None):  # for --isolate's workers: this command's flags
+    args.argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
   for batch in (int(x) for x in str(args.batch).split(",")):
+    args.current_batch = batch
     try:
       for line in bench(args, batch):
         text = json.dumps(line)
@@ -387,4 +465,5 @@ if __name__ == "__main__":  # `python -m sbs_jax.bench ...`, the same as `sbs be
   _parser = argparse.ArgumentParser(prog="sbs")
   add_parser(_parser.add_subparsers(dest="command", required=True))
   _args = _parser.parse_args(["bench", *sys.argv[1:]])
+  _args.argv = sys.argv[1:]
   sys.exit(_args.func(_args))

@@ -80,6 +80,10 @@ def hf_model(config, seed: int = 0):
   hf = transformers.T5Config(**config_to_hf(config))  # the same mapping export-hf writes
   torch.manual_seed(seed)
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  # Subnormal floats (AdamW's second moments of tiny gradients, first steps from random
+  # init) run many times slower on x86 CPUs unless flushed to zero. XLA's CPU runtime
+  # flushes them, so the reference does too: otherwise its first rounds would be slowed.
+  torch.set_flush_denormal(True)
   return transformers.T5ForConditionalGeneration(hf).to(device), device
 
 

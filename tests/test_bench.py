@@ -12,6 +12,7 @@ import pytest
 
 from sbs_jax import bench
 from sbs_jax.model.config import config_for
+from tests.conftest import run_sbs
 
 
 def parse(*argv) -> argparse.Namespace:
@@ -128,3 +129,21 @@ def test_synthetic_reference_line_has_the_same_work(capsys):
   assert ref["target_tokens"] == ours["target_tokens"] == 12
   assert ref["flops_per_step_torch"] > 0 and math.isfinite(ref["loss"])
   assert ratio["value"] > 0
+  assert ours["pid"] == ref["pid"]  # one process, unless --isolate
+
+
+def test_isolate_runs_each_side_in_its_own_worker_process():
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  done = run_sbs("bench", "--size", "tiny", "--batch", "3", "--input_len", "8",
+                 "--label_len", "2", "--rationale_len", "4", "--steps", "1", "--rounds", "2",
+                 "--reference", "--isolate")
+  assert done.returncode == 0, done.stderr[-3000:]
+  ours, ref, ratio = [json.loads(line) for line in done.stdout.splitlines()]
+  assert (ours["impl"], ref["impl"]) == ("sbs_jax", "hf_reference")
+  assert ours["pid"] != ref["pid"]
+  assert ours["jax_version"] and ref["torch_version"] and "torch_version" not in ours
+  assert len(ours["round_seconds"]) == len(ref["round_seconds"]) == 2
+  assert ours["examples"] == ref["examples"] == 3 and ours["flops_per_step_xla"] > 0
+  assert ratio["value"] == pytest.approx(ours["examples_per_s"] / ref["examples_per_s"],
+                                         rel=1e-2)
