@@ -7,6 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REMAT_POLICIES = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +16,19 @@ class T5Config:
 
   `dtype` is the compute dtype ("float32" or "bfloat16"); parameters are always
   stored in float32 and logits are always returned in float32.
+
+  `remat_policy` trades compute for memory in training: which activations of each encoder
+  and decoder layer the forward pass keeps for the backward pass (`flax.linen.remat`). It
+  changes neither the parameters nor the results, only what a gradient costs.
+    "none": keep them all (fastest; activation memory grows with every layer's internals).
+    "full": keep only each layer's inputs and recompute the whole layer in the backward
+      pass (about one more forward pass of compute; the least memory).
+    "dots": keep the layer inputs and the outputs of the projections (the matmuls
+      without batch dimensions: query/key/value/out, wi_0/wi_1; wo's output only feeds
+      the residual sum and is not needed) and recompute the rest (norms, attention scores
+      and softmax, the gated GELU) in the backward pass:
+      `jax.checkpoint_policies.dots_with_no_batch_dims_saveable`. In between: no matmul
+      with weights is recomputed, and the attention probabilities are not kept.
   """
   vocab_size: int
   emb_dim: int
@@ -30,12 +44,16 @@ class T5Config:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   float32_attention_logits: bool = False
+  remat_policy: str = "none"
 
   def __post_init__(self):
     if self.dtype not in _DTYPES:
       raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {list(REMAT_POLICIES)}, "
+                       f"got {self.remat_policy!r}")
     # Accept lists from config files but keep the dataclass hashable.
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
 

@@ -29,6 +29,10 @@ is untied unless `logits_via_embedding`. Unlike T5X, the relative positions come
 and the embedding lookup is a gather (T5X's example uses a one-hot matmul; same result).
 Initialisers follow T5X: embedding N(0, 1), relpos fan-avg uniform, kernels fan-in
 truncated normal (attention: fan-in normal, query divided by sqrt(head_dim)).
+
+With `config.remat_policy` other than "none", each `layers_{i}` is wrapped in
+`flax.linen.remat` (see `T5Config`): the parameter tree and the results are unchanged, the
+backward pass recomputes what the policy does not keep.
 """
 
 from __future__ import annotations
@@ -74,6 +78,23 @@ def _relpos_bias(config: T5Config) -> layers.RelativePositionBias:
 
 def _norm(config: T5Config, name: str) -> layers.RMSNorm:
   return layers.RMSNorm(dtype=config.compute_dtype, name=name)
+
+
+_REMAT_POLICIES = {"full": None,  # save nothing inside the layer: recompute all of it
+                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def _maybe_remat(layer_class: type[nn.Module], config: T5Config,
+                 static_argnums: tuple[int, ...]) -> type[nn.Module]:
+  """`layer_class`, or it under `nn.remat` with the config's policy.
+
+  `static_argnums` (counting `self` as 0) name the Python bool flags, which must then be
+  passed positionally; remat keeps the module's name, so the parameter paths do not change.
+  """
+  if config.remat_policy == "none":
+    return layer_class
+  return nn.remat(layer_class, policy=_REMAT_POLICIES[config.remat_policy],
+                  static_argnums=static_argnums)
 
 
 class EncoderLayer(nn.Module):
@@ -130,8 +151,9 @@ class Encoder(nn.Module):
     bias = _relpos_bias(cfg)(positions, positions, bidirectional=True)
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     x = _residual_dropout(cfg)(x, deterministic=deterministic).astype(cfg.compute_dtype)
+    layer = _maybe_remat(EncoderLayer, cfg, static_argnums=(4,))  # deterministic
     for index in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{index}")(x, encoder_mask, bias, deterministic)
+      x = layer(cfg, name=f"layers_{index}")(x, encoder_mask, bias, deterministic)
     x = _norm(cfg, "encoder_norm")(x)
     return nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -160,10 +182,10 @@ class Decoder(nn.Module):
     bias = _relpos_bias(cfg)(positions, positions, bidirectional=False)
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = _residual_dropout(cfg)(y, deterministic=deterministic).astype(cfg.compute_dtype)
+    layer = _maybe_remat(DecoderLayer, cfg, static_argnums=(6, 7))  # deterministic, decode
     for index in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f"layers_{index}")(
-          y, encoded, decoder_mask, bias, encoder_decoder_mask, deterministic=deterministic,
-          decode=decode)
+      y = layer(cfg, name=f"layers_{index}")(y, encoded, decoder_mask, bias,
+                                              encoder_decoder_mask, deterministic, decode)
     y = _norm(cfg, "decoder_norm")(y)
     y = _residual_dropout(cfg)(y, deterministic=deterministic)
     if cfg.logits_via_embedding:

@@ -2,14 +2,27 @@
 
 Shapes come from `jax.eval_shape` (nothing is allocated, no accelerator is needed) and the
 sharding of every parameter and optimizer-state array from T5X's logical axis rules, as the
-trainer applies them. Activations are an estimate: the tensors a layer keeps for the
-backward pass without rematerialisation, per micro-batch, in the compute dtype:
+trainer applies them. Activations are an estimate: the tensors the forward pass keeps for
+the backward pass, per micro-batch, in the compute dtype. What one layer needs for its own
+backward pass (its working set, everything it computes):
 
     encoder layer, per token:  8 * emb + (3 * mlp + heads * L_enc) / model
-    decoder layer, per token:  12 * emb + (3 * mlp + heads * (L_dec + L_enc)) / model
-    logits (float32):          L_dec * vocab / model per row
+    decoder layer, per token:  12 * emb + (3 * mlp + heads * (L_dec + L_enc)) / model,
+                               plus the cross-attention keys and values,
+                               2 * joined / model per encoder token
 
-with rows per device = batch / (data * grad_accum_steps).
+With `student_config.remat_policy = "none"` every layer keeps its working set. With
+rematerialisation every layer keeps only what the policy saves, and one layer's working
+set (the largest) is rebuilt at a time in the backward pass:
+
+    "full", per layer:         emb per token (the layer's input)
+    "dots", encoder layer:     per token 2 * emb + (3 * joined + 2 * mlp) / model
+    "dots", decoder layer:     per decoder token 3 * emb + (4 * joined + 2 * mlp) / model,
+                               plus 2 * joined / model per encoder token
+
+("dots" keeps the layer input and the projection outputs: query, key, value, attention out
+and wi_0, wi_1; `joined` = heads * head_dim.) To all of these the float32 logits add
+L_dec * vocab / model per row, with rows per device = batch / (data * grad_accum_steps).
 """
 
 from __future__ import annotations
@@ -55,6 +68,24 @@ def _local_bytes(shape, dtype, spec: P, mesh_shape: dict) -> int:
   return math.prod(local) * jax.numpy.dtype(dtype).itemsize
 
 
+def _layer_activations(c: T5Config, l_enc: int, l_dec: int, model: int) -> float:
+  """Elements per row that all encoder and decoder layers keep (module docstring)."""
+  heads_mlp = lambda length: (3 * c.mlp_dim + c.num_heads * length) / model
+  joined = c.num_heads * c.head_dim
+  enc_all = l_enc * (8 * c.emb_dim + heads_mlp(l_enc))
+  dec_all = l_dec * (12 * c.emb_dim + heads_mlp(l_dec + l_enc)) + l_enc * 2 * joined / model
+  if c.remat_policy == "none":
+    return c.num_encoder_layers * enc_all + c.num_decoder_layers * dec_all
+  if c.remat_policy == "full":
+    enc_kept, dec_kept = l_enc * c.emb_dim, l_dec * c.emb_dim
+  else:  # "dots"
+    enc_kept = l_enc * (2 * c.emb_dim + (3 * joined + 2 * c.mlp_dim) / model)
+    dec_kept = (l_dec * (3 * c.emb_dim + (4 * joined + 2 * c.mlp_dim) / model)
+                + l_enc * 2 * joined / model)
+  return (c.num_encoder_layers * enc_kept + c.num_decoder_layers * dec_kept
+          + max(enc_all, dec_all))
+
+
 def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dict:
   """Per-device bytes of parameters, gradients, optimizer state and activations."""
   mesh_shape = {"data": data, "model": model}
@@ -81,15 +112,14 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
   l_dec = cfg.data.task_feature_lengths["targets"]
   rows = cfg.data.batch_size / (data * cfg.optimizer.grad_accum_steps)
   width = jax.numpy.dtype(c.compute_dtype).itemsize
-  heads_mlp = lambda length: (3 * c.mlp_dim + c.num_heads * length) / model
-  enc = c.num_encoder_layers * l_enc * (8 * c.emb_dim + heads_mlp(l_enc))
-  dec = c.num_decoder_layers * l_dec * (12 * c.emb_dim + heads_mlp(l_dec + l_enc))
-  activations = rows * ((enc + dec) * width + l_dec * c.vocab_size / model * 4)
+  activations = rows * (_layer_activations(c, l_enc, l_dec, model) * width
+                        + l_dec * c.vocab_size / model * 4)
   parts = {"parameters": param_bytes, "gradients": param_bytes,
            "optimizer_state": total(opt, opt_specs), "activations_estimate": activations}
   return {"mesh": f"{data}x{model}", "partitioning_dims": list(cfg.partitioning_dims),
           "parameters": int(sum(a.size for a in jax.tree.leaves(params))),
-          "optimizer": cfg.optimizer.name, "batch_size": cfg.data.batch_size,
+          "optimizer": cfg.optimizer.name, "remat_policy": model_config.remat_policy,
+          "batch_size": cfg.data.batch_size,
           "task_feature_lengths": cfg.data.task_feature_lengths,
           "per_device_bytes": {k: int(v) for k, v in parts.items()},
           "per_device_gib": {k: round(v / GIB, 3) for k, v in parts.items()},
