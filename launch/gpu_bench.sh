@@ -11,7 +11,7 @@
 # machine). MFU uses the device's dense bf16 peak (H100 SXM / H200: 989 TFLOP/s; H100
 # PCIe: 756), or $PEAK_TFLOPS. JSON lines go to $OUT (else ./bench_out)/gpu_bench.jsonl.
 #
-# Installs, when jax cannot see a GPU or torch has no CUDA: `pip install -e '.[hf]'
+# Installs, when jax cannot see a GPU or torch has no CUDA: `pip install -e '.[hf,test]'
 # jax[cuda12]` into ./.venv_gpu. A machine without a package index says so and stops.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ if [ "$DRY_RUN" = 1 ] || ! gpu_ready "${PY:-python3}"; then
   PY=.venv_gpu/bin/python
   echo "== installing into .venv_gpu (jax[cuda12], torch, transformers)"
   [ -x "$PY" ] || run python3 -m venv .venv_gpu
-  if ! run "$PY" -m pip install --quiet --timeout 20 --retries 1 -e '.[hf]' 'jax[cuda12]'; then
+  if ! run "$PY" -m pip install --quiet --timeout 20 --retries 1 -e '.[hf,test]' 'jax[cuda12]'; then
     echo "gpu_bench: could not install jax[cuda12] / torch / transformers: this machine has" \
          "no package index (no network?). Give it a ready environment (PYTHON=... with a" \
          "CUDA jax, torch and transformers) and rerun." >&2
@@ -92,5 +92,10 @@ if [ -d "$ANN/cqa" ] && [ -f "$VOCAB" ]; then
     --mixture sbs_cqa_distill_llm_paired --task_feature_lengths 1024,352 --reference
 else
   echo "== skipped the CQA mixture run: no $ANN/cqa or $VOCAB"
+fi
+# Remat's memory saving, which XLA:CPU cannot show (tests/test_remat.py skips it there).
+if [ "$DRY_RUN" = 0 ] && [ $(( $(date +%s) - START )) -lt "$BUDGET_S" ]; then
+  run timeout 120 "$PY" -m pytest -q -s tests/test_remat.py -k peak_temporary_memory \
+    > "$OUT_DIR/remat_gpu_test.txt" 2>&1 || echo "== remat GPU test failed: $OUT_DIR/remat_gpu_test.txt"
 fi
 echo "== done in $(( $(date +%s) - START ))s: $RESULTS"
