@@ -14,6 +14,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
 from sbs_jax.model.config import config_for  # pylint: disable=wrong-import-position
+from sbs_jax.train import evaluate as eval_lib  # pylint: disable=wrong-import-position
 from sbs_jax.train import state as state_lib  # pylint: disable=wrong-import-position
 
 # An independent statement of T5X's rules for parameters (1-D and 2-D parameter sharding).
@@ -76,7 +77,18 @@ def main():
   step_8 = state_lib.make_train_step(sharded, 0.4)
   state_8 = state_lib.init_state(sharded, seed=0)
   _, metrics_8 = step_8(state_8, state_lib.global_batch(sharded, b))
+  # Evaluation decoding split over the data axis gives the single device's ids.
+  rows = np.random.default_rng(1).integers(2, 128, (5, 10)).astype(np.int32)
+  decoded = {}
+  for beam in (1, 2):
+    ids_1 = eval_lib.decode(single, params_1, rows, 3, 6, beam_size=beam)
+    ids_8 = eval_lib.decode(sharded, params_8, rows, 3, 6, beam_size=beam)
+    decoded[beam] = {"equal": bool(np.array_equal(ids_1, ids_8)), "shape": list(ids_8.shape)}
+  chunk = eval_lib.sharded_rows(sharded, rows[:4])
   print(json.dumps({"devices": jax.device_count(), "loss_1": loss_1, "loss_8": loss_8,
+                    "decoded": decoded, "decode_rows_spec": str(chunk.sharding.spec),
+                    "decode_rows_per_device": sorted({s.data.shape[0]
+                                                      for s in chunk.addressable_shards}),
                     "grad_max_abs_diff": grad_diff, "wrong_shardings": wrong,
                     "step_loss_8": float(metrics_8["loss"]),
                     "grad_leaf_sharded": str(jax.tree.leaves(grads_8_dev)[-1].sharding.spec)}))

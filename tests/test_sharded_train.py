@@ -22,3 +22,8 @@ def test_sharded_step_equals_single_device(param_dims):
   assert got["grad_max_abs_diff"] < 1e-5
   assert got["wrong_shardings"] == []
   assert abs(got["step_loss_8"] - got["loss_1"]) < 1e-5
+  # Decoding for evaluation: rows split over the 2 data shards, the same ids (greedy, beam).
+  assert got["decode_rows_spec"] == "P('data', None)"
+  assert got["decode_rows_per_device"] == [2]  # 4 rows, 2 per data shard
+  assert got["decoded"] == {"1": {"equal": True, "shape": [5, 6]},
+                            "2": {"equal": True, "shape": [5, 6]}}

@@ -17,17 +17,33 @@ from sbs_jax.train.state import Student
 EOS_ID = 1
 
 
+def decode_batch_size(student: Student, batch_size: int) -> int:
+  """`batch_size` rounded up to a multiple of the mesh's data axis."""
+  shards = student.mesh.shape["data"]
+  return -(-batch_size // shards) * shards
+
+
+def sharded_rows(student: Student, rows: np.ndarray) -> jax.Array:
+  """One decoding batch (the same rows on every host) as a global array split over the
+  mesh's data axis: each data shard decodes its own rows, none decodes all of them."""
+  hosts, host = jax.process_count(), jax.process_index()
+  per_host = len(rows) // hosts  # the data axis is a multiple of the hosts (make_mesh)
+  return jax.make_array_from_process_local_data(
+      student.batch_sharding, rows[host * per_host:(host + 1) * per_host], rows.shape)
+
+
 def decode(student: Student, params, inputs: np.ndarray, batch_size: int,
            max_decode_length: int, beam_size: int = 1) -> np.ndarray:
-  """Token ids [n, max_decode_length] for input ids [n, length], in fixed-shape batches."""
+  """Token ids [n, max_decode_length] for input ids [n, length], in fixed-shape batches
+  split over the data axis (every host holds all `inputs` and gets all the ids back)."""
   n = len(inputs)
+  batch_size = decode_batch_size(student, batch_size)
   padded = -(-n // batch_size) * batch_size
   inputs = np.concatenate([inputs, np.zeros((padded - n, inputs.shape[1]), inputs.dtype)])
   outputs = []
   with student.sharding_context():
     for start in range(0, padded, batch_size):
-      chunk = jax.make_array_from_process_local_data(student.replicated,
-                                                     inputs[start:start + batch_size])
+      chunk = sharded_rows(student, inputs[start:start + batch_size])
       if beam_size > 1:
         out = decoding.beam_search(student.model, params, chunk, max_decode_length,
                                    beam_size=beam_size)
