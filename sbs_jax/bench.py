@@ -233,9 +233,10 @@ def timings(makers: list, args):
             "round_seconds": [round(t, 3) for t in times]}
 
   if args.worker is not None:  # serve one side to the parent; never returns
-    _serve(*makers[args.worker], IMPLS[args.worker])
-  if args.isolate:
-    prepared = [_Worker(args, i) for i in range(len(makers))]
+    _serve(makers[args.worker][0], IMPLS[args.worker])
+  if args.isolate:  # each side: (info getter, run, close)
+    workers = [_Worker(args, i) for i in range(len(makers))]
+    prepared = [(w.info, w.run, w.close) for w in workers]
   elif rounds <= 1:
     results = {}
     for i in reversed(range(len(makers))):
@@ -247,21 +248,19 @@ def timings(makers: list, args):
     yield from (results[i] for i in range(len(makers)))
     return
   else:
-    prepared = [make() for make, _ in makers]
+    prepared = [(lambda info=info: info, run, lambda: None)
+                for info, run in (make() for make, _ in makers)]
   times = [[] for _ in prepared]
   for _ in range(rounds):
-    for seconds, (_, run), (_, steps) in zip(times, prepared, makers):
+    for seconds, (_, run, _), (_, steps) in zip(times, prepared, makers):
       seconds.append(run(steps))
-  for side, seconds in zip(prepared, times):
-    info = side.info() if isinstance(side, _Worker) else side[0]
-    yield result(info, seconds)
-    if isinstance(side, _Worker):
-      side.close()
+  for (info, _, close), seconds in zip(prepared, times):
+    yield result(info(), seconds)
+    close()
 
 
-def _serve(make, steps, impl: str):
+def _serve(make, impl: str):
   """Worker side of --isolate: prepare, then answer `run N`, `info` and `quit` on stdin."""
-  del steps
   info, run = make()
   reply = lambda value: print(_REPLY + json.dumps(value), flush=True)
   reply("ready")
@@ -277,7 +276,7 @@ def _serve(make, steps, impl: str):
 
 
 class _Worker:
-  """Parent side of --isolate: one side's worker process; iterates as (info, run)."""
+  """Parent side of --isolate: one side's worker process."""
 
   def __init__(self, args, index: int):
     argv = [a for a in args.argv if a != "--isolate"]
@@ -296,6 +295,9 @@ class _Worker:
     raise SbsError(f"bench worker exited with status {self._proc.wait()} (its stderr is "
                    "above)")
 
+  def run(self, steps: int) -> float:
+    return self._ask(f"run {steps}")
+
   def info(self) -> dict:
     return self._ask("info")
 
@@ -303,9 +305,6 @@ class _Worker:
     self._proc.stdin.write("quit\n")
     self._proc.stdin.close()
     self._proc.wait()
-
-  def __iter__(self):  # (info, run) like a prepared side
-    return iter((None, lambda steps: self._ask(f"run {steps}")))
 
 
 # ---- The command.

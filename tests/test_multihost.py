@@ -15,6 +15,7 @@ that these batches differ from the unsharded stream's, so the comparison does ex
 sharding.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -70,26 +71,34 @@ def _wait_all(procs, timeout: float) -> list:
   return [p.poll() for p in procs]
 
 
-@pytest.fixture(scope="module")
-def runs(annotated, tmp_path_factory):
-  """The two-process run and the one-process reference, with their exit codes and logs."""
-  root = tmp_path_factory.mktemp("multihost")
+@contextlib.contextmanager
+def _two_hosts(flags: list[str], logs: list):
+  """`sbs train FLAGS` as hosts 0 and 1 of one cluster, each logging to its file; yields
+  the processes and kills any still running on the way out."""
   address = f"127.0.0.1:{_free_port()}"
-  procs, logs = [], [root / f"host{i}.log" for i in range(2)]
+  procs = []
   try:
     for i, log in enumerate(logs):
       with open(log, "w", encoding="utf-8") as out:
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "sbs_jax.cli", "train", "--coordinator_address", address,
-             "--num_processes", "2", "--process_id", str(i),
-             *_train_flags(root / "two_hosts")],
+             "--num_processes", "2", "--process_id", str(i), *flags],
             cwd=REPO, env=_env(2), stdout=out, stderr=subprocess.STDOUT))
-    codes = _wait_all(procs, TIMEOUT)
+    yield procs
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
+
+
+@pytest.fixture(scope="module")
+def runs(annotated, tmp_path_factory):
+  """The two-process run and the one-process reference, with their exit codes and logs."""
+  root = tmp_path_factory.mktemp("multihost")
+  logs = [root / f"host{i}.log" for i in range(2)]
+  with _two_hosts(_train_flags(root / "two_hosts"), logs) as procs:
+    codes = _wait_all(procs, TIMEOUT)
   report = root / "report.json"
   with open(root / "one_host.log", "w", encoding="utf-8") as out:
     ref = subprocess.run([sys.executable, "tests/multihost_worker.py", "2", str(report),
@@ -134,21 +143,13 @@ def test_two_hosts_complete_the_run(runs):
 def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(annotated, tmp_path):
   """A preemption notice reaches one host: JAX's preemption sync manager makes both hosts
   agree on a step, both save that step together and exit with 128 + SIGTERM."""
-  address = f"127.0.0.1:{_free_port()}"
   flags = [f for f in _train_flags(tmp_path / "run")
            if not f.startswith(("--gin.TRAIN_STEPS", "--gin.TrainConfig.checkpoint_every",
                                 "--gin.EvalConfig.every"))]
   flags += ["--gin.TRAIN_STEPS=500", "--gin.TrainConfig.checkpoint_every=1000",
             "--gin.EvalConfig.every=1000"]  # no scheduled checkpoint or evaluation
-  metrics, logs, procs = tmp_path / "run" / "metrics.jsonl", [], []
-  try:
-    for i in range(2):
-      logs.append(tmp_path / f"host{i}.log")
-      with open(logs[-1], "w", encoding="utf-8") as out:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "sbs_jax.cli", "train", "--coordinator_address", address,
-             "--num_processes", "2", "--process_id", str(i), *flags],
-            cwd=REPO, env=_env(2), stdout=out, stderr=subprocess.STDOUT))
+  metrics, logs = tmp_path / "run" / "metrics.jsonl", [tmp_path / f"host{i}.log" for i in range(2)]
+  with _two_hosts(flags, logs) as procs:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and all(p.poll() is None for p in procs):
       if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
@@ -157,11 +158,6 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(annotated,
     assert all(p.poll() is None for p in procs), "\n".join(_tail(log) for log in logs)
     procs[1].send_signal(signal.SIGTERM)
     codes = _wait_all(procs, TIMEOUT)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
   assert codes == [143, 143], "\n".join(_tail(log) for log in logs)
   saved = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
   steps = [m["step"] for m in read_metrics(str(tmp_path / "run"))]

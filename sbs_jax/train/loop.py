@@ -82,7 +82,8 @@ def train(cfg: TrainConfig, model_config: T5Config,
   # notice (SIGTERM) ends it after the current step, checkpointed (see preemption.py).
   train_step = make_train_step(student, cfg.alpha, cfg.optimizer.grad_accum_steps, cfg.seed)
   tic, rows_since = time.perf_counter(), 0
-  with PreemptionWatch() as preemption:
+  preemption = PreemptionWatch()
+  try:
     for step in range(start + 1, cfg.train_steps + 1):
       state, metrics = train_step(state, global_batch(student, next(batches)))
       rows_since += cfg.data.batch_size
@@ -109,13 +110,13 @@ def train(cfg: TrainConfig, model_config: T5Config,
       if step % cfg.checkpoint_every == 0 or last or preempted:
         checkpoints.save(step, state, {"best": best, "data_position": step})
       if preempted and not last:
-        checkpoints.close()
-        metric_log.close()
         raise Preempted(step, cfg.model_dir)
       if on_step is not None:
         on_step(step, host_metrics or {})
-  checkpoints.close()
-  metric_log.close()
+  finally:  # also on Preempted or a crash: pending saves finish, logs are flushed
+    preemption.close()
+    checkpoints.close()
+    metric_log.close()
 
   # ---- Final: the best step's params on test; a few rationales to look at.
   params, best = ckpt.load_params(cfg.model_dir, student.abstract_state["params"])
