@@ -1,44 +1,86 @@
-"""The `sbs` command: one subcommand per stage of the pipeline."""
+"""The `sbs` command: one subcommand per stage of the pipeline.
+
+Each subcommand lives in its own module, imported only when that subcommand runs, so that
+`sbs --help` answers at once (TensorFlow and JAX take seconds to import).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 
-from sbs_jax.errors import SbsError
-from sbs_jax.train.preemption import EXIT_CODE as PREEMPTED_EXIT_CODE, Preempted
+# name -> (the module whose `add_parser(subparsers)` defines it, one line of help).
+# A module may define several names (train, eval); add new subcommands here.
+COMMANDS = {
+    "annotate": ("sbs_jax.annotate.command",
+                 "ask (or replay) a teacher for rationales and labels -> TFRecords"),
+    "download": ("sbs_jax.data.download_command", "fetch and check the paper's data release"),
+    "vocab": ("sbs_jax.data.vocab_command", "train a SentencePiece vocabulary on annotations"),
+    "train": ("sbs_jax.train.command", "train a student with a gin config"),
+    "eval": ("sbs_jax.train.command", "score a trained model dir's best params"),
+    "predict": ("sbs_jax.train.command", "the label (and rationale) for input texts"),
+    "plan": ("sbs_jax.train.plan", "per-device memory of a run on a mesh"),
+    "import-hf": ("sbs_jax.convert.command", "an HF T5 checkpoint -> a model dir to train from"),
+    "export-hf": ("sbs_jax.convert.command", "a trained model dir -> an HF T5 folder"),
+    "bench": ("sbs_jax.bench", "training / decoding throughput, FLOPs and MFU"),
+    "demo": ("sbs_jax.demo", "the main job, end to end on this machine"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-  # Subcommand modules are imported here, not at the top, so `sbs --help` stays fast.
-  from sbs_jax.annotate import command as annotate_command
-  from sbs_jax import demo
-  from sbs_jax.data import download_command, vocab_command
-  from sbs_jax.train import command as train_command, plan
-  from sbs_jax.convert import command as convert_command
-  from sbs_jax import bench
-
+def build_parser(commands=None) -> argparse.ArgumentParser:
+  """The parser of `sbs`: full for the names in `commands` (all when None), names only for
+  the rest (their modules are not imported)."""
   parser = argparse.ArgumentParser(
       prog="sbs", description="Distilling Step-by-Step in JAX: annotate, build tasks, "
       "train and evaluate small students.")
-  parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-  subparsers = parser.add_subparsers(dest="command", required=True)
-  annotate_command.add_parser(subparsers)
-  download_command.add_parser(subparsers)
-  vocab_command.add_parser(subparsers)
-  train_command.add_parser(subparsers)
-  plan.add_parser(subparsers)
-  convert_command.add_parser(subparsers)
-  bench.add_parser(subparsers)
-  demo.add_parser(subparsers)
+  parser.add_argument("-v", "--verbose", action="store_true",
+                      help="debug logging, and native libraries' start-up lines unfiltered")
+  subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  wanted = list(COMMANDS) if commands is None else list(commands)
+  loaded = set()
+  for name in wanted:
+    module = COMMANDS[name][0]
+    if module not in loaded:
+      importlib.import_module(module).add_parser(subparsers)
+      loaded.add(module)
+  for name, (_, help_text) in COMMANDS.items():
+    if name not in subparsers.choices:  # listed for help; its module is not imported
+      subparsers.add_parser(name, help=help_text)
   return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+  """The subcommand named in argv (the first word that is one), if any."""
+  for arg in argv:
+    if arg in COMMANDS:
+      return arg
+    if not arg.startswith("-"):
+      return None
+  return None
+
+
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  parser = build_parser()
+  command = _command_of(argv)
+  verbose = "-v" in argv or "--verbose" in argv
+  if command is None:  # help, or an unknown command: argparse says so, nothing imported
+    build_parser(()).parse_args(argv)
+    return 2
+  from sbs_jax import console  # pylint: disable=import-outside-toplevel
+  console.quiet_environment()
+  if verbose:
+    parser = build_parser([command])
+  else:  # the command's module (and TensorFlow, JAX) imported with start-up notices dropped
+    with console.native_stderr_filtered():
+      parser = build_parser([command])
+    if not {"-h", "--help"} & set(argv):
+      console.import_quietly()
+  from sbs_jax.errors import SbsError  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.preemption import EXIT_CODE as PREEMPTED_EXIT_CODE, Preempted  # pylint: disable=import-outside-toplevel
   args, extra = parser.parse_known_args(argv)
   if getattr(args, "accepts_gin_bindings", False):
     args.gin_bindings = extra
