@@ -70,7 +70,7 @@ def main(args) -> int:
   print("\nDistilling step-by-step, CQA, tiny student on this CPU "
         f"({results['train_steps']} steps, {minutes:.1f} min)\n")
   print(f"{'':28}{'label accuracy':>16}")
-  print(f"{'teacher (PaLM 540B), test':28}{100 * teacher['test']['teacher_accuracy']:>15.1f}%")
+  print(f"{'teacher (PaLM 540B), test':28}{teacher['test']['teacher_accuracy']:>15.1f}%")
   print(f"{'student, validation':28}{results['validation']['accuracy']:>15.1f}%"
         f"   (best step {results['best_step']})")
   print(f"{'student, test':28}{results['test']['accuracy']:>15.1f}%")

@@ -22,8 +22,8 @@ def annotate_args(**kw) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize("dataset,examples,accuracy,unparsable", [
-    ("cqa", 1221, 0.772, 0),
-    ("esnli", 9824, 0.730, 0),
+    ("cqa", 1221, 77.2, 0),
+    ("esnli", 9824, 73.0, 0),
     ("svamp", 200, None, None),
 ])
 def test_replay_on_released_test_splits(tmp_path, data_dir, dataset, examples, accuracy,
@@ -35,7 +35,7 @@ def test_replay_on_released_test_splits(tmp_path, data_dir, dataset, examples, a
   assert stats == result.split_stats
   assert stats["examples"] == examples == stats["parsed"] + stats["unparsable"]
   if accuracy is not None:
-    assert stats["teacher_accuracy"] == pytest.approx(accuracy, abs=0.002)
+    assert stats["teacher_accuracy"] == pytest.approx(accuracy, abs=0.2)  # percent
   if unparsable is not None:
     assert stats["unparsable"] == unparsable
   recs = records.read_records([result.records_path])
@@ -49,6 +49,12 @@ def test_replay_on_released_test_splits(tmp_path, data_dir, dataset, examples, a
     assert stats["correct"] == sum(arith.same_value(r["llm_label"], r["label"]) for r in ok)
     assert stats["unparsable"] == len(recs) - len(ok) > 0
     assert sum(stats["unparsable_reasons"].values()) == stats["unparsable"]
+    # Reasons are short categories; each shows its first cases in full, ids first.
+    assert set(stats["unparsable_reasons"]) <= {"equation does not evaluate",
+                                                "no parenthesised equation", "no answer phrase"}
+    shown = stats["unparsable_examples"]["equation does not evaluate"]
+    assert len(shown) == 3 and all(s.startswith("test-") for s in shown)
+    assert "equation does not evaluate: " in shown[0] and "\\" not in shown[0]
 
 
 def test_records_carry_the_schema(tmp_path, data_dir):
@@ -73,7 +79,8 @@ def test_anli1_through_the_command(tmp_path):
   assert proc.returncode == 0, proc.stderr
   stats = json.loads(proc.stdout.strip().splitlines()[-1])
   assert (stats["examples"], stats["parsed"], stats["unparsable"]) == (3, 2, 1)
-  assert stats["teacher_accuracy"] == pytest.approx(2 / 3, abs=1e-6)
+  assert stats["teacher_accuracy"] == 66.67  # percent, two decimals
+  assert stats["answer_format"] == "anli1"
   recs = records.read_records([tmp_path / "out/anli1/test.tfrecord-00000-of-00001"])
   assert [r["id"] for r in recs] == [r["uid"] for r in ANLI_ROWS]
   assert recs[2]["parse_ok"] == 0 and recs[2]["llm_label"] == ""
@@ -194,3 +201,71 @@ def test_resume_with_other_settings_is_refused(tmp_path, data_dir):
     job_lib.run(j)
   j.restart = True
   assert job_lib.run(j).stats["examples"] == 200
+
+
+QA_ROWS = [{"input": "2+2?", "label": "4", "out": "Add. So the answer is 4."},
+           {"input": "3+3?", "label": "6", "out": "Add. Final: 6\nSo the answer is 7."},
+           {"input": "5+5?", "label": "10", "out": "Count. So the answer is 10 apples."}]
+
+
+def test_finished_run_returns_at_once_only_with_the_same_settings(tmp_path):
+  path = write_jsonl(tmp_path / "a" / "qa.jsonl", QA_ROWS)
+  same_stem = write_jsonl(tmp_path / "b" / "qa.jsonl", [dict(r, label="x") for r in QA_ROWS])
+  other_answers = write_jsonl(tmp_path / "c" / "qa.jsonl",
+                              [dict(r, out="So the answer is 5.") for r in QA_ROWS])
+  base = dict(dataset=f"jsonl:{path}", teacher="replay", completion_key="out",
+              out_dir=tmp_path / "out")
+  first = job_lib.run(command.build_job(annotate_args(**base)))
+  assert not first.already_done and first.stats["correct"] == 1  # "10 apples" is not "10"
+  again = job_lib.run(command.build_job(annotate_args(**base)))
+  assert again.already_done and again.stats == first.stats
+
+  changes = [({"answer_regex": "Final:"}, "parser_settings"),
+             ({"answer_format": "number"}, "answer_format"),
+             ({"dataset": f"jsonl:{same_stem}"}, "examples_sha256"),
+             ({"dataset": f"jsonl:{other_answers}"}, "teacher_settings"),
+             ({"input_key": "input", "id_key": "input"}, "first_id")]
+  for change, key in changes:
+    with pytest.raises(SbsError, match=rf"finished but was made with other settings "
+                       rf"\(.*{key}: .* -> .*\): pass --restart"):
+      job_lib.run(command.build_job(annotate_args(**dict(base, **change))))
+  records_path = tmp_path / "out/qa/train.tfrecord-00000-of-00001"
+  assert [r["llm_label"] for r in records.read_records([records_path])] == ["4", "7",
+                                                                            "10 apples"]
+
+  restarted = command.build_job(annotate_args(**base, answer_regex="Final:"))
+  restarted.restart = True
+  result = job_lib.run(restarted)
+  assert not result.already_done and result.stats["correct"] == 1  # only row 2 has Final:
+  assert [r["llm_label"] for r in records.read_records([records_path])] == ["", "6", ""]
+  # The new settings are now the recorded ones.
+  assert job_lib.run(command.build_job(annotate_args(**base, answer_regex="Final:"))).already_done
+
+
+def test_finished_rerun_refusal_is_one_line_through_the_command(tmp_path):
+  path = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
+  argv = ["annotate", "--dataset", f"jsonl:{path}", "--teacher", "replay", "--completion_key",
+          "out", "--out_dir", tmp_path / "out", "--no_progress"]
+  assert run_sbs(*argv).returncode == 0
+  proc = run_sbs(*argv, "--answer_regex", "Final:")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if "--restart" in l]
+  assert len(lines) == 1 and "answer_regex" in lines[0], proc.stderr
+  proc = run_sbs(*argv, "--answer_regex", "Final:", "--restart")
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads(proc.stdout.strip().splitlines()[-1])["parsed"] == 1
+
+
+def test_shards_made_with_other_settings_are_not_merged(tmp_path):
+  path = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
+  base = dict(dataset=f"jsonl:{path}", teacher="replay", completion_key="out",
+              out_dir=tmp_path / "out", num_shards=2)
+  assert job_lib.run(command.build_job(annotate_args(**base, shard_index=0))).split_stats is None
+  other = job_lib.run(command.build_job(annotate_args(**base, shard_index=1,
+                                                      answer_regex="Final:")))
+  assert other.split_stats is None and not (tmp_path / "out/qa/train.stats.json").exists()
+  fixed = command.build_job(annotate_args(**base, shard_index=1))
+  fixed.restart = True
+  merged = job_lib.run(fixed).split_stats
+  assert merged["examples"] == 3 and merged["correct"] == 1
+  assert merged["manifest"]["parser_settings"]["answer_regex"] is None

@@ -6,9 +6,10 @@ import argparse
 import json
 import logging
 import os
+import re
 
 from sbs_jax.annotate import job as job_lib
-from sbs_jax.annotate import parsers, prompts
+from sbs_jax.annotate import answer_formats, parsers, prompts
 from sbs_jax.annotate.teachers import OpenAITeacher, ReplayTeacher
 from sbs_jax.data import readers
 from sbs_jax.errors import SbsError
@@ -40,8 +41,14 @@ def add_parser(subparsers) -> None:
   g.add_argument("--id_key", help="id field (default: <split>-<row index>)")
   g.add_argument("--completion_key", help="field with a completion, for --teacher replay")
   g.add_argument("--prompt_file", help="own few-shot template with one {input}")
-  g.add_argument("--answer_regex", default=parsers.DEFAULT_ANSWER_REGEX,
-                 help="the label is the rest of the line after its last match")
+  g.add_argument("--answer_format", choices=answer_formats.FORMATS, default="auto",
+                 help="how answers and gold labels are read: choice (marker, letter or text "
+                 "of a choice listed in the input), number, nli (entailment / neutral / "
+                 "contradiction), text (as written); auto: text (default: %(default)s)")
+  g.add_argument("--answer_regex",
+                 help="the label is the rest of the line after its last match (default: "
+                 f"{parsers.DEFAULT_ANSWER_REGEX!r} for text, 'answer is' or 'Answer:' in "
+                 "any case for the other formats)")
   g.add_argument("--stop_regex", default=parsers.DEFAULT_STOP_REGEX,
                  help="where a completion runs on into the next exemplar")
   g = p.add_argument_group("--teacher openai")
@@ -72,19 +79,38 @@ def _load(args) -> readers.LoadedSplit:
                                 with_completions=args.teacher == "replay")
 
 
+# SeqIO task names allow these characters; a dataset's name is part of its task names.
+_DATASET_NAME = re.compile(r"[A-Za-z0-9_.]+")
+
+
 def build_job(args) -> job_lib.Job:
   """Reads and checks all input first, so that bad input writes nothing."""
-  data = _load(args)
   custom = args.dataset.startswith("jsonl:")
+  if not custom and args.answer_format != "auto":
+    raise SbsError(f"--answer_format is for custom data (jsonl:PATH); {args.dataset} is read "
+                   "by its own parser: leave --answer_format out")
+  data = _load(args)
+  if custom and not _DATASET_NAME.fullmatch(data.dataset):
+    raise SbsError(f"the dataset name {data.dataset!r} (the file's stem) may only hold "
+                   "letters, digits, '_' and '.', as the task names made from it "
+                   "(sbs_<name>_...): rename the file")
   if args.prompt_file:
     prompt = prompts.prompt_from_file(args.prompt_file)
   else:
     prompt = prompts.PROMPTS["generic" if custom else args.dataset]
+  examples, settings = data.examples, {}
   if custom:
-    parse = parsers.make_generic_parser(args.answer_regex, args.stop_regex)
+    answer_format = "text" if args.answer_format == "auto" else args.answer_format
+    parse = parsers.make_generic_parser(args.answer_regex, args.stop_regex, answer_format)
+    if answer_format != "text":
+      examples = answer_formats.prepare_examples(answer_format, examples, data.source)
     match_dataset = "custom"
+    settings = {"answer_regex": args.answer_regex, "stop_regex": args.stop_regex,
+                "input_key": args.input_key, "label_key": args.label_key,
+                "id_key": args.id_key, "completion_key": args.completion_key}
   else:
     parse, match_dataset = parsers.PARSERS[args.dataset], args.dataset
+    answer_format = args.dataset  # the benchmark's own parser
 
   if args.teacher == "replay":
     source = (f"{data.dataset}.{args.completion_key}" if custom
@@ -104,20 +130,21 @@ def build_job(args) -> job_lib.Job:
     prompt_id = prompt.id
 
   return job_lib.Job(
-      dataset=data.dataset, split=data.split, examples=data.examples, prompt=prompt,
+      dataset=data.dataset, split=data.split, examples=examples, prompt=prompt,
       prompt_id=prompt_id, parse=parse,
       labels_match=lambda pred, gold: parsers.labels_match(match_dataset, pred, gold),
       teacher=teacher, out_dir=args.out_dir, num_shards=args.num_shards,
       shard_index=args.shard_index, concurrency=args.concurrency, restart=args.restart,
-      progress=False if args.no_progress else None)
+      progress=False if args.no_progress else None, answer_format=answer_format,
+      settings=settings)
 
 
 def main(args) -> int:
   job = build_job(args)
   result = job_lib.run(job)
   stats = result.split_stats or result.stats
-  shown = {k: stats[k] for k in ("dataset", "split", "examples", "parsed", "unparsable",
-                                 "teacher_accuracy", "usage")}
+  shown = {k: stats.get(k) for k in ("dataset", "split", "answer_format", "examples", "parsed",
+                                     "unparsable", "teacher_accuracy", "usage")}
   print(json.dumps(shown, sort_keys=True))
   log.info("records: %s (asked the teacher for %d examples in this run)",
            result.records_path, result.asked)

@@ -9,15 +9,18 @@ Exactly-once, resumable design:
   to a temporary file that is renamed into place, then the stats; then the journal goes.
   The final file therefore holds every example of the shard exactly once, whatever the
   order answers arrived in and however often the run was interrupted.
-- A manifest pins the settings that change the records (teacher, prompt, sharding); a
-  restart with other settings is refused instead of mixing two runs. A lock keeps two
-  processes off the same shard.
+- A manifest pins everything that changes the records: the teacher and its settings (for
+  replay, a hash of the completions), the prompt, the sharding, a hash of the examples
+  (inputs, gold labels, ids) and the parsing (answer format, patterns, keys). A partial
+  run resumed with another teacher, prompt or sharding is refused instead of mixing two
+  runs (answers to changed inputs are asked again); a finished shard whose records were
+  made with any other setting is refused instead of being returned as if current. Both
+  say to pass --restart. A lock keeps two processes off the same shard.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import fcntl
 import hashlib
@@ -31,6 +34,7 @@ import time
 from typing import Callable, Sequence
 
 from sbs_jax.annotate import records as records_lib
+from sbs_jax.annotate import stats as stats_lib
 from sbs_jax.annotate.parsers import Parsed
 from sbs_jax.annotate.prompts import Prompt
 from sbs_jax.annotate.teachers import Completion, Teacher
@@ -57,6 +61,8 @@ class Job:
   concurrency: int = 16
   restart: bool = False
   progress: bool | None = None  # None: a bar when stderr is a terminal
+  answer_format: str = "auto"  # what parsing ran, for the stats (see answer_formats.py)
+  settings: dict = dataclasses.field(default_factory=dict)  # other parser settings, keys
 
   def __post_init__(self):
     self.out_dir = pathlib.Path(self.out_dir)
@@ -94,11 +100,41 @@ class Job:
     return self.examples[lo:hi]
 
   def manifest(self) -> dict:
+    """Everything that changes this shard's records (see OUTPUT_KEYS and SHARD_KEYS)."""
     shard = self.shard_examples()
     return {"dataset": self.dataset, "split": self.split, "teacher": self.teacher.name,
+            "teacher_settings": dict(getattr(self.teacher, "settings", {})),
             "prompt_id": self.prompt_id, "num_shards": self.num_shards,
             "shard_index": self.shard_index, "examples": len(shard),
-            "first_id": shard[0].id if shard else "", "last_id": shard[-1].id if shard else ""}
+            "first_id": shard[0].id if shard else "", "last_id": shard[-1].id if shard else "",
+            "examples_sha256": examples_hash(shard), "answer_format": self.answer_format,
+            "parser_settings": dict(self.settings)}
+
+
+# Settings that only shape the records written at the end: a partial run resumes across a
+# change of these (answers to changed inputs are asked again, by their prompt hash), a
+# finished one does not.
+OUTPUT_KEYS = ("examples_sha256", "answer_format", "parser_settings")
+# The keys in which the shards of one split differ.
+SHARD_KEYS = ("shard_index", "examples", "first_id", "last_id", "examples_sha256")
+
+
+def examples_hash(examples: Sequence[Example]) -> str:
+  """A hash of the examples' ids, inputs, gold labels and choices."""
+  h = hashlib.sha256()
+  for ex in examples:
+    h.update(json.dumps([ex.index, ex.id, ex.input, ex.label, list(ex.choices)],
+                        ensure_ascii=False).encode("utf-8") + b"\n")
+  return h.hexdigest()[:16]
+
+
+def describe_difference(old: dict, new: dict, skip: Sequence[str] = ()) -> str:
+  """'key: old -> new' for each differing key, values shortened."""
+  def short(v):
+    text = json.dumps(v, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+  keys = [k for k in sorted(set(old) | set(new)) if k not in skip and old.get(k) != new.get(k)]
+  return "; ".join(f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys)
 
 
 def prompt_hash(prompt_text: str) -> str:
@@ -226,40 +262,10 @@ def build_record(job: Job, ex: Example, entry: dict) -> tuple[dict, Parsed]:
 
 
 def _shard_stats(job: Job, rows: list[tuple[dict, Parsed]], entries: dict) -> dict:
-  reasons = collections.Counter(p.error.split(":")[0] for _, p in rows if not p.ok)
-  labeled = [(r, p) for r, p in rows if r["has_label"]]
-  correct = sum(1 for r, p in labeled if p.ok and job.labels_match(p.label, r["label"]))
-  prompt_tokens = sum(int(e.get("pt", 0)) for e in entries.values())
-  completion_tokens = sum(int(e.get("ct", 0)) for e in entries.values())
-  return {
-      "dataset": job.dataset, "split": job.split, "teacher": job.teacher.name,
-      "prompt_id": job.prompt_id, "num_shards": job.num_shards,
-      "examples": len(rows), "parsed": sum(1 for _, p in rows if p.ok),
-      "unparsable": sum(1 for _, p in rows if not p.ok),
-      "unparsable_reasons": dict(reasons.most_common()),
-      "labeled": len(labeled), "correct": correct,
-      "teacher_accuracy": round(correct / len(labeled), 6) if labeled else None,
-      "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens},
-  }
-
-
-def merge_stats(parts: Sequence[dict]) -> dict:
-  """Stats of a whole split from the stats of its shards."""
-  merged = dict(parts[0])
-  for key in ("examples", "parsed", "unparsable", "labeled", "correct"):
-    merged[key] = sum(p[key] for p in parts)
-  reasons = collections.Counter()
-  usage = collections.Counter()
-  for p in parts:
-    reasons.update(p["unparsable_reasons"])
-    usage.update(p["usage"])
-  merged["unparsable_reasons"] = dict(reasons.most_common())
-  merged["usage"] = dict(usage)
-  merged["teacher_accuracy"] = (round(merged["correct"] / merged["labeled"], 6)
-                                if merged["labeled"] else None)
-  merged.pop("client_this_run", None)
-  return merged
+  header = {"dataset": job.dataset, "split": job.split, "teacher": job.teacher.name,
+            "prompt_id": job.prompt_id, "num_shards": job.num_shards,
+            "answer_format": job.answer_format, "manifest": job.manifest()}
+  return stats_lib.shard_stats(header, rows, entries, job.labels_match)
 
 
 def _write_json_atomically(path: pathlib.Path, obj: dict) -> None:
@@ -278,7 +284,16 @@ def _maybe_merge(job: Job) -> dict | None:
     if not (other.records_path.exists() and other.stats_path.exists()):
       return None
     parts.append(json.loads(other.stats_path.read_text()))
-  merged = merge_stats(parts)
+  ours = job.manifest()
+  for i, part in enumerate(parts):
+    diff = describe_difference(part.get("manifest") or {}, ours, SHARD_KEYS)
+    if diff:
+      log.warning("shard %d of %s was made with other settings (%s): the split's stats are "
+                  "written once every shard is rerun with these (--restart)", i, job.split,
+                  diff)
+      return None
+  merged = stats_lib.merge_stats(parts)
+  merged["manifest"] = {k: v for k, v in ours.items() if k not in SHARD_KEYS}
   _write_json_atomically(job.dataset_dir / f"{job.split}.stats.json", merged)
   return merged
 
@@ -299,6 +314,15 @@ def run(job: Job) -> Result:
   """Annotates one shard; resumes a partial run; returns its stats."""
   if job.records_path.exists() and job.stats_path.exists() and not job.restart:
     stats = json.loads(job.stats_path.read_text())
+    if "manifest" not in stats:
+      raise SbsError(f"{job.records_path} was made by an earlier sbs that did not record its "
+                     "settings: pass --restart to annotate it again (its records and stats "
+                     "are replaced), or choose another --out_dir")
+    diff = describe_difference(stats["manifest"], job.manifest())
+    if diff:
+      raise SbsError(f"{job.records_path} is finished but was made with other settings "
+                     f"({diff}): pass --restart to annotate it again with these (its records "
+                     "and stats are replaced), or choose another --out_dir")
     log.info("%s is already complete (%d examples)", job.records_path, stats["examples"])
     return Result(stats, _maybe_merge(job), job.records_path, 0, already_done=True)
 
@@ -322,12 +346,10 @@ def _run_locked(job: Job) -> Result:
   if job.restart:
     journal.path.unlink(missing_ok=True)
   elif manifest_path.exists():
-    old = json.loads(manifest_path.read_text())
-    if old != manifest:
-      diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
-      raise SbsError(f"{job.work_dir} holds a partial run with other settings "
-                     f"{diff}: rerun with the original arguments, or pass --restart to "
-                     "discard it")
+    diff = describe_difference(json.loads(manifest_path.read_text()), manifest, OUTPUT_KEYS)
+    if diff:
+      raise SbsError(f"{job.work_dir} holds a partial run with other settings ({diff}): "
+                     "rerun with the original arguments, or pass --restart to discard it")
   _write_json_atomically(manifest_path, manifest)
 
   shard = job.shard_examples()

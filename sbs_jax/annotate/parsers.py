@@ -13,7 +13,10 @@ Label rules follow the paper's released parsing, so teacher accuracies match its
 - SVAMP: the equation inside the outer parentheses of `The answer is (<equation>).`,
   which must evaluate under the safe arithmetic evaluator.
 - NLI (e-SNLI, ANLI): the label word, one of entailment / neutral / contradiction.
-- Generic: the text after the last match of a configurable regex (default `answer is`).
+- Generic (custom data): the text after the last match of a configurable regex (default
+  `answer is`), read by the chosen answer format (see answer_formats.py).
+
+A failure carries a short `reason` category (counted in the stats) and a readable `error`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import re
 from typing import Callable
 
 from sbs_jax import arith
+from sbs_jax.annotate import answer_formats
 from sbs_jax.data.readers import CHOICE_LETTERS, NLI_LABELS, Example
+from sbs_jax.errors import SbsError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +36,13 @@ class Parsed:
   rationale: str
   label: str
   ok: bool
-  error: str = ""
+  error: str = ""  # why it did not parse, in full
+  reason: str = ""  # the short category of `error`, e.g. "no answer phrase"
 
 
-def _fail(rationale: str, error: str) -> Parsed:
-  return Parsed(rationale=rationale.strip(), label="", ok=False, error=error)
+def _fail(rationale: str, reason: str, detail: str = "") -> Parsed:
+  return Parsed(rationale=rationale.strip(), label="", ok=False,
+                error=f"{reason}: {detail}" if detail else reason, reason=reason)
 
 
 def cut_run_on(completion: str, stop_regex: str) -> str:
@@ -56,7 +63,7 @@ def parse_cqa(completion: str, example: Example) -> Parsed:
   text = cut_run_on(completion, r"\n\s*Q:")
   head, sep, answer = text.rpartition("So the answer is")
   if not sep:
-    return _fail(text, "no 'So the answer is'")
+    return _fail(text, "no answer phrase", "no 'So the answer is' in the completion")
   rationale = head.strip()
   m = re.search(r"\(([a-j])\)", answer)
   if m:
@@ -64,25 +71,28 @@ def parse_cqa(completion: str, example: Example) -> Parsed:
     label = _strip_end(answer[m.end():])
     if not label:  # "(c)." alone: the letter names the choice
       if letter_index >= len(example.choices):
-        return _fail(rationale, f"choice ({m.group(1)}) does not exist")
+        return _fail(rationale, "choice does not exist",
+                     f"({m.group(1)}) is not among the {len(example.choices)} choices")
       label = example.choices[letter_index]
     return Parsed(rationale, label, True)
   bare = _strip_end(answer).lower()
   named = [c for c in example.choices if c.lower() == bare]
   if len(named) == 1:
     return Parsed(rationale, named[0], True)
-  return _fail(rationale, "no choice marker such as '(c)' in the answer")
+  return _fail(rationale, "no choice marker",
+               f"'{_strip_end(answer)}' has no marker such as (c) and names no one choice")
 
 
 def parse_svamp(completion: str, example: Example) -> Parsed:
   text = cut_run_on(completion, r"\n\s*Q:")
   head, sep, answer = text.rpartition("The answer is")
   if not sep:
-    return _fail(text, "no 'The answer is'")
+    return _fail(text, "no answer phrase", "no 'The answer is' in the completion")
   rationale = head.strip()
   start, end = answer.find("("), answer.rfind(")")
   if start < 0 or end < start:
-    return _fail(rationale, "no parenthesised equation after 'The answer is'")
+    return _fail(rationale, "no parenthesised equation",
+                 f"'{_strip_end(answer)}' has no (equation) after 'The answer is'")
   equation = answer[start:end + 1]
   if _outer_parens_match(equation):
     equation = equation[1:-1]
@@ -90,7 +100,7 @@ def parse_svamp(completion: str, example: Example) -> Parsed:
   try:
     arith.evaluate(equation)
   except arith.ArithmeticEvalError as e:
-    return _fail(rationale, f"equation does not evaluate: {e}")
+    return _fail(rationale, "equation does not evaluate", f"{equation}: {e}")
   return Parsed(rationale, equation, True)
 
 
@@ -117,22 +127,28 @@ def parse_esnli(completion: str, example: Example) -> Parsed:
   text = cut_run_on(completion, r"\n\s*Premise:")
   head, sep, answer = text.partition("Answer:")
   if not sep:
-    return _fail(text, "no 'Answer:'")
+    return _fail(text, "no answer phrase", "no 'Answer:' in the completion")
+  return _nli_parsed(head, answer)
+
+
+def _nli_parsed(rationale: str, answer: str) -> Parsed:
   word = _nli_word(answer)
   if word is None:
-    return _fail(head, f"answer {_strip_end(answer)[:40]!r} is not a label word")
-  return Parsed(head.strip(), word, True)
+    return _fail(rationale, "not a label word",
+                 f"'{_strip_end(answer)}' is not entailment, neutral or contradiction")
+  return Parsed(rationale.strip(), word, True)
 
 
 def parse_anli(completion: str, example: Example) -> Parsed:
   text = cut_run_on(completion, r"\n\s*Premise:")
-  head, sep, answer = text.rpartition("So the answer is")
-  if not sep:
-    return _fail(text, "no 'So the answer is'")
-  word = _nli_word(answer)
-  if word is None:
-    return _fail(head, f"answer {_strip_end(answer)[:40]!r} is not a label word")
-  return Parsed(head.strip(), word, True)
+  # Any case: many ANLI answers end "..., so the answer is entailment".
+  matches = list(re.finditer(r"\bso the answer is\b", text, re.IGNORECASE))
+  if not matches:
+    return _fail(text, "no answer phrase", "no 'So the answer is' in the completion")
+  head, answer = text[:matches[-1].start()].rstrip(), text[matches[-1].end():]
+  if head.endswith(","):  # "It was built in 1932, so the answer is ..." -> a sentence
+    head = head[:-1].rstrip() + "."
+  return _nli_parsed(head, answer)
 
 
 DEFAULT_ANSWER_REGEX = r"[Aa]nswer is\s*:?"
@@ -140,26 +156,49 @@ DEFAULT_STOP_REGEX = r"\n\s*Q:"
 _LEAD_IN = re.compile(r"(?:\b[Ss]o\s+)?(?:\b[Tt]he\s+)?$")
 
 
-def make_generic_parser(answer_regex: str = DEFAULT_ANSWER_REGEX,
-                        stop_regex: str = DEFAULT_STOP_REGEX
+def make_generic_parser(answer_regex: str | None = None,
+                        stop_regex: str = DEFAULT_STOP_REGEX, answer_format: str = "text"
                         ) -> Callable[[str, Example], Parsed]:
-  """A parser for custom data: the label is the rest of the line after the last match."""
-  answer_re = re.compile(answer_regex)
-  re.compile(stop_regex)  # fail early on a bad pattern
+  """A parser for custom data: the label is the rest of the line after an answer phrase.
+
+  `text` reads the line after the last match of `answer_regex` (default `answer is`); the
+  other formats (default phrase `answer is` or `Answer:`, any case) take the last match
+  whose line reads as an answer of the format, so that a later mention of "answer" in
+  passing does not hide the answer.
+  """
+  if answer_regex is None:
+    answer_regex = (DEFAULT_ANSWER_REGEX if answer_format == "text"
+                    else answer_formats.ANSWER_PHRASE_REGEX)
+  answer_re = _compile("--answer_regex", answer_regex)
+  _compile("--stop_regex", stop_regex)  # fail early on a bad pattern
+  normalise = answer_formats.NORMALISERS[answer_format]
 
   def parse(completion: str, example: Example) -> Parsed:
     text = cut_run_on(completion, stop_regex)
     matches = list(answer_re.finditer(text))
     if not matches:
-      return _fail(text, f"no match of {answer_regex!r}")
-    last = matches[-1]
-    rationale = _LEAD_IN.sub("", text[:last.start()]).strip()
-    label = _strip_end(text[last.end():].split("\n", 1)[0])
-    if not label:
-      return _fail(rationale, "empty answer")
-    return Parsed(rationale, label, True)
+      return _fail(text, "no answer phrase", f"no match of /{answer_regex}/ in the completion")
+    first_error = None
+    for m in reversed(matches):
+      try:
+        label = normalise(text[m.end():].split("\n", 1)[0], example.choices)
+      except answer_formats.AnswerError as e:
+        first_error = first_error or e
+        if answer_format == "text":
+          break
+        continue
+      return Parsed(_LEAD_IN.sub("", text[:m.start()]).strip(), label, True)
+    rationale = _LEAD_IN.sub("", text[:matches[-1].start()])
+    return _fail(rationale, first_error.reason, first_error.detail)
 
   return parse
+
+
+def _compile(flag: str, pattern: str) -> re.Pattern:
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise SbsError(f"{flag} {pattern!r} is not a regular expression: {e}") from None
 
 
 PARSERS: dict[str, Callable[[str, Example], Parsed]] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import random
 from typing import Protocol, Sequence
@@ -28,6 +29,7 @@ class Completion:
 
 class Teacher(Protocol):
   name: str  # written into every record's `teacher` field
+  settings: dict  # what else changes its answers (the annotation job's manifest pins it)
 
   async def complete(self, example: Example, prompt: str) -> Completion:
     ...
@@ -42,6 +44,8 @@ class ReplayTeacher:
   def __init__(self, completions: Sequence[str], source: str):
     self._completions = completions
     self.name = f"replay:{source}"
+    digest = hashlib.sha256(json.dumps(list(completions), ensure_ascii=False).encode("utf-8"))
+    self.settings = {"completions_sha256": digest.hexdigest()[:16]}
 
   async def complete(self, example: Example, prompt: str) -> Completion:
     return Completion(self._completions[example.index])
@@ -109,6 +113,8 @@ class OpenAITeacher:
     self._rng = random.Random(seed)
     self._session = None
     self.counters = ClientCounters()
+    self.settings = {"model": model, "endpoint": endpoint, "max_tokens": max_tokens,
+                     "temperature": temperature, "stop": self._stop}
 
   def _redact(self, text: str) -> str:
     return text.replace(self._api_key, "<redacted>") if self._api_key else text
