@@ -26,6 +26,7 @@ setup(
         "aiohttp>=3.9",
         "tqdm>=4.60",
         "numpy>=1.24",
+        "matplotlib>=3.7",  # sbs report's figures (Agg backend, no display needed)
     ],
     extras_require={
         "test": ["pytest>=7"],
