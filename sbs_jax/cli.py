@@ -21,7 +21,7 @@ COMMANDS = {
     "vocab": ("sbs_jax.data.vocab_command", "train a SentencePiece vocabulary on annotations"),
     "train": ("sbs_jax.train.command", "train a student with a gin config"),
     "eval": ("sbs_jax.train.command", "score a trained model dir's best params"),
-    "predict": ("sbs_jax.train.command", "the label (and rationale) for input texts"),
+    "predict": ("sbs_jax.serve.command", "labels (and rationales) for texts or a JSON Lines file"),
     "plan": ("sbs_jax.train.plan", "per-device memory of a run on a mesh"),
     "import-hf": ("sbs_jax.convert.command", "an HF T5 checkpoint -> a model dir to train from"),
     "export-hf": ("sbs_jax.convert.command", "a trained model dir -> an HF T5 folder"),

@@ -109,7 +109,7 @@ def test_trained_student_exported_serves_the_same_greedy_outputs(imported, tmp_p
            if tokenizer(t).input_ids == list(vocab.encode(t)) + [1]][:20]
   assert len(texts) == 20
 
-  from sbs_jax.train.command import predict_labels
+  from sbs_jax.serve.predictor import predict_labels
   student, params, _ = ckpt.load_student(str(model_dir))
   raw = [t[len("predict: "):] for t in texts]
   ours = predict_labels(student, params, vocab, raw, "predict: ", max_decode_length=16)

@@ -191,33 +191,35 @@ class Journal:
 # ---------------------------------------------------------------- asking the teacher
 
 
-class _Progress:
+class Progress:
   """A tqdm bar (rate, ETA) on a terminal; otherwise a log line every 10%."""
 
-  def __init__(self, total: int, done: int, label: str, enabled: bool | None):
+  def __init__(self, total: int, done: int, label: str, enabled: bool | None,
+               unit: str = "ex"):
     self.total, self.done = total, done
     self._label = label
     self._bar = None
     self._next_log = 0.1
     self._start = time.monotonic()
     self._start_done = done
+    self._unit = unit
     tty = sys.stderr.isatty() if enabled is None else enabled
     if tty:
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      self._bar = tqdm(total=total, initial=done, desc=label, unit="ex", dynamic_ncols=True)
+      self._bar = tqdm(total=total, initial=done, desc=label, unit=unit, dynamic_ncols=True)
 
-  def update(self) -> None:
-    self.done += 1
+  def update(self, n: int = 1) -> None:
+    self.done += n
     if self._bar is not None:
-      self._bar.update(1)
+      self._bar.update(n)
     elif self.total and self.done / self.total >= self._next_log:
       self._next_log = (int(self.done / self.total * 10) + 1) / 10
       if time.monotonic() - self._start < 2.0:
         return  # a fast run (e.g. replay) needs no progress lines
       rate = (self.done - self._start_done) / max(time.monotonic() - self._start, 1e-9)
       eta = (self.total - self.done) / rate if rate else float("inf")
-      log.info("%s: %d/%d (%.0f ex/s, ETA %.0fs)", self._label, self.done, self.total,
-               rate, eta)
+      log.info("%s: %d/%d (%.0f %s/s, ETA %.0fs)", self._label, self.done, self.total,
+               rate, self._unit, eta)
 
   def close(self) -> None:
     if self._bar is not None:
@@ -225,7 +227,7 @@ class _Progress:
 
 
 async def _ask(job: Job, pending: Sequence[Example], journal: Journal,
-               progress: _Progress) -> None:
+               progress: Progress) -> None:
   todo = iter(pending)
 
   async def worker():
@@ -268,7 +270,8 @@ def _shard_stats(job: Job, rows: list[tuple[dict, Parsed]], entries: dict) -> di
   return stats_lib.shard_stats(header, rows, entries, job.labels_match)
 
 
-def _write_json_atomically(path: pathlib.Path, obj: dict) -> None:
+def write_json_atomically(path: pathlib.Path, obj: dict) -> None:
+  """Writes JSON to a temporary file renamed over `path`: readers see all of it or none."""
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
   os.replace(tmp, path)
@@ -294,7 +297,7 @@ def _maybe_merge(job: Job) -> dict | None:
       return None
   merged = stats_lib.merge_stats(parts)
   merged["manifest"] = {k: v for k, v in ours.items() if k not in SHARD_KEYS}
-  _write_json_atomically(job.dataset_dir / f"{job.split}.stats.json", merged)
+  write_json_atomically(job.dataset_dir / f"{job.split}.stats.json", merged)
   return merged
 
 
@@ -350,7 +353,7 @@ def _run_locked(job: Job) -> Result:
     if diff:
       raise SbsError(f"{job.work_dir} holds a partial run with other settings ({diff}): "
                      "rerun with the original arguments, or pass --restart to discard it")
-  _write_json_atomically(manifest_path, manifest)
+  write_json_atomically(manifest_path, manifest)
 
   shard = job.shard_examples()
   hashes = {ex.index: prompt_hash(job.prompt.render(ex)) for ex in shard}
@@ -365,7 +368,7 @@ def _run_locked(job: Job) -> Result:
     log.info("resuming: %d of %d examples already answered", len(entries), len(shard))
 
   label = f"{job.dataset}/{job.split}[{job.shard_index}/{job.num_shards}]"
-  progress = _Progress(len(shard), len(entries), label, job.progress)
+  progress = Progress(len(shard), len(entries), label, job.progress)
   try:
     if pending:
       asyncio.run(_ask(job, pending, journal, progress))
@@ -384,7 +387,7 @@ def _run_locked(job: Job) -> Result:
     stats["client_this_run"] = dataclasses.asdict(counters)
   job.dataset_dir.mkdir(parents=True, exist_ok=True)
   records_lib.write_atomically(job.records_path, (r for r, _ in rows))
-  _write_json_atomically(job.stats_path, stats)
+  write_json_atomically(job.stats_path, stats)
   shutil.rmtree(job.work_dir, ignore_errors=True)
   _remove_empty(job.dataset_dir / ".partial")
   return Result(stats, _maybe_merge(job), job.records_path, len(pending))

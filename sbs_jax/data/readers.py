@@ -17,7 +17,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from sbs_jax.errors import DataError
 
@@ -102,19 +102,45 @@ def read_json_rows(path) -> list[tuple[str, dict]]:
     return rows
   rows = []
   for lineno, raw in enumerate(data.split(b"\n"), start=1):
-    if not raw.strip():
-      continue
-    line = _decode_line(path, lineno, raw)
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(path, f"invalid JSON: {e.msg} (column {e.colno})",
-                      where=f"line {lineno}") from None
-    if not isinstance(row, dict):
-      raise DataError(path, f"expected a JSON object, got {type(row).__name__}",
-                      where=f"line {lineno}")
-    rows.append((f"line {lineno}", row))
+    if raw.strip():
+      rows.append((f"line {lineno}", _json_line(path, lineno, raw)))
   return rows
+
+
+def _json_line(path, lineno: int, raw: bytes) -> dict:
+  """One non-blank line of JSON Lines as a JSON object, or a DataError naming the line."""
+  line = _decode_line(path, lineno, raw)
+  try:
+    row = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise DataError(path, f"invalid JSON: {e.msg} (column {e.colno})",
+                    where=f"line {lineno}") from None
+  if not isinstance(row, dict):
+    raise DataError(path, f"expected a JSON object, got {type(row).__name__}",
+                    where=f"line {lineno}")
+  return row
+
+
+def iter_json_rows(path) -> Iterator[tuple[str, dict]]:
+  """`read_json_rows` as a stream: JSON Lines are read one line at a time (memory does not
+  grow with the file); a JSON array is read whole. The same (where, row) pairs and errors."""
+  try:
+    f = open(path, "rb")  # pylint: disable=consider-using-with
+  except FileNotFoundError:
+    raise DataError(path, "file not found") from None
+  except OSError as e:
+    raise DataError(path, f"cannot read: {e.strerror}") from None
+  with f:
+    chunk = f.read(4096)
+    while chunk and not chunk.strip():  # leading blank space: look further
+      chunk = f.read(4096)
+    if chunk.lstrip()[:1] == b"[":
+      yield from read_json_rows(path)
+      return
+    f.seek(0)
+    for lineno, raw in enumerate(f, start=1):
+      if raw.strip():
+        yield f"line {lineno}", _json_line(path, lineno, raw.rstrip(b"\n"))
 
 
 def _read_completion_file(path) -> list[str]:
@@ -330,11 +356,7 @@ def load_jsonl(path, split: str = "train", input_key: str = "input",
     raise DataError(path, "no rows")
   examples, completions = [], [] if completion_key else None
   for i, (where, row) in enumerate(rows):
-    ident = _label_text(path, where, row, id_key) if id_key else None
-    if id_key and ident is None:
-      raise DataError(path, "missing field", where=where, field=id_key)
-    examples.append(Example(i, ident or f"{split}-{i}", _text(path, where, row, input_key),
-                            _label_text(path, where, row, label_key)))
+    examples.append(jsonl_example(path, where, row, i, split, input_key, label_key, id_key))
     if completion_key:
       if completion_key not in row or not isinstance(row[completion_key], str):
         raise DataError(path, "missing completion (expected a string)", where=where,
@@ -343,6 +365,17 @@ def load_jsonl(path, split: str = "train", input_key: str = "input",
   _check_unique_ids(path, examples, rows)
   described = f"{path} field {completion_key!r}" if completion_key else ""
   return LoadedSplit(path.stem, split, examples, completions, str(path), described)
+
+
+def jsonl_example(path, where: str, row: Mapping[str, Any], index: int, split: str = "train",
+                  input_key: str = "input", label_key: str = "label",
+                  id_key: str | None = None) -> Example:
+  """One row of a user's JSON Lines file as an Example (id "<split>-<index>" by default)."""
+  ident = _label_text(path, where, row, id_key) if id_key else None
+  if id_key and ident is None:
+    raise DataError(path, "missing field", where=where, field=id_key)
+  return Example(index, ident or f"{split}-{index}", _text(path, where, row, input_key),
+                 _label_text(path, where, row, label_key))
 
 
 def _check_unique_ids(path, examples: Sequence[Example], rows) -> None:

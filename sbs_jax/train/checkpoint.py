@@ -112,20 +112,23 @@ def _check_fits(path: str, abstract_params: Any, model_dir: str) -> None:
                    f"({len(problems)} problems):\n  " + "\n  ".join(problems))
 
 
-def load_student(model_dir: str):
-  """A model dir's network on one device (no optimizer), its best params and model.json."""
+def load_student(model_dir: str, mesh: tuple[int, int] = (1, 1)):
+  """A model dir's network (no optimizer) on a (data, model) `mesh` of devices (one by
+  default), its best params and model.json."""
   import optax  # pylint: disable=import-outside-toplevel
   from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
   config, info = read_model_info(model_dir)
-  student = build_student(config, optax.identity(), make_mesh((1, 1)))
+  student = build_student(config, optax.identity(), make_mesh(mesh))
   params, _ = load_params(model_dir, student.abstract_state["params"])
   return student, params, info
 
 
 def write_model_info(model_dir: str, config: T5Config, vocabulary_file: str,
                      extra_ids: int = 0, label_prefix: str = "predict: ",
-                     rationale_prefix: str = "explain: ") -> None:
-  """model.json and a copy of the vocabulary (host 0 only)."""
+                     rationale_prefix: str = "explain: ",
+                     max_input_length: int | None = None) -> None:
+  """model.json and a copy of the vocabulary (host 0 only); `max_input_length`: the
+  training inputs' length, to which `sbs predict` cuts longer inputs."""
   if jax.process_index() != 0:
     return
   tf.io.gfile.makedirs(model_dir)
@@ -134,6 +137,8 @@ def write_model_info(model_dir: str, config: T5Config, vocabulary_file: str,
   info = {"model": dataclasses.asdict(config), "vocabulary": VOCAB_FILE,
           "extra_ids": extra_ids, "label_prefix": label_prefix,
           "rationale_prefix": rationale_prefix}
+  if max_input_length:
+    info["max_input_length"] = max_input_length
   with tf.io.gfile.GFile(f"{model_dir}/{MODEL_INFO}", "w") as f:
     f.write(json.dumps(info, indent=2))
 

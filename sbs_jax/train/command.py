@@ -1,9 +1,9 @@
-"""`sbs train`, `sbs eval`, `sbs predict`: gin-configured, T5X style on the command line.
+"""`sbs train`, `sbs eval`: gin-configured, T5X style on the command line (`sbs predict`
+is sbs_jax/serve/command.py).
 
     sbs train --gin_file=experiments/cqa_distill_llm.gin --gin_file=overlays/tiny_cpu.gin \
         --gin.TrainConfig.model_dir="'runs/cqa'"
     sbs eval --model_dir runs/cqa --split test
-    sbs predict --model_dir runs/cqa --input "..." [--rationale]
 
 Gin files are looked up as given, then under the repository's `gin_configs/`.
 """
@@ -44,12 +44,6 @@ def add_parser(subparsers) -> None:
   p.add_argument("--split", default="test")
   add_gin_flags(p)
   p.set_defaults(func=eval_main, accepts_gin_bindings=True)
-  p = subparsers.add_parser("predict", help="the label (and rationale) for an input text")
-  p.add_argument("--model_dir", required=True)
-  p.add_argument("--input", required=True, action="append", help="repeatable")
-  p.add_argument("--rationale", action="store_true", help="also decode the rationale")
-  p.add_argument("--max_decode_length", type=int, default=64)
-  p.set_defaults(func=predict_main)
 
 
 def gin_bindings(extra: list[str]) -> list[str]:
@@ -137,34 +131,3 @@ def eval_main(args) -> int:
   print(json.dumps({"split": args.split, "step": best["step"], **metrics}))
   return 0
 
-
-def predict_main(args) -> int:
-  """Needs only the model dir: model.json, spm.model and params/."""
-  import seqio  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train.config import EvalConfig  # pylint: disable=import-outside-toplevel
-  student, params, info = ckpt.load_student(args.model_dir)
-  vocabulary = seqio.SentencePieceVocabulary(f"{args.model_dir}/{info['vocabulary']}",
-                                             extra_ids=info.get("extra_ids", 0))
-  labels = predict_labels(student, params, vocabulary, args.input, info["label_prefix"],
-                          args.max_decode_length)
-  eval_cfg = EvalConfig(batch_size=len(args.input))
-  rationales = (eval_lib.explain(student, params, vocabulary, args.input, eval_cfg)
-                if args.rationale else [None] * len(args.input))
-  for text, label, rationale in zip(args.input, labels, rationales):
-    out = {"input": text, "label": label}
-    if rationale is not None:
-      out["rationale"] = rationale
-    print(json.dumps(out))
-  return 0
-
-
-def predict_labels(student, params, vocabulary, texts: list[str], label_prefix: str,
-                   max_decode_length: int = 64) -> list[str]:
-  """Greedy label predictions for raw input texts."""
-  from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train.data import pad_rows  # pylint: disable=import-outside-toplevel
-  rows = [list(vocabulary.encode(label_prefix + t)) + [eval_lib.EOS_ID] for t in texts]
-  ids = eval_lib.decode(student, params, pad_rows(rows), len(rows), max_decode_length)
-  return [eval_lib.detokenize(vocabulary, row) for row in ids]
