@@ -158,8 +158,12 @@ def loss_and_grads(student: Student, params, batch: dict, alpha: float,
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
   rng = jax.random.key(0) if rng is None else rng
+  # Micro-batch i holds rows i, i + k, i + 2k, ...: every data shard splits its own rows
+  # among the micro-batches. (Consecutive rows per micro-batch put each one on a few
+  # shards, and the TPU compiler moved the batch between chips at every micro-step.)
   micro = jax.tree.map(
-      lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
+      lambda x: x.reshape((x.shape[0] // grad_accum_steps, grad_accum_steps)
+                          + x.shape[1:]).swapaxes(0, 1),
       batch)
 
   def accumulate(carry, inputs):
