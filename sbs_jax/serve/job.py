@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sbs_jax.annotate.job import Progress, write_json_atomically
+from sbs_jax.annotate.job import Progress, describe_difference, write_json_atomically
 from sbs_jax.data.readers import Example, iter_json_rows, jsonl_example
 from sbs_jax.errors import DataError, SbsError
 from sbs_jax.metrics import normalize
@@ -150,10 +150,9 @@ def _prepare(job: FileJob, predictor: Predictor, total: int) -> int:
   if job.restart:
     job.rows_path.unlink(missing_ok=True)
   elif path.exists():
-    old = json.loads(path.read_text())
-    if old != wanted:
-      diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
-      raise SbsError(f"{job.work_dir} holds a partial run with other settings {diff}: "
+    diff = describe_difference(json.loads(path.read_text()), wanted)
+    if diff:
+      raise SbsError(f"{job.work_dir} holds a partial run with other settings ({diff}): "
                      "rerun with the original arguments, or pass --restart to discard it")
   write_json_atomically(path, wanted)
   start = _whole_windows(job.rows_path, job.window, total)
