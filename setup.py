@@ -31,6 +31,8 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "hf": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
+        # libtpu of the installed jax: `sbs plan --topology` compiles for TPU slices on CPU.
+        "tpu": ["jax[tpu]"],
     },
     entry_points={"console_scripts": ["sbs=sbs_jax.cli:main"]},
 )
