@@ -27,6 +27,9 @@ COMMANDS = {
     "export-hf": ("sbs_jax.convert.command", "a trained model dir -> an HF T5 folder"),
     "bench": ("sbs_jax.bench", "training / decoding throughput, FLOPs and MFU"),
     "demo": ("sbs_jax.demo", "the main job, end to end on this machine"),
+    "sweep": ("sbs_jax.experiments.sweep", "a grid of runs: methods x data x sizes x seeds"),
+    "report": ("sbs_jax.experiments.report", "a sweep's results table and figures"),
+    "synthetic": ("sbs_jax.experiments.synthetic", "the controlled task and its teacher"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Experiments over the pipeline: sweeps, reports and figures, the controlled task."""

@@ -1,0 +1,202 @@
+"""`sbs report SWEEP_DIR`: the sweep's table and figures, from each cell's results.json.
+
+Writes, in the sweep dir:
+    results.csv    one row per cell of the grid (status done / partial / missing)
+    results.md     mean and standard deviation over seeds per (method, data %, size), the
+                   teacher's accuracy, then every cell, then the cells still missing
+    figures/accuracy_vs_data[-<size>].{png,svg}   test accuracy against training data
+    figures/accuracy_vs_size.{png,svg}            when several sizes ran
+    figures/curves/<cell>.{png,svg}               label and rationale loss, validation
+                                                  accuracy, from metrics.jsonl
+Accuracies are percents (0-100). The standard deviation is the sample one (n - 1) and is
+left blank for a single seed. A sweep dir holding cells of another dataset or other shared
+settings is refused: one table never mixes two experiments.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import statistics
+
+from sbs_jax.errors import SbsError
+from sbs_jax.experiments import sweep as sweep_lib
+from sbs_jax.model.config import SIZES
+
+
+def add_parser(subparsers) -> None:
+  p = subparsers.add_parser(
+      "report", help="a sweep's results table (csv, markdown) and figures",
+      description="Collects every cell's results.json of an `sbs sweep` dir into "
+      "results.csv and results.md and draws figures/*.png and *.svg.")
+  p.add_argument("sweep_dir")
+  p.add_argument("--metric", default="accuracy",
+                 help="the label metric to tabulate and plot (e.g. equation_accuracy)")
+  p.set_defaults(func=main)
+
+
+@dataclasses.dataclass
+class CellResult:
+  """One cell of the grid and what its model dir holds."""
+  cell: sweep_lib.Cell
+  status: str  # done, partial (started, no results.json yet) or missing
+  results: dict | None
+
+  def metric(self, split: str, name: str) -> float | None:
+    scores = (self.results or {}).get(split) or {}
+    value = scores.get(name)
+    return None if value is None else float(value)
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+  """Mean and sample standard deviation (None for no values / for one value)."""
+  if not values:
+    return None, None
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _check_cell_dir(sweep_dir: pathlib.Path, record: dict, cell_file: pathlib.Path) -> None:
+  """Refuses a cell made with another dataset or other shared settings."""
+  try:
+    info = json.loads(cell_file.read_text())
+  except ValueError as e:
+    raise SbsError(f"{cell_file}: not JSON ({e})") from None
+  settings = record["settings"]
+  if info.get("dataset") != settings["dataset"]:
+    raise SbsError(f"{sweep_dir} mixes datasets: {cell_file.parent.name} is "
+                   f"{info.get('dataset')!r}, the sweep {settings['dataset']!r}; report "
+                   "each sweep dir on its own")
+  if info.get("settings") != settings:
+    diff = [k for k in settings if (info.get("settings") or {}).get(k) != settings[k]]
+    raise SbsError(f"{sweep_dir} mixes settings: {cell_file.parent.name} differs from "
+                   f"{sweep_lib.SWEEP_FILE} in {', '.join(diff) or 'its keys'}; report "
+                   "each sweep dir on its own")
+
+
+def collect(sweep_dir) -> tuple[dict, list[CellResult]]:
+  """The sweep record and every cell of its grid with its status and results."""
+  sweep_dir = pathlib.Path(sweep_dir)
+  record = sweep_lib.load_sweep(sweep_dir)
+  for cell_file in sorted(sweep_dir.glob(f"*/{sweep_lib.CELL_FILE}")):
+    _check_cell_dir(sweep_dir, record, cell_file)
+  out = []
+  for cell in sweep_lib.cells(record["grid"]):
+    cell_dir = sweep_dir / cell.name
+    results_path = cell_dir / sweep_lib.RESULTS_FILE
+    if results_path.exists():
+      out.append(CellResult(cell, "done", json.loads(results_path.read_text())))
+    else:
+      out.append(CellResult(cell, "partial" if cell_dir.exists() else "missing", None))
+  return record, out
+
+
+def teacher_accuracy(settings: dict) -> float | None:
+  """The teacher's test accuracy in percent, from `sbs annotate`'s stats (None if absent)."""
+  path = pathlib.Path(settings["annotation_dir"]) / settings["dataset"] / "test.stats.json"
+  if not path.exists():
+    return None
+  value = json.loads(path.read_text()).get("teacher_accuracy")
+  return None if value is None else float(value)
+
+
+def write_csv(path, cells: list[CellResult], metric: str) -> None:
+  """One row per cell of the grid."""
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    w = csv.writer(f)
+    w.writerow(["cell", "method", "fraction", "size", "seed", "status", "best_step",
+                f"validation_{metric}", f"test_{metric}"])
+    for c in cells:
+      val, test = c.metric("validation", metric), c.metric("test", metric)
+      w.writerow([c.cell.name, c.cell.method, f"{c.cell.fraction:g}", c.cell.size,
+                  c.cell.seed, c.status, (c.results or {}).get("best_step", ""),
+                  "" if val is None else f"{val:.2f}", "" if test is None else f"{test:.2f}"])
+
+
+@dataclasses.dataclass
+class Group:
+  """The seeds of one (method, fraction, size)."""
+  method: str
+  fraction: float
+  size: str
+  test: list[float]
+  validation: list[float]
+  best_steps: list[int]
+  seeds: int  # in the grid
+
+
+def group(cells: list[CellResult], metric: str) -> list[Group]:
+  """Finished cells grouped over seeds, in grid order."""
+  groups: dict[tuple, Group] = {}
+  for c in cells:
+    key = (c.cell.method, c.cell.fraction, c.cell.size)
+    g = groups.setdefault(key, Group(*key, [], [], [], 0))
+    g.seeds += 1
+    if c.status != "done":
+      continue
+    for split, values in (("test", g.test), ("validation", g.validation)):
+      value = c.metric(split, metric)
+      if value is not None:
+        values.append(value)
+    g.best_steps.append(int(c.results["best_step"]))
+  return list(groups.values())
+
+
+def _pct(mean: float | None, std: float | None) -> str:
+  if mean is None:
+    return "-"
+  return f"{mean:.1f}%" + (f" ± {std:.1f}" if std is not None else "")
+
+
+def write_markdown(path, record: dict, cells: list[CellResult], metric: str,
+                   teacher: float | None) -> None:
+  """The table of means and standard deviations, every cell, and what is missing."""
+  settings = record["settings"]
+  done = sum(c.status == "done" for c in cells)
+  lines = [f"# Sweep: {settings['dataset']}", "",
+           f"{done} of {len(cells)} cells done. Metric: label {metric} (percent), mean ± "
+           "standard deviation over the seeds done; best step chosen on validation.", "",
+           "Teacher (test): " + (f"{teacher:.1f}%" if teacher is not None
+                                 else "unknown (no test.stats.json)"), "",
+           "Shared settings: " + "; ".join(
+               f"{k} = {v}" for k, v in settings.items() if v not in ([], "", None)), "",
+           "| method | data | size | seeds | test | validation | best step |",
+           "|---|---:|---|---:|---:|---:|---:|"]
+  for g in group(cells, metric):
+    steps = f"{statistics.fmean(g.best_steps):.0f}" if g.best_steps else "-"
+    lines.append(f"| {g.method} | {g.fraction:g}% | {g.size or '-'} | "
+                 f"{len(g.best_steps)}/{g.seeds} | {_pct(*mean_std(g.test))} | "
+                 f"{_pct(*mean_std(g.validation))} | {steps} |")
+  lines += ["", "## Cells", "", "| cell | status | best step | validation | test |",
+            "|---|---|---:|---:|---:|"]
+  for c in cells:
+    val, test = c.metric("validation", metric), c.metric("test", metric)
+    lines.append(f"| {c.cell.name} | {c.status} | {(c.results or {}).get('best_step', '-')} "
+                 f"| {_pct(val, None)} | {_pct(test, None)} |")
+  missing = [c.cell.name for c in cells if c.status != "done"]
+  if missing:
+    lines += ["", f"Not finished ({len(missing)}): " + ", ".join(missing)]
+  pathlib.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(args) -> int:
+  from sbs_jax.experiments import figures  # pylint: disable=import-outside-toplevel
+  sweep_dir = pathlib.Path(args.sweep_dir)
+  record, cells = collect(sweep_dir)
+  teacher = teacher_accuracy(record["settings"])
+  write_csv(sweep_dir / "results.csv", cells, args.metric)
+  write_markdown(sweep_dir / "results.md", record, cells, args.metric, teacher)
+  drawn = figures.draw_all(sweep_dir, record, cells, args.metric, teacher)
+  done = sum(c.status == "done" for c in cells)
+  print((sweep_dir / "results.md").read_text(), end="")
+  print(f"\n{done}/{len(cells)} cells done; wrote {sweep_dir / 'results.csv'}, "
+        f"{sweep_dir / 'results.md'} and {len(drawn)} figures in {sweep_dir / 'figures'}")
+  return 0
+
+
+def size_order(size: str) -> float:
+  """Known sizes in parameter order (tiny < small < ... < xxl), others after."""
+  names = list(SIZES)
+  return names.index(size) if size in names else math.inf
