@@ -1,5 +1,6 @@
 """`sbs report`: one row per cell, right means and deviations, missing cells, valid figures."""
 
+import argparse
 import csv
 import json
 
@@ -53,14 +54,18 @@ def sweep_dir(tmp_path):
   return out
 
 
+def _report(sweep_dir):
+  """`sbs report SWEEP_DIR`, in this process (the CLI's exit codes: test_mixed_grids...)."""
+  return report.main(argparse.Namespace(sweep_dir=str(sweep_dir), metric="accuracy"))
+
+
 def _csv_rows(path):
   with open(path, newline="") as f:
     return list(csv.DictReader(f))
 
 
 def test_table_has_one_row_per_cell_and_right_mean_std(sweep_dir):
-  proc = run_sbs("report", sweep_dir)
-  assert proc.returncode == 0, proc.stderr
+  assert _report(sweep_dir) == 0
   rows = _csv_rows(sweep_dir / "results.csv")
   assert sorted(r["cell"] for r in rows) == sorted(c.name for c in sweep.cells(GRID))
   row = next(r for r in rows if r["cell"] == "distill_llm-f25-s2")
@@ -89,8 +94,7 @@ def test_half_finished_sweep_reports_what_it_has(tmp_path):
   for cell in all_cells[:5]:
     _write_cell(out, settings, cell, TEST_ACC[(cell.method, cell.fraction)][cell.seed])
   _write_cell(out, settings, all_cells[5], 1.0, finished=False)  # interrupted
-  proc = run_sbs("report", out)
-  assert proc.returncode == 0, proc.stderr
+  assert _report(out) == 0
   status = {r["cell"]: r["status"] for r in _csv_rows(out / "results.csv")}
   assert len(status) == len(all_cells)
   assert [status[c.name] for c in all_cells] == ["done"] * 5 + ["partial"] + ["missing"] * 6
@@ -148,5 +152,5 @@ def test_mixed_grids_are_refused(sweep_dir, tmp_path):
 
 
 def test_not_a_sweep_dir(tmp_path):
-  proc = run_sbs("report", tmp_path)
-  assert proc.returncode == 2 and "not a sweep dir" in proc.stderr
+  with pytest.raises(SbsError, match="not a sweep dir"):
+    _report(tmp_path)

@@ -104,6 +104,7 @@ def parse_gin(files: list[str], bindings: list[str], search_paths: list[str] = (
     raise SbsError(f"gin: {e}") from None
   finally:
     root.setLevel(level)
+  tasks.register_annotation_dir()  # datasets of the annotation dir gin names (docs/tasks.md)
 
 
 def train_main(args) -> int:

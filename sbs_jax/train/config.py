@@ -46,7 +46,10 @@ class DataConfig:
   seed: int = 0
 
   def label_task(self) -> str:
-    return self.eval_task or default_eval_task(self.mixture_or_task)
+    """The label task scored on validation and test; both names must be registered."""
+    from tasks import get_task_or_mixture  # pylint: disable=import-outside-toplevel
+    get_task_or_mixture(self.mixture_or_task)  # an unknown name: one line listing the known
+    return get_task_or_mixture(self.eval_task or default_eval_task(self.mixture_or_task)).name
 
 
 def default_eval_task(name: str) -> str:
