@@ -4,16 +4,21 @@ T5X runs them with `MIXTURE_OR_TASK_MODULE = "tasks"`; our trainer imports it to
 are read from the annotation dir and the vocabulary from the SentencePiece model set in gin
 (`sbs_jax.data.vocab.annotation_dir.path`, `sbs_jax.data.vocab.vocabulary_settings.path`) or
 by $SBS_ANNOTATION_DIR / $SBS_VOCAB; both are read when data is first requested.
-Custom datasets: `tasks.register_dataset("my_data", annotation_dir=..., vocabulary=...)`.
+
+Registered: the four benchmarks, and every other dataset with records in the configured
+annotation dir (`sbs annotate --dataset jsonl:my_data.jsonl` -> `sbs_my_data_*`).
+`register_annotation_dir(path)` registers another dir's; `get_task_or_mixture(name)` looks
+a name up with an error that lists what is registered.
 """
 
 from sbs_jax.data.readers import BENCHMARKS
-from sbs_jax.data.vocab import ConfiguredVocabulary
+from tasks.discovery import (VOCABULARY, get_task_or_mixture, register_annotation_dir,
+                             registered_summary)
 from tasks.registry import DEFAULT_FEATURE_LENGTHS, register_dataset, task_names
-
-VOCABULARY = ConfiguredVocabulary()  # shared by all benchmark tasks
 
 for _name in BENCHMARKS:
   register_dataset(_name, vocabulary=VOCABULARY)
+register_annotation_dir()  # custom datasets of the configured dir (gin is parsed in T5X)
 
-__all__ = ["DEFAULT_FEATURE_LENGTHS", "VOCABULARY", "register_dataset", "task_names"]
+__all__ = ["DEFAULT_FEATURE_LENGTHS", "VOCABULARY", "get_task_or_mixture",
+           "register_annotation_dir", "register_dataset", "registered_summary", "task_names"]
