@@ -1,9 +1,10 @@
 """Cloud TPU launcher: make a TPU VM or pod slice, install sbs_jax on every worker, train.
 
-    python launch/tpu.py create --name sbs --zone us-central2-b --accelerator_type v4-64 --spot
+    python launch/tpu.py create --name sbs --zone us-central2-b --accelerator_type v4-64 --spot \
+        [--check_fit --gin_file=experiments/cqa_distill_llm.gin --gin.KEY=VALUE ...]
     python launch/tpu.py setup  --name sbs [--repo_url URL [--ref origin/main]] [--with_t5x]
     python launch/tpu.py train  --name sbs --gin_file=experiments/cqa_distill_llm.gin \
-        --gin.MODEL_DIR="'gs://bucket/runs/cqa'" [--gin.KEY=VALUE ...]
+        --gin.MODEL_DIR="'gs://bucket/runs/cqa'" [--gin.KEY=VALUE ...] [--check_fit]
     python launch/tpu.py t5x    --name sbs --family distill_llm --size base \
         --gin.MIXTURE_OR_TASK_NAME="'sbs_cqa_distill_llm'" --gin.MODEL_DIR="'gs://...'"
     python launch/tpu.py logs   --name sbs [--worker 3] [--follow | --fetch DIR]
@@ -36,6 +37,7 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+LOCAL_SBS = REPO / ".venv" / "bin" / "sbs"  # for --check_fit, with the tpu extra
 COPIED = ("setup.py", "README.md", "sbs_jax", "tasks", "gin_configs")  # what `pip -e` needs
 LOG_DIR = "sbs_logs"  # on each worker, under the home directory
 T5X_FAMILIES = ("distill_llm", "distill_gt", "standard_gt", "standard_llm")
@@ -232,6 +234,34 @@ def t5x_argv(args, bindings: list[str]) -> list[str]:
           *[f"--gin_file={f}" for f in gin_files], *bindings]
 
 
+def check_fit_argv(args, bindings: list[str]) -> list[str]:
+  """`sbs plan --topology`, run here: the TPU compiler's per-chip memory of the run."""
+  if not args.accelerator_type:
+    raise LaunchError("--check_fit needs the accelerator type (give --accelerator_type)")
+  return [args.sbs, "plan", "--topology", args.accelerator_type,
+          *[f"--gin_file={f}" for f in args.gin_file], *bindings]
+
+
+def check_fit(args, bindings: list[str], out) -> None:
+  """Compiles the run for the slice on this machine; refuses it when it does not fit."""
+  argv = check_fit_argv(args, bindings)
+  if args.dry_run:
+    print(shlex.join(argv), file=out)
+    return
+  print(f"+ {shlex.join(argv)}", file=sys.stderr, flush=True)
+  try:
+    proc = subprocess.run(argv, check=False, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  except FileNotFoundError:
+    raise LaunchError(f"{args.sbs!r} not found: give --sbs (the sbs of a local venv with "
+                      "the tpu extra)") from None
+  sys.stderr.write(proc.stderr)
+  if proc.returncode:
+    last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+    raise LaunchError(f"--check_fit: the run does not compile to fit "
+                      f"{args.accelerator_type}; nothing was started: {last}")
+
+
 def train_commands(args, bindings: list[str]) -> list[list[str]]:
   check_bindings(args, bindings)
   argv = (t5x_argv if args.command == "t5x" else train_argv)(args, bindings)
@@ -290,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
   accel.add_argument("--accelerator_type", type=_matching(_TOKEN, "accelerator type"),
                      help="e.g. v4-8, v4-64 (default: recorded by create)")
 
+  fit = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  fit.add_argument("--gin_file", action="append", default=[])
+  fit.add_argument("--check_fit", action="store_true",
+                   help="first compile the run (gin files and bindings) for the slice here "
+                   "(sbs plan --topology, minutes on a laptop); stop if it does not fit")
+  fit.add_argument("--sbs", default=str(LOCAL_SBS) if LOCAL_SBS.exists() else "sbs",
+                   help="the local sbs for --check_fit (default: this checkout's .venv)")
+
   parser = argparse.ArgumentParser(prog="launch/tpu.py", allow_abbrev=False,
                                    description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -297,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
   def add(name, **kwargs):
     return sub.add_parser(name, allow_abbrev=False, **kwargs)
 
-  p = add("create", parents=[common], help="create a TPU VM or pod slice")
+  p = add("create", parents=[common, fit], help="create a TPU VM or pod slice")
   p.add_argument("--accelerator_type", required=True, type=_matching(_TOKEN, "type"))
   p.add_argument("--runtime_version", type=_matching(_TOKEN, "runtime version"),
                  help=f"default: {DEFAULT_RUNTIME} (v4 and older), or v5e/v5p/v6e's own")
@@ -312,9 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--t5x_url", default=T5X_URL)
   p.add_argument("--base_python", default="python3.11", type=_matching(_PYTHON, "python"))
   p.add_argument("--jax_spec", default="jax[tpu]", help="pip requirement for JAX on TPU")
-  p = add("train", parents=[common, remote, accel],
+  p = add("train", parents=[common, remote, accel, fit],
           help="sbs train --multihost on all workers (+ --gin.KEY=VALUE ...)")
-  p.add_argument("--gin_file", action="append", default=[])
   p = add("t5x", parents=[common, remote, accel],
           help="T5X's trainer on our mixtures (+ --gin.KEY=VALUE ...)")
   p.add_argument("--family", choices=T5X_FAMILIES, default="distill_llm")
@@ -360,7 +397,8 @@ def run(args, commands: list[list[str]], out=None) -> int:
 def main(argv: list[str] | None = None, out=None) -> int:
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
-  if extra and args.command not in ("train", "t5x"):
+  takes_bindings = ("train", "t5x") + (("create",) if getattr(args, "check_fit", False) else ())
+  if extra and args.command not in takes_bindings:
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   try:
     state = load_state(args)
@@ -370,6 +408,8 @@ def main(argv: list[str] | None = None, out=None) -> int:
       return run(args, [state["command"]], out)
     resolve(args, state)
     if args.command == "create":
+      if args.check_fit:  # sbs plan refuses anything that is not a --gin. binding
+        check_fit(args, extra, out or sys.stdout)
       code = run(args, create_commands(args), out)
       if not code:
         save_state(args, zone=args.zone, project=args.project,
@@ -377,6 +417,8 @@ def main(argv: list[str] | None = None, out=None) -> int:
       return code
     if args.command in ("train", "t5x"):
       commands = train_commands(args, extra)
+      if getattr(args, "check_fit", False):
+        check_fit(args, extra, out or sys.stdout)
       code = run(args, commands, out)
       if not code:
         save_state(args, zone=args.zone, project=args.project,

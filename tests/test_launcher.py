@@ -299,3 +299,60 @@ def test_shell_wrapper():
                         timeout=60, env=dict(os.environ, PYTHON=sys.executable))
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout == "gcloud compute tpus tpu-vm delete a --quiet --zone=z\n"
+
+
+def _fake_sbs(tmp_path, code: int, message: str) -> str:
+  """An sbs that records its argv, writes a plan table and `message` to stderr, exits `code`."""
+  sbs = tmp_path / "fake sbs"
+  sbs.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                 "with open(os.environ['FAKE_SBS_CALLS'], 'a') as f:\n"
+                 "  f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                 f"print('program  per_chip', file=sys.stderr)\n"
+                 f"print({message!r}, file=sys.stderr)\nsys.exit({code})\n")
+  sbs.chmod(0o755)
+  return str(sbs)
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_check_fit_compiles_the_run_here_before_anything_is_created(tmp_path, monkeypatch,
+                                                                     capsys, fits):
+  gcloud, calls = _fake_gcloud(tmp_path, monkeypatch)
+  sbs_calls = tmp_path / "sbs_calls.jsonl"
+  monkeypatch.setenv("FAKE_SBS_CALLS", str(sbs_calls))
+  message = "" if fits else ("sbs plan: error: train_step does not fit v4-64 (32.0 GiB per "
+                             "chip): RESOURCE_EXHAUSTED: Ran out of memory")
+  sbs = _fake_sbs(tmp_path, 0 if fits else 2, message)
+  base = ["--name", "sbs-pod", "--state_dir", str(tmp_path / "state"), "--gcloud", gcloud,
+          "--sbs", sbs, "--check_fit", "--gin_file=experiments/cqa_distill_llm.gin"]
+  code = tpu.main(["create", *base, "--zone", "us-central2-b", "--accelerator_type", "v4-64",
+                   "--gin.TrainConfig.partitioning_dims=(1,2)"])
+  (plan_argv,) = [json.loads(l) for l in sbs_calls.read_text().splitlines()]
+  assert plan_argv == ["plan", "--topology", "v4-64",
+                       "--gin_file=experiments/cqa_distill_llm.gin",
+                       "--gin.TrainConfig.partitioning_dims=(1,2)"]
+  if fits:
+    assert code == 0 and len(calls.read_text().splitlines()) == 1  # then created
+  else:
+    assert code == 2 and not calls.exists()  # nothing created
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("launch/tpu.py create: error: --check_fit: the run does not "
+                           "compile to fit v4-64; nothing was started: sbs plan: error: "
+                           "train_step does not fit v4-64")
+
+
+def test_check_fit_before_training_and_in_a_dry_run(tmp_path, monkeypatch):
+  gcloud, calls = _fake_gcloud(tmp_path, monkeypatch)
+  monkeypatch.setenv("FAKE_SBS_CALLS", str(tmp_path / "sbs_calls.jsonl"))
+  sbs = _fake_sbs(tmp_path, 2, "sbs plan: error: eval_decode does not fit")
+  train = ["train", "--name", "sbs-pod", "--zone", "us-central2-b", "--accelerator_type",
+           "v4-64", "--gcloud", gcloud, "--sbs", sbs, "--check_fit",
+           f"--gin_file={HOSTILE_FILE}", *HOSTILE]
+  assert tpu.main([*train, "--state_dir", str(tmp_path / "state")]) == 2
+  assert not calls.exists()
+  # A dry run prints the check (to run here) before the gcloud command, and runs neither.
+  code, lines = launch(tmp_path / "state", *train)
+  assert code == 0 and len(lines) == 2
+  assert shlex.split(lines[0]) == [sbs, "plan", "--topology", "v4-64",
+                                   f"--gin_file={HOSTILE_FILE}", *HOSTILE]
+  assert lines[1].startswith(shlex.quote(gcloud) + " compute tpus tpu-vm ssh")
+  assert not calls.exists()
