@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import flax.linen as nn
 import jax
@@ -48,9 +49,20 @@ GIB = 1024 ** 3
 
 def add_parser(subparsers) -> None:
   from sbs_jax.train.command import add_gin_flags  # pylint: disable=import-outside-toplevel
-  p = subparsers.add_parser("plan", help="per-device memory of a run on a mesh, on paper")
-  p.add_argument("--mesh", required=True, help="DATAxMODEL, e.g. 8x4")
-  p.add_argument("--hbm_gib", type=float, help="memory per device, to say whether it fits")
+  p = subparsers.add_parser(
+      "plan", help="per-device memory of a run on a mesh: on paper, or from the TPU "
+      "compiler with --topology")
+  p.add_argument("--mesh", help="DATAxMODEL, e.g. 8x4 (with --topology: default "
+                 "TrainConfig.mesh over the slice's chips)")
+  p.add_argument("--topology", help="a Cloud TPU slice (v4-8, v4-64, v5e-16, v5litepod-16, "
+                 "v5p-8, v6e-8, or v4:2x4x4): compile the train and eval decoding steps for "
+                 "it and report the compiler's per-chip memory (needs the tpu extra)")
+  p.add_argument("--programs", default="train_step,eval_decode",
+                 help="with --topology: which programs to compile (comma-separated)")
+  p.add_argument("--hlo_dir", help="with --topology: write each program's optimized HLO "
+                 "text here (<program>.hlo.txt)")
+  p.add_argument("--hbm_gib", type=float, help="memory per device, to say whether it fits "
+                 "(with --topology: default the chip's)")
   add_gin_flags(p)
   p.set_defaults(func=main, accepts_gin_bindings=True)
 
@@ -126,15 +138,55 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
           "per_device_total_gib": round(sum(parts.values()) / GIB, 3)}
 
 
+def parse_mesh(text: str) -> tuple[int, int]:
+  """"8x4" -> (8, 4); -1 takes the remaining devices."""
+  try:
+    data, model = (int(x) for x in text.lower().split("x"))
+  except ValueError:
+    raise SbsError(f"--mesh must look like 8x4, got {text!r}") from None
+  return data, model
+
+
+def compiled_plan(args, cfg: TrainConfig, model_config: T5Config, tpu) -> int:
+  """`sbs plan --topology`: one JSON line per compiled program on stdout, a table on
+  stderr; an error (exit 2) when a program does not fit the chip."""
+  from sbs_jax.train import tpu_compile  # pylint: disable=import-outside-toplevel
+  mesh = parse_mesh(args.mesh) if args.mesh else tuple(cfg.mesh)
+  programs = [p for p in args.programs.split(",") if p]
+  data, model = tpu_compile.mesh_shape(mesh, tpu.chips)
+  estimate = plan(cfg, model_config, data, model)["per_device_total_gib"]
+  records = tpu_compile.check(cfg, model_config, tpu, mesh, programs, args.hbm_gib,
+                              estimate, args.hlo_dir)
+  for record in records:
+    print(json.dumps(record), flush=True)
+  print(tpu_compile.table(records), file=sys.stderr)
+  too_big = [r for r in records if not r["fits"]]
+  if too_big:
+    r = too_big[0]
+    why = r.get("compiler") or f"needs {r['per_chip_gib']} GiB per chip"
+    raise SbsError(f"{r['program']} does not fit {tpu.name} ({r['hbm_gib']} GiB per chip): "
+                   f"{why}; try a larger slice, --mesh with a larger model axis, "
+                   "TrainConfig.partitioning_dims=(1,2), student_config.remat_policy, or "
+                   "OptimizerConfig.grad_accum_steps")
+  return 0
+
+
 def main(args) -> int:
   from sbs_jax.train import command, config  # pylint: disable=import-outside-toplevel
-  try:
-    data, model = (int(x) for x in args.mesh.lower().split("x"))
-  except ValueError:
-    raise SbsError(f"--mesh must look like 8x4, got {args.mesh!r}") from None
+  if args.topology:
+    from sbs_jax.train import tpu_slices  # pylint: disable=import-outside-toplevel
+    tpu = tpu_slices.parse(args.topology)  # a bad name fails before gin and JAX start
+    tpu_slices.quiet_libtpu()
+  elif not args.mesh:
+    raise SbsError("give --mesh DATAxMODEL (the estimate), or --topology SLICE (the "
+                   "TPU compiler's figures)")
   command.parse_gin(args.gin_file, command.gin_bindings(args.gin_bindings),
                     args.gin_search_path)
-  result = plan(config.TrainConfig(), config.student_config(), data, model)
+  cfg, model_config = config.TrainConfig(), config.student_config()
+  if args.topology:
+    return compiled_plan(args, cfg, model_config, tpu)
+  data, model = parse_mesh(args.mesh)
+  result = plan(cfg, model_config, data, model)
   if args.hbm_gib:
     result["hbm_gib"] = args.hbm_gib
     result["fits"] = result["per_device_total_gib"] <= args.hbm_gib
