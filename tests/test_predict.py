@@ -3,6 +3,10 @@ and the command, on a tiny random-init student with a small vocabulary trained h
 
 import json
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -15,7 +19,7 @@ from sbs_jax.serve import batching, job as job_lib
 from sbs_jax.serve.predictor import DecodeSettings, Predictor, predict_labels
 from sbs_jax.train import checkpoint as ckpt
 from sbs_jax.train import evaluate as eval_lib
-from tests.conftest import run_sbs
+from tests.conftest import REPO, run_sbs
 
 TINY = T5Config(vocab_size=512, emb_dim=32, num_heads=2, num_encoder_layers=2,
                 num_decoder_layers=2, head_dim=16, mlp_dim=64)
@@ -256,3 +260,35 @@ def test_bad_rows_get_the_annotate_readers_error(model_dir, tmp_path, bad, field
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"sbs predict: error: {reader.value}"
     assert not (tmp_path / "out.jsonl").exists() and not job.work_dir.exists()
+
+
+def test_sigkill_and_rerun_gives_the_uninterrupted_file(model_dir, data_dir, tmp_path):
+  """A real `kill -9` mid-run (possibly mid-window), then the same command again."""
+  texts = cqa_texts(data_dir, 80)
+  source = write_rows(tmp_path / "rows.jsonl", [{"input": t} for t in texts])
+  flags = ["--batch_size", "4", "--window", "4", "--max_decode_length", "6"]
+  job = job_lib.FileJob(source, tmp_path / "out.jsonl", str(model_dir), window=4,
+                        progress=False)
+  proc = subprocess.Popen(  # pylint: disable=consider-using-with
+      [sys.executable, "-m", "sbs_jax.cli", "predict", "--model_dir", str(model_dir),
+       "--input_file", str(source), "--output_file", str(job.output_file), *flags,
+       "--no_progress"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 300
+  while proc.poll() is None and time.monotonic() < deadline:
+    if job.rows_path.exists() and job.rows_path.read_bytes().count(b"\n") >= 8:
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  written = job.rows_path.read_bytes().count(b"\n")
+  assert 8 <= written < len(texts) and not job.output_file.exists()
+  rerun = run_sbs("predict", "--model_dir", model_dir, "--input_file", source,
+                  "--output_file", job.output_file, *flags, "--no_progress")
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert json.loads(rerun.stdout.splitlines()[-1])["rows_this_run"] <= len(texts) - 8
+  predictor = Predictor.load(str(model_dir), DecodeSettings(batch_size=4, label_decode_length=6))
+  reference = job_lib.FileJob(source, tmp_path / "reference.jsonl", str(model_dir), window=4,
+                              progress=False)
+  job_lib.run(reference, predictor)
+  assert job.output_file.read_bytes() == reference.output_file.read_bytes()
