@@ -1,13 +1,11 @@
 """--answer_format: choice, number, nli and text answers of custom data, teacher and gold."""
 
-import json
-
 import pytest
 
-from sbs_jax.annotate import answer_formats, job as job_lib, parsers, records
+from sbs_jax.annotate import answer_formats, command, job as job_lib, parsers, records
 from sbs_jax.data.readers import Example, cqa_input
-from sbs_jax.errors import DataError
-from tests.test_annotate_replay import annotate_args, command
+from sbs_jax.errors import DataError, SbsError
+from tests.test_annotate_replay import annotate_args
 from tests.test_readers import write_jsonl
 
 CHOICES = ("whirlpool bath", "downtown", "play tag", "bus station", "train station")
@@ -173,11 +171,9 @@ def test_choice_format_reads_a_teacher_the_text_format_understates(tmp_path, ans
     assert stats["unparsable_examples"]["no choice matches"] == [
         "train-4: no choice matches: 'a swing' is none of the choices 'whirlpool bath', "
         "'downtown', 'play tag', 'bus station', 'train station'"]
-    json.dumps(stats)  # plain JSON
 
 
-def test_answer_format_is_for_custom_data_only(data_dir, tmp_path):
-  from sbs_jax.errors import SbsError
+def test_answer_format_is_for_custom_data_only(tmp_path):
   with pytest.raises(SbsError, match="--answer_format is for custom data"):
     command.build_job(annotate_args(dataset="cqa", split="test", teacher="replay",
-                                    out_dir=tmp_path, data_dir=data_dir, answer_format="choice"))
+                                    out_dir=tmp_path, answer_format="choice"))
