@@ -62,6 +62,34 @@ class ConfiguredVocabulary(seqio.SentencePieceVocabulary):
     self._model_context()
     return self._extra_ids
 
+  def _settings(self) -> tuple[str, int]:
+    """The file and extra ids: those loaded, else those configured now (nothing loaded)."""
+    if self._model is not None:
+      return self._sentencepiece_model_file, self._extra_ids
+    return vocabulary_settings()
+
+  @property
+  def sentencepiece_model_file(self) -> str:
+    return self._settings()[0]
+
+  def __eq__(self, other):
+    # seqio compares the stored settings (T5X requires the model's and the tasks'
+    # vocabularies to be equal): compare the configured ones, not the empty placeholder.
+    if not isinstance(other, seqio.SentencePieceVocabulary):
+      return False
+    return _comparable_state(self) == _comparable_state(other)
+
+  __hash__ = None  # as seqio's: equal vocabularies need not hash alike
+
+
+def _comparable_state(vocabulary: seqio.SentencePieceVocabulary) -> dict:
+  """seqio's equality state, with a ConfiguredVocabulary's settings resolved."""
+  state = vocabulary.__getstate__()
+  if isinstance(vocabulary, ConfiguredVocabulary):
+    settings = vocabulary._settings()  # pylint: disable=protected-access
+    state["_sentencepiece_model_file"], state["_extra_ids"] = settings
+  return state
+
 
 def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
                      model_type: str = "unigram") -> pathlib.Path:

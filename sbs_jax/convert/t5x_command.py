@@ -1,0 +1,152 @@
+"""`sbs export-t5x` and `sbs import-t5x`: our model dirs <-> T5X checkpoints.
+
+    sbs export-t5x --model_dir runs/cqa --out t5x/cqa
+        -> t5x/cqa/checkpoint_<step>/ (T5X's format, as the public T5 checkpoints),
+           t5x/cqa/model.gin (a T5X model gin of the student), t5x/cqa/spm.model
+    sbs import-t5x --checkpoint t5x/cqa/checkpoint_<step> --model_gin t5x/cqa/model.gin \
+        [--vocab SPM] --out ckpt/cqa
+    sbs import-t5x --checkpoint gs://t5-data/pretrained_models/t5x/t5_1_1_base/checkpoint_1000000 \
+        --size base --vocab sentencepiece.model --out ckpt/t5_1_1_base
+
+Export needs T5X installed (launch/install_t5x.sh); import does not. Import reads the
+parameters and skips the optimizer state (public checkpoints hold Adafactor's), saying
+how many arrays it skipped. See docs/t5x.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from sbs_jax.convert import t5x as t5x_format
+from sbs_jax.errors import SbsError
+
+MODEL_GIN = "model.gin"
+
+
+def add_parser(subparsers) -> None:
+  p = subparsers.add_parser("export-t5x", help="a trained model dir -> a T5X checkpoint")
+  p.add_argument("--model_dir", required=True)
+  p.add_argument("--out", required=True, help="gets checkpoint_<step>/, model.gin, spm.model")
+  p.set_defaults(func=export_main)
+  p = subparsers.add_parser("import-t5x", help="a T5X checkpoint -> a model dir to train from")
+  p.add_argument("--checkpoint", required=True, help="a T5X checkpoint_<step> folder")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--model_gin", help="the T5X model gin of the checkpoint's network")
+  source.add_argument("--size", help="a published T5 v1.1 size (small, base, large, xl, xxl)")
+  p.add_argument("--vocab", help="its SentencePiece model (default: the model gin's)")
+  p.add_argument("--extra_ids", type=int,
+                 help="sentinels added to the vocabulary (default: the model gin's, else 0)")
+  p.add_argument("--out", required=True)
+  p.set_defaults(func=import_main)
+
+
+def export_t5x(model_dir: str, out: str) -> dict:
+  """Writes a model dir's best parameters as a T5X checkpoint, model gin and vocabulary."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  if importlib.util.find_spec("t5x") is None:
+    raise SbsError("export-t5x writes with T5X's own code: install it with "
+                   "`bash launch/install_t5x.sh` (docs/t5x.md)")
+  student, params, info = ckpt.load_student(model_dir)
+  step = _params_step(model_dir)
+  params = jax.tree.map(np.asarray, jax.device_get(params))
+  out = out.rstrip("/")
+  vocab_file = f"{out}/{ckpt.VOCAB_FILE}"
+  if "://" not in vocab_file:
+    import os  # pylint: disable=import-outside-toplevel
+    vocab_file = os.path.abspath(vocab_file)
+  gin_text = t5x_format.model_gin(student.config, vocab_file, int(info.get("extra_ids", 0)),
+                           model_dir)
+  _check_vocabulary(f"{model_dir}/{info['vocabulary']}", int(info.get("extra_ids", 0)),
+                    student.config)
+  checkpoint = t5x_format.write_checkpoint(out, student.config, params, step)
+  tf.io.gfile.copy(f"{model_dir}/{info['vocabulary']}", vocab_file, overwrite=True)
+  with tf.io.gfile.GFile(f"{out}/{MODEL_GIN}", "w") as f:
+    f.write(gin_text)
+  return {"checkpoint": checkpoint, "model_gin": f"{out}/{MODEL_GIN}",
+          "vocabulary": vocab_file, "step": step}
+
+
+def _params_step(model_dir: str) -> int:
+  """The step of a model dir's kept parameters (`params/<step>`)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  steps = [int(p.rstrip("/").rsplit("/", 1)[-1]) for p in
+           tf.io.gfile.glob(f"{model_dir}/params/*") if p.rstrip("/").rsplit("/", 1)[-1]
+           .isdigit()]
+  return max(steps) if steps else 0
+
+
+def _check_vocabulary(path: str, extra_ids: int, config) -> None:
+  """The vocabulary must exist and fit the network's embedding."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if not tf.io.gfile.exists(path):
+    raise SbsError(f"{path}: no such SentencePiece model")
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  sp = spm.SentencePieceProcessor()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    try:
+      sp.LoadFromSerializedProto(f.read())
+    except RuntimeError:
+      raise SbsError(f"{path}: not a SentencePiece model") from None
+  size = sp.get_piece_size() + extra_ids
+  if size > config.vocab_size:
+    raise SbsError(f"{path}: {sp.get_piece_size()} pieces + {extra_ids} extra ids = {size} "
+                   f"ids, more than the network's vocab_size {config.vocab_size}: give the "
+                   "checkpoint's own vocabulary")
+
+
+def import_t5x(checkpoint: str, out: str, model_gin: str | None = None,
+               size: str | None = None, vocab: str | None = None,
+               extra_ids: int | None = None) -> dict:
+  """Writes a T5X checkpoint's parameters as a model dir; returns a summary."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from sbs_jax.model.config import SIZES, config_for  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  gin_vocab, gin_extra_ids = None, 0
+  if model_gin:
+    config, gin_vocab, gin_extra_ids = t5x_format.read_model_gin(model_gin)
+  else:
+    if size not in SIZES or size == "tiny":
+      raise SbsError(f"--size {size!r}: the published sizes are "
+                     f"{[s for s in SIZES if s != 'tiny']}")
+    config = config_for(size)
+  vocab = vocab or gin_vocab
+  if not vocab:
+    raise SbsError("no vocabulary: pass --vocab (the checkpoint's SentencePiece model)")
+  extra_ids = gin_extra_ids if extra_ids is None else extra_ids
+  _check_vocabulary(vocab, extra_ids, config)
+  params, step, skipped = t5x_format.read_checkpoint(checkpoint)
+  t5x_format.check_params(params, config, f"the T5X checkpoint {checkpoint}")
+  ckpt.write_model_info(out, config, vocab, extra_ids)
+  ckpt.save_params(out, 0, params, {"step": 0, "source": checkpoint, "t5x_step": step})
+  return {"model_dir": out, "t5x_step": step,
+          "parameters": int(sum(np.size(x) for x in _leaves(params))),
+          "skipped_optimizer_arrays": skipped, "extra_ids": extra_ids}
+
+
+def _leaves(tree):
+  for value in tree.values():
+    if isinstance(value, dict):
+      yield from _leaves(value)
+    else:
+      yield value
+
+
+def export_main(args) -> int:
+  print(json.dumps(export_t5x(args.model_dir, args.out)))
+  return 0
+
+
+def import_main(args) -> int:
+  summary = import_t5x(args.checkpoint, args.out, args.model_gin, args.size, args.vocab,
+                       args.extra_ids)
+  if summary["skipped_optimizer_arrays"]:
+    print(f"sbs import-t5x: imported the parameters; skipped the checkpoint's "
+          f"{summary['skipped_optimizer_arrays']} optimizer-state arrays (training starts "
+          "its own optimizer)", file=sys.stderr)
+  print(json.dumps(summary))
+  return 0

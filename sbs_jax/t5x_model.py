@@ -1,0 +1,83 @@
+"""T5X glue: the paper's loss inside `python -m t5x.train` (importable only with T5X installed).
+
+`DistillModel` is T5X's `EncoderDecoderModel` (T5X's own T5 v1.1 network, decoding,
+checkpoints) with our feature converter (`sbs_jax.data.features.DistillFeatureConverter`,
+which keeps `decoder_task_ids` through packing) and our loss (`sbs_jax.train.loss`):
+
+    L = alpha * CE_label + (1 - alpha) * CE_rationale
+
+each CE the mean over that task's target tokens in the batch: the loss `sbs train`
+optimises, not T5X's token-weighted sum over both tasks (no z-loss, no label smoothing).
+`gin_configs/t5x/*.gin` select it (alpha 0.5 for distillation, 1.0 for the standard
+families). With T5X's `Trainer.num_microbatches` each micro-batch would be normalised by
+its own token counts; leave it unset (None) for the exact loss.
+
+Our trainer never imports this module; T5X's gin files do, through those gin files.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+from clu import metrics as clu_metrics
+import jax
+import jax.numpy as jnp
+from t5x import models
+
+from sbs_jax.data.features import DistillFeatureConverter
+from sbs_jax.errors import SbsError
+from sbs_jax.train import loss as loss_lib
+
+
+class FeatureConverter(DistillFeatureConverter):
+  """Our converter, also given the lengths of every output feature.
+
+  seqio's Evaluator (T5X's inference evaluation, `t5x.eval`) measures each output feature
+  of the tasks and passes all their lengths, our one-id `task` feature's included; the
+  converter reads `task` from the examples and takes no length for it.
+  """
+
+  def __call__(self, ds, task_feature_lengths):
+    lengths = {k: v for k, v in task_feature_lengths.items() if k != "task"}
+    return super().__call__(ds, lengths)
+
+
+class DistillModel(models.EncoderDecoderModel):
+  """T5X's encoder-decoder model trained with the paper's per-task loss."""
+
+  FEATURE_CONVERTER_CLS = FeatureConverter
+
+  def __init__(self, module, input_vocabulary, output_vocabulary, optimizer_def,
+               alpha: float = 0.5, **kwargs):
+    if not 0.0 <= alpha <= 1.0:
+      raise SbsError(f"alpha must be in [0, 1], got {alpha}")
+    network_vocab = getattr(getattr(module, "config", None), "vocab_size", None)
+    for name, vocabulary in (("input", input_vocabulary), ("output", output_vocabulary)):
+      if network_vocab is not None and vocabulary.vocab_size > network_vocab:
+        raise SbsError(
+            f"the {name} vocabulary ({vocabulary}) has {vocabulary.vocab_size} ids, more "
+            f"than the network's vocab_size {network_vocab}: bind "
+            "sbs_jax.data.vocab.vocabulary_settings.path (and extra_ids) to the student's "
+            "vocabulary, e.g. the spm.model beside an exported model.gin")
+    self.alpha = alpha
+    super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
+                     **kwargs)
+
+  def loss_fn(self, params, batch: Mapping[str, jnp.ndarray],
+              dropout_rng: Optional[jax.Array]):
+    """The paper's loss of a packed batch and T5X's metrics, plus each task's mean CE."""
+    logits = self._compute_logits(params, batch, dropout_rng)
+    targets, task_ids = batch["decoder_target_tokens"], batch["decoder_task_ids"]
+    label_sum, rationale_sum = loss_lib.task_sums(logits, targets, task_ids)
+    label_count, rationale_count = loss_lib.task_token_counts(task_ids)
+    loss = loss_lib.distill_loss(label_sum, rationale_sum, label_count, rationale_count,
+                                 self.alpha)
+    segment_ids = {k[:-len("_segment_ids")]: v for k, v in batch.items()
+                   if k.endswith("_segment_ids")}
+    metrics = self._compute_metrics(
+        logits=logits, targets=targets, mask=batch["decoder_loss_weights"], loss=loss,
+        segment_ids=segment_ids or None)
+    metrics["label_loss"] = clu_metrics.Average(total=label_sum, count=label_count)
+    metrics["rationale_loss"] = clu_metrics.Average(total=rationale_sum,
+                                                    count=rationale_count)
+    return loss, metrics
