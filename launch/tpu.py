@@ -38,11 +38,11 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOCAL_SBS = REPO / ".venv" / "bin" / "sbs"  # for --check_fit, with the tpu extra
-COPIED = ("setup.py", "README.md", "sbs_jax", "tasks", "gin_configs")  # what `pip -e` needs
+# What `pip -e` needs, and launch/ for install_t5x.sh.
+COPIED = ("setup.py", "README.md", "sbs_jax", "tasks", "gin_configs", "launch")
 LOG_DIR = "sbs_logs"  # on each worker, under the home directory
 T5X_FAMILIES = ("distill_llm", "distill_gt", "standard_gt", "standard_llm")
 T5X_SIZES = ("small", "base", "large", "xl", "xxl")
-T5X_URL = "https://github.com/google-research/t5x"
 MODEL_DIR_KEYS = ("MODEL_DIR", "TrainConfig.model_dir")
 # Cloud TPU's recommended software versions for JAX, by TPU generation.
 RUNTIMES = {"v6e": "v2-alpha-tpuv6e", "v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite",
@@ -206,10 +206,8 @@ def setup_commands(args) -> list[list[str]]:
            f"( test -x {q(py)} || {args.base_python} -m venv {q(args.venv)} )",
            f"{q(py)} -m pip install --quiet --upgrade pip",
            f"{q(py)} -m pip install --quiet -e {q(repo)}"]
-  if args.with_t5x:
-    steps += [f"( test -d {q(args.t5x_dir + '/.git')} || git clone --depth 1 -- "
-              f"{q(args.t5x_url)} {q(args.t5x_dir)} )",
-              f"{q(py)} -m pip install --quiet -e {q(args.t5x_dir)}"]
+  if args.with_t5x:  # T5X, airio, jestimator at the pinned commits, into the venv
+    steps.append(f"VENV={q(args.venv)} bash {q(repo + '/launch/install_t5x.sh')}")
   steps.append(f"{q(py)} -m pip install --quiet --upgrade {q(args.jax_spec)}")
   commands.append(ssh(args, " && ".join(steps)))
   return commands
@@ -225,12 +223,17 @@ def train_argv(args, bindings: list[str]) -> list[str]:
           *[f"--gin_file={f}" for f in args.gin_file], *bindings]
 
 
+def t5x_source(args) -> str:
+  """Where launch/install_t5x.sh keeps T5X's sources (its gin files), relative to ~."""
+  return f"{args.venv}/src/t5x"
+
+
 def t5x_argv(args, bindings: list[str]) -> list[str]:
   """What each worker runs for `t5x`: T5X's trainer on our mixtures (run from ~)."""
   gin_files = [f"t5x/examples/t5/t5_1_1/{args.size}.gin", args.run_gin,
                f"gin_configs/t5x/{args.family}.gin", *args.gin_file]
   return ["env", f"PYTHONPATH={args.remote_dir}", venv_python(args), "-m", "t5x.train",
-          f"--gin_search_paths=.,{args.t5x_dir},{args.remote_dir}",
+          f"--gin_search_paths=.,{t5x_source(args)},{args.remote_dir}",
           *[f"--gin_file={f}" for f in gin_files], *bindings]
 
 
@@ -315,7 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
   remote.add_argument("--remote_dir", default="sbs_jax", type=path,
                       help="the checkout on each worker, relative to ~")
   remote.add_argument("--venv", default="sbs_venv", type=path, help="relative to ~")
-  remote.add_argument("--t5x_dir", default="t5x", type=path, help="relative to ~")
   accel = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   accel.add_argument("--accelerator_type", type=_matching(_TOKEN, "accelerator type"),
                      help="e.g. v4-8, v4-64 (default: recorded by create)")
@@ -346,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--src", default=str(REPO), help="local checkout to copy (default: this)")
   p.add_argument("--repo_url", help="git clone this on the workers instead of copying")
   p.add_argument("--ref", default="origin/HEAD", help="with --repo_url: what to check out")
-  p.add_argument("--with_t5x", action="store_true", help="also clone and install t5x")
-  p.add_argument("--t5x_url", default=T5X_URL)
+  p.add_argument("--with_t5x", action="store_true",
+                 help="also install T5X (launch/install_t5x.sh: pinned commits from GitHub)")
   p.add_argument("--base_python", default="python3.11", type=_matching(_PYTHON, "python"))
   p.add_argument("--jax_spec", default="jax[tpu]", help="pip requirement for JAX on TPU")
   p = add("train", parents=[common, remote, accel, fit],

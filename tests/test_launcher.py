@@ -82,7 +82,7 @@ def test_setup_copies_the_checkout_and_installs_on_every_worker(tmp_path):
              "--upgrade pip && sbs_venv/bin/python -m pip install --quiet -e sbs_jax && "
              "sbs_venv/bin/python -m pip install --quiet --upgrade 'jax[tpu]'")
   sources = " ".join(shlex.quote(str(REPO / p)) for p in
-                     ("setup.py", "README.md", "sbs_jax", "tasks", "gin_configs"))
+                     ("setup.py", "README.md", "sbs_jax", "tasks", "gin_configs", "launch"))
   assert code == 0 and lines == [
       "gcloud compute tpus tpu-vm ssh sbs-pod --worker=all '--command=mkdir -p sbs_jax' "
       "--zone=us-central2-b",
@@ -101,9 +101,8 @@ def test_setup_from_git_with_t5x(tmp_path):
   assert code == 0 and len(lines) == 2
   assert lines[0] == shlex.join(SSH + ["sbs-one", "--worker=all", "--command=" + fetch, ZONE])
   remote = remote_of(lines[1])
-  assert ("&& sbs_venv/bin/python -m pip install --quiet -e sbs_jax && ( test -d t5x/.git || "
-          "git clone --depth 1 -- https://github.com/google-research/t5x t5x ) && "
-          "sbs_venv/bin/python -m pip install --quiet -e t5x && sbs_venv/bin/python -m pip "
+  assert ("&& sbs_venv/bin/python -m pip install --quiet -e sbs_jax && "
+          "VENV=sbs_venv bash sbs_jax/launch/install_t5x.sh && sbs_venv/bin/python -m pip "
           "install --quiet --upgrade 'jax[tpu]'") in remote
 
 
@@ -146,7 +145,7 @@ def test_t5x_on_a_pod(tmp_path):
                        "--accelerator_type", "v4-64", "--size", "xxl",
                        "--gin.MIXTURE_OR_TASK_NAME='sbs_cqa_distill_llm'", *HOSTILE)
   intended = ["env", "PYTHONPATH=sbs_jax", "sbs_venv/bin/python", "-m", "t5x.train",
-              "--gin_search_paths=.,t5x,sbs_jax",
+              "--gin_search_paths=.,sbs_venv/src/t5x,sbs_jax",
               "--gin_file=t5x/examples/t5/t5_1_1/xxl.gin",
               "--gin_file=t5x/configs/runs/finetune.gin",
               "--gin_file=gin_configs/t5x/distill_llm.gin",
