@@ -45,3 +45,19 @@ def test_xxl_fits_a_32_chip_v4_slice_only_with_2d_rules():
   # 2-D rules split the float32 parameters over all 32 chips.
   assert two_d["per_device_bytes"]["parameters"] == pytest.approx(
       4 * two_d["parameters"] / 32, rel=0.01)
+
+
+def test_compute_weights_and_gradient_accumulator_follow_the_compiler():
+  # What the TPU compiler keeps beside the state (docs/scale.md): bfloat16 weights gathered
+  # over 'data' (2-D rules: split over 'model' only) and, with accumulation, a second
+  # gradient buffer. float32 with 1-D rules computes on the parameters themselves.
+  xxl = config_for("xxl", dtype="bfloat16")
+  got = plan(run_config(dims=(1, 2), accum=4), xxl, 8, 4)
+  b = got["per_device_bytes"]
+  assert b["compute_weights"] == pytest.approx(2 * got["parameters"] / 4, rel=0.01)
+  assert b["gradient_accumulator"] == b["gradients"]
+  tiny = config_for("tiny", vocab_size=512)
+  b = plan(run_config(), tiny, 1, 1)["per_device_bytes"]
+  assert b["compute_weights"] == 0 and b["gradient_accumulator"] == 0
+  b = plan(run_config(), config_for("tiny", vocab_size=512, dtype="bfloat16"), 1, 1)
+  assert b["per_device_bytes"]["compute_weights"] == 2 * b["parameters"]

@@ -1,4 +1,6 @@
-"""`sbs plan`: per-device memory of a training run on a DATA x MODEL mesh, on paper.
+"""`sbs plan`: per-device memory of a training run on a DATA x MODEL mesh, on paper; with
+`--topology` the TPU compiler's figures instead (`tpu_compile.py`), which this formula
+follows (docs/scale.md compares them).
 
 Shapes come from `jax.eval_shape` (nothing is allocated, no accelerator is needed) and the
 sharding of every parameter and optimizer-state array from T5X's logical axis rules, as the
@@ -23,6 +25,11 @@ set (the largest) is rebuilt at a time in the backward pass:
 ("dots" keeps the layer input and the projection outputs: query, key, value, attention out
 and wi_0, wi_1; `joined` = heads * head_dim.) To all of these the float32 logits add
 L_dec * vocab / model per row, with rows per device = batch / (data * grad_accum_steps).
+
+Beside parameters, gradients, optimizer state and activations, the compiled TPU step keeps
+the weights in the compute dtype for the whole step (bfloat16 copies; with 2-D rules
+gathered over 'data': parameters * width / model per device) and, with gradient
+accumulation, the running sum of the gradients (as large as the gradients).
 """
 
 from __future__ import annotations
@@ -126,8 +133,18 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
   width = jax.numpy.dtype(c.compute_dtype).itemsize
   activations = rows * (_layer_activations(c, l_enc, l_dec, model) * width
                         + l_dec * c.vocab_size / model * 4)
+  # What the TPU compiler adds (docs/scale.md): the weights in the compute dtype, gathered
+  # over 'data' where 2-D rules split them there, live for the whole step; with gradient
+  # accumulation, the running sum of the gradients beside each micro-batch's.
+  copies = 0
+  if width < 4 or cfg.partitioning_dims[1] == 2:
+    copies = sum(_local_bytes(a.shape, c.compute_dtype, s, {"data": 1, "model": model})
+                 for a, s in zip(jax.tree.leaves(params),
+                                 jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
+  accumulator = param_bytes if cfg.optimizer.grad_accum_steps > 1 else 0
   parts = {"parameters": param_bytes, "gradients": param_bytes,
-           "optimizer_state": total(opt, opt_specs), "activations_estimate": activations}
+           "optimizer_state": total(opt, opt_specs), "compute_weights": copies,
+           "gradient_accumulator": accumulator, "activations_estimate": activations}
   return {"mesh": f"{data}x{model}", "partitioning_dims": list(cfg.partitioning_dims),
           "parameters": int(sum(a.size for a in jax.tree.leaves(params))),
           "optimizer": cfg.optimizer.name, "remat_policy": model_config.remat_policy,
