@@ -292,3 +292,16 @@ def test_sigkill_and_rerun_gives_the_uninterrupted_file(model_dir, data_dir, tmp
                               progress=False)
   job_lib.run(reference, predictor)
   assert job.output_file.read_bytes() == reference.output_file.read_bytes()
+
+
+def test_a_second_process_on_the_same_output_is_refused(model_dir, tmp_path):
+  from sbs_jax.annotate.job import lock_exclusively
+  job = make_job(tmp_path, [{"input": "a question"}], model_dir=str(model_dir))
+  job.work_dir.mkdir()
+  held = lock_exclusively(job.work_dir / "lock", "held by the test")
+  try:
+    with pytest.raises(SbsError, match="another `sbs predict` is writing"):
+      job_lib.run(job, predictor=None)  # refused before the model is needed
+  finally:
+    held.close()
+  assert not job.output_file.exists()

@@ -4,30 +4,16 @@ spans both), host 0 writes one file, equal, row for row and in order, to that of
 process with 4 devices."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 
-import pytest
-
 from tests.conftest import REPO
+from tests.test_multihost import _env, _free_port  # the cluster's environment and port
 from tests.test_predict import cqa_texts, make_model_dir, read_lines, write_rows
 
 TIMEOUT = 300  # seconds per run; a run takes well under a minute alone on 2 cores
 FLAGS = ["--batch_size", "8", "--window", "16", "--max_decode_length", "6", "--no_progress"]
-
-
-def _env(devices: int) -> dict:
-  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _predict(model_dir, source, output, extra=()) -> list[str]:

@@ -108,3 +108,5 @@ def test_eval_and_predict_commands(trained):
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["input"] == text and isinstance(out["label"], str)
   assert "rationale" in out
+  # The run's input length, to which `sbs predict` cuts longer inputs (tiny_cpu.gin's).
+  assert json.loads((model_dir / "model.json").read_text())["max_input_length"] == 512

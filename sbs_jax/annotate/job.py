@@ -330,16 +330,24 @@ def run(job: Job) -> Result:
     return Result(stats, _maybe_merge(job), job.records_path, 0, already_done=True)
 
   job.work_dir.mkdir(parents=True, exist_ok=True)
-  lock = open(job.work_dir / "lock", "w")
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    lock.close()
-    raise SbsError(f"another `sbs annotate` is working on {job.work_dir}") from None
+  lock = lock_exclusively(job.work_dir / "lock",
+                          f"another `sbs annotate` is working on {job.work_dir}")
   try:
     return _run_locked(job)
   finally:
     lock.close()
+
+
+def lock_exclusively(path: pathlib.Path, busy: str):
+  """An open file holding an exclusive lock on `path` (close it to release), or an
+  SbsError saying `busy` when another process holds it."""
+  lock = open(path, "w")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.close()
+    raise SbsError(busy) from None
+  return lock
 
 
 def _run_locked(job: Job) -> Result:

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import itertools
 import json
@@ -33,7 +32,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sbs_jax.annotate.job import Progress, describe_difference, write_json_atomically
+from sbs_jax.annotate.job import (Progress, describe_difference, lock_exclusively,
+                                   write_json_atomically)
 from sbs_jax.data.readers import Example, iter_json_rows, jsonl_example
 from sbs_jax.errors import DataError, SbsError
 from sbs_jax.metrics import normalize
@@ -220,12 +220,8 @@ def run(job: FileJob, predictor: Predictor, total: int | None = None,
     job.output_file.parent.mkdir(parents=True, exist_ok=True)
     if not job.output_file.exists() or job.restart:
       job.work_dir.mkdir(parents=True, exist_ok=True)
-      lock = open(job.work_dir / "lock", "w")  # pylint: disable=consider-using-with
-      try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        lock.close()
-        raise SbsError(f"another `sbs predict` is writing {job.output_file}") from None
+      lock = lock_exclusively(job.work_dir / "lock",
+                              f"another `sbs predict` is writing {job.output_file}")
   try:
     start = _agree_on_start(job, predictor, total)
     if start == _ALREADY_DONE:

@@ -57,7 +57,8 @@ def train(cfg: TrainConfig, model_config: T5Config,
   ckpt.write_gin_config(cfg.model_dir)
   ckpt.write_model_info(cfg.model_dir, model_config,
                         getattr(vocabulary, "sentencepiece_model_file", ""),
-                        getattr(vocabulary, "extra_ids", 0), label_prefix)
+                        getattr(vocabulary, "extra_ids", 0), label_prefix,
+                        max_input_length=cfg.data.task_feature_lengths["inputs"])
 
   # ---- State: resume from the last checkpoint, else start (random or imported params).
   checkpoints = ckpt.StateCheckpoints(cfg.model_dir, cfg.keep_checkpoints)
