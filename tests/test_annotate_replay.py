@@ -268,4 +268,4 @@ def test_shards_made_with_other_settings_are_not_merged(tmp_path):
   fixed.restart = True
   merged = job_lib.run(fixed).split_stats
   assert merged["examples"] == 3 and merged["correct"] == 1
-  assert merged["manifest"]["parser_settings"]["answer_regex"] is None
+  assert merged["manifest"]["parser_settings"]["answer_regex"] == r"[Aa]nswer is\s*:?"

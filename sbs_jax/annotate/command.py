@@ -101,11 +101,12 @@ def build_job(args) -> job_lib.Job:
   examples, settings = data.examples, {}
   if custom:
     answer_format = "text" if args.answer_format == "auto" else args.answer_format
-    parse = parsers.make_generic_parser(args.answer_regex, args.stop_regex, answer_format)
+    answer_regex = args.answer_regex or parsers.default_answer_regex(answer_format)
+    parse = parsers.make_generic_parser(answer_regex, args.stop_regex, answer_format)
     if answer_format != "text":
       examples = answer_formats.prepare_examples(answer_format, examples, data.source)
     match_dataset = "custom"
-    settings = {"answer_regex": args.answer_regex, "stop_regex": args.stop_regex,
+    settings = {"answer_regex": answer_regex, "stop_regex": args.stop_regex,
                 "input_key": args.input_key, "label_key": args.label_key,
                 "id_key": args.id_key, "completion_key": args.completion_key}
   else:

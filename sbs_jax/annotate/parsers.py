@@ -156,6 +156,11 @@ DEFAULT_STOP_REGEX = r"\n\s*Q:"
 _LEAD_IN = re.compile(r"(?:\b[Ss]o\s+)?(?:\b[Tt]he\s+)?$")
 
 
+def default_answer_regex(answer_format: str) -> str:
+  """`answer is` for text; `answer is` or `Answer:`, any case, for the other formats."""
+  return DEFAULT_ANSWER_REGEX if answer_format == "text" else answer_formats.ANSWER_PHRASE_REGEX
+
+
 def make_generic_parser(answer_regex: str | None = None,
                         stop_regex: str = DEFAULT_STOP_REGEX, answer_format: str = "text"
                         ) -> Callable[[str, Example], Parsed]:
@@ -167,8 +172,7 @@ def make_generic_parser(answer_regex: str | None = None,
   passing does not hide the answer.
   """
   if answer_regex is None:
-    answer_regex = (DEFAULT_ANSWER_REGEX if answer_format == "text"
-                    else answer_formats.ANSWER_PHRASE_REGEX)
+    answer_regex = default_answer_regex(answer_format)
   answer_re = _compile("--answer_regex", answer_regex)
   _compile("--stop_regex", stop_regex)  # fail early on a bad pattern
   normalise = answer_formats.NORMALISERS[answer_format]
