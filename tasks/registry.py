@@ -22,6 +22,7 @@ import functools
 from typing import Callable, Sequence
 
 import seqio
+import tensorflow as tf
 
 from sbs_jax import metrics
 from sbs_jax.data import preprocessors as pp
@@ -41,6 +42,12 @@ def task_names(dataset: str) -> dict[str, str]:
   kinds = ("label_gt", "label_llm", "rationale", "standard_gt", "standard_llm",
            "distill_gt", "distill_llm", "distill_gt_paired", "distill_llm_paired")
   return {k: f"sbs_{dataset}_{k}" for k in kinds}
+
+
+@seqio.map_over_dataset
+def _task_as_vector(example):
+  """The scalar `task` id as a vector of one (the `task` feature's rank)."""
+  return dict(example, task=tf.reshape(example["task"], [1]))
 
 
 def _add_task(name: str, **kwargs) -> seqio.Task:
@@ -69,9 +76,11 @@ def register_dataset(dataset: str, annotation_dir: str | Callable[[], str] | Non
   features = {"inputs": seqio.Feature(vocabulary, add_eos=True),
               "targets": seqio.Feature(vocabulary, add_eos=True),
               # An output feature, so that mixtures keep it: which task an example is of.
+              # Rank 1 (one id), as seqio's Evaluator measures every feature's length.
               "task": seqio.Feature(seqio.PassThroughVocabulary(3), add_eos=False,
-                                    required=False, rank=0)}
-  tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+                                    required=False, rank=1)}
+  tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim,
+              _task_as_vector]
   if metric_fns is None:
     metric_fns = [metrics.label_accuracy]
     if dataset == "svamp":
@@ -90,7 +99,8 @@ def register_dataset(dataset: str, annotation_dir: str | Callable[[], str] | Non
             metric_fns=[], **common)
   for variant, field in (("gt", "label"), ("llm", "llm_label")):
     _add_task(names[f"distill_{variant}_paired"], preprocessors=[
-        functools.partial(pp.paired_examples, label_field=field, **PART_LENGTHS)],
+        functools.partial(pp.paired_examples, label_field=field, **PART_LENGTHS),
+        _task_as_vector],
               metric_fns=list(metric_fns), **common)
     mixture = names[f"distill_{variant}"]
     seqio.MixtureRegistry.remove(mixture)

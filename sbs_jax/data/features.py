@@ -33,7 +33,7 @@ def _add_parts(example):
   example = dict(example)
   for key, part_key in _PART_KEYS.items():
     if part_key not in example:
-      task = tf.cast(example["task"], tf.int32)
+      task = tf.cast(tf.reshape(example["task"], []), tf.int32)  # one id, of rank 0 or 1
       example[part_key] = tf.fill(tf.shape(example[key]), task)
   return example
 
