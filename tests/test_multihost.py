@@ -30,7 +30,10 @@ from sbs_jax.train.metric_log import read_metrics
 from tests.conftest import REPO
 
 STEPS = 4
-TIMEOUT = 240  # seconds, per run; a run takes about a minute on 2 cores
+# A guard against a hung cluster only, never a budget the work must fit: a run takes about
+# a minute on 2 idle cores and several times that on a loaded machine. Every wait below
+# waits for something to happen (a process ends, a marker appears), not for time to pass.
+HANG_GUARD = float(os.environ.get("SBS_TEST_HANG_GUARD", 1800))
 BINDINGS = [f"--gin.TRAIN_STEPS={STEPS}", "--gin.TrainConfig.log_every=1",
             "--gin.TrainConfig.checkpoint_every=2", f"--gin.EvalConfig.every={STEPS}",
             "--gin.EvalConfig.max_examples=8", "--gin.EvalConfig.max_test_examples=8",
@@ -60,10 +63,23 @@ def _tail(path, n=3000) -> str:
   return path.read_text(errors="replace")[-n:]
 
 
-def _wait_all(procs, timeout: float) -> list:
-  """Exit codes once all have ended, one has failed (a peer would wait for it in a
-  collective) or the time is up; None for a process still running."""
-  deadline = time.monotonic() + timeout
+def _wait_for(condition, procs, what: str, logs=()) -> None:
+  """Waits until `condition()` holds; fails (naming `what`) if a process ends first or
+  the hang guard runs out."""
+  deadline = time.monotonic() + HANG_GUARD
+  while not condition():
+    if any(p.poll() is not None for p in procs):
+      pytest.fail(f"a host ended (codes {[p.poll() for p in procs]}) before {what}:\n"
+                  + "\n".join(_tail(log) for log in logs))
+    if time.monotonic() > deadline:
+      pytest.fail(f"no {what} after {HANG_GUARD:.0f} s: the cluster hangs")
+    time.sleep(0.5)
+
+
+def _wait_all(procs) -> list:
+  """Exit codes once all have ended or one has failed (a peer would wait for it in a
+  collective); None for a process still running when the hang guard runs out."""
+  deadline = time.monotonic() + HANG_GUARD
   while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
     if any(p.returncode for p in procs):
       break
@@ -98,12 +114,12 @@ def runs(annotated, tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost")
   logs = [root / f"host{i}.log" for i in range(2)]
   with _two_hosts(_train_flags(root / "two_hosts"), logs) as procs:
-    codes = _wait_all(procs, TIMEOUT)
+    codes = _wait_all(procs)
   report = root / "report.json"
   with open(root / "one_host.log", "w", encoding="utf-8") as out:
     ref = subprocess.run([sys.executable, "tests/multihost_worker.py", "2", str(report),
                           "train", *_train_flags(root / "one_host")], cwd=REPO, env=_env(4),
-                         stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+                         stdout=out, stderr=subprocess.STDOUT, timeout=HANG_GUARD)
   return {"root": root, "codes": codes, "logs": logs, "ref_code": ref.returncode,
           "report": json.loads(report.read_text()) if report.exists() else {}}
 
@@ -150,14 +166,12 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(annotated,
             "--gin.EvalConfig.every=1000"]  # no scheduled checkpoint or evaluation
   metrics, logs = tmp_path / "run" / "metrics.jsonl", [tmp_path / f"host{i}.log" for i in range(2)]
   with _two_hosts(flags, logs) as procs:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-      if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-        break
-      time.sleep(0.2)
-    assert all(p.poll() is None for p in procs), "\n".join(_tail(log) for log in logs)
+    # The signal goes out only once both hosts train (step 2 logged): earlier, a host that
+    # has not yet joined the cluster would just die of it.
+    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+              procs, "step 2 in metrics.jsonl", logs)
     procs[1].send_signal(signal.SIGTERM)
-    codes = _wait_all(procs, TIMEOUT)
+    codes = _wait_all(procs)
   assert codes == [143, 143], "\n".join(_tail(log) for log in logs)
   saved = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
   steps = [m["step"] for m in read_metrics(str(tmp_path / "run"))]

@@ -35,6 +35,8 @@ def add_parser(subparsers) -> None:
   p = subparsers.add_parser("export-hf", help="a trained model dir -> an HF T5 folder")
   p.add_argument("--model_dir", required=True)
   p.add_argument("--out", required=True)
+  p.add_argument("--overwrite", action="store_true",
+                 help="write into a non-empty --out dir, replacing files of the same name")
   p.set_defaults(func=export_main)
 
 
@@ -52,6 +54,7 @@ def import_hf(hf_dir, out: str, allow_pickle: bool = False) -> dict:
   config, params, spiece = hf.read_hf_dir(hf_dir, allow_pickle=allow_pickle)
   if spiece is None:
     raise SbsError(f"{hf_dir} has no spiece.model: the student needs its vocabulary")
+  hf.check_spiece(spiece, config)
   extra_ids = _extra_ids(hf_dir)
   ckpt.write_model_info(out, config, spiece, extra_ids)
   ckpt.save_params(out, 0, params, {"step": 0, "source": str(hf_dir)})
@@ -60,8 +63,13 @@ def import_hf(hf_dir, out: str, allow_pickle: bool = False) -> dict:
           "extra_ids": extra_ids, "config": config.__dict__}
 
 
-def export_hf(model_dir: str, out: str) -> pathlib.Path:
-  """Writes a model dir's best parameters as an HF T5 folder with its tokenizer."""
+def export_hf(model_dir: str, out: str, overwrite: bool = False) -> pathlib.Path:
+  """Writes a model dir's best parameters as an HF T5 folder with its tokenizer; a
+  non-empty `out` is refused unless `overwrite`."""
+  out_path = pathlib.Path(out)
+  if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())) and not overwrite:
+    raise SbsError(f"{out} exists and is not an empty dir: choose a new --out, or pass "
+                   "--overwrite to replace the files of the same name in it")
   student, params, info = ckpt.load_student(model_dir)
   params = jax.tree.map(np.asarray, jax.device_get(params))
   path = hf.write_hf_dir(out, student.config, params, f"{model_dir}/{info['vocabulary']}")
@@ -78,5 +86,5 @@ def import_main(args) -> int:
 
 
 def export_main(args) -> int:
-  print(json.dumps({"hf_dir": str(export_hf(args.model_dir, args.out))}))
+  print(json.dumps({"hf_dir": str(export_hf(args.model_dir, args.out, args.overwrite))}))
   return 0

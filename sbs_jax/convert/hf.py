@@ -46,6 +46,7 @@ imported only inside the functions that need them.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 from typing import Any, Mapping
@@ -282,12 +283,20 @@ def params_to_hf(params: Mapping, config: T5Config) -> dict[str, np.ndarray]:
 
 
 def _load(file: pathlib.Path) -> dict[str, Any]:
-  if file.suffix == ".safetensors":
-    import ml_dtypes  # pylint: disable=import-outside-toplevel,unused-import  # numpy bfloat16
-    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    return load_file(str(file))
-  import torch  # pylint: disable=import-outside-toplevel
-  return torch.load(str(file), map_location="cpu", weights_only=True)
+  """The tensors of one weights file; a damaged file is one error naming it."""
+  try:
+    if file.suffix == ".safetensors":
+      import ml_dtypes  # pylint: disable=import-outside-toplevel,unused-import  # numpy bfloat16
+      from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+      return load_file(str(file))
+    import torch  # pylint: disable=import-outside-toplevel
+    return torch.load(str(file), map_location="cpu", weights_only=True)
+  except (ImportError, MemoryError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # SafetensorError, pickle errors
+    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+    raise ConversionError(f"{file}: cannot read the weights ({type(e).__name__}: {first}); "
+                          "the file is damaged or not in this format") from None
 
 
 def _read_state(path: pathlib.Path, allow_pickle: bool) -> dict[str, Any]:
@@ -326,13 +335,21 @@ def read_hf_dir(path, allow_pickle: bool = False) -> tuple[T5Config, dict, str |
   return config, params, str(spiece) if spiece.is_file() else None
 
 
+def _umask_mode(path: pathlib.Path) -> None:
+  """Gives a file the mode a plain `open(path, "w")` would have (0666 less the umask)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  path.chmod(0o666 & ~umask)
+
+
 def _write_json(path: pathlib.Path, obj) -> None:
   path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _check_spiece(spiece_model_path, config: T5Config) -> None:
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-  sp = spm.SentencePieceProcessor(model_file=str(spiece_model_path))
+def check_spiece(spiece_model_path, config: T5Config) -> None:
+  """Refuses a file that is not a SentencePiece model with T5's ids fitting `config`."""
+  from sbs_jax.data.vocab import sentencepiece_processor  # pylint: disable=import-outside-toplevel
+  sp = sentencepiece_processor(spiece_model_path)
   ids = (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id())
   if ids != (0, 1, 2, -1) or sp.get_piece_size() > config.vocab_size:
     raise ConversionError(
@@ -350,9 +367,10 @@ def write_hf_dir(out_dir, config: T5Config, params: Mapping,
   hf_config = config_to_hf(config)
   state = params_to_hf(params, config)
   if spiece_model_path is not None:
-    _check_spiece(spiece_model_path, config)
+    check_spiece(spiece_model_path, config)
   out.mkdir(parents=True, exist_ok=True)
   save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+  _umask_mode(out / "model.safetensors")  # safetensors creates it 0600
   _write_json(out / "config.json", hf_config)
   _write_json(out / "generation_config.json",
               {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0})

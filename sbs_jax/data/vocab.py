@@ -35,6 +35,22 @@ def annotation_dir(path: str | None = None) -> str:
   return path or os.environ.get(ANNOTATION_DIR_ENV) or DEFAULT_ANNOTATION_DIR
 
 
+def sentencepiece_processor(path):
+  """The SentencePiece model at `path` (local or gs://), or one DataError naming the file."""
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if not tf.io.gfile.exists(str(path)):
+    raise DataError(path, "no such SentencePiece model file")
+  with tf.io.gfile.GFile(str(path), "rb") as f:
+    proto = f.read()
+  try:
+    return spm.SentencePieceProcessor(model_proto=proto)
+  except Exception as e:  # pylint: disable=broad-except  # protobuf DecodeError, RuntimeError
+    raise DataError(path, f"not a SentencePiece model ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:120] if str(e) else ''}): point to the .model "
+                    "file that `sbs vocab` (or spm_train) wrote") from None
+
+
 class ConfiguredVocabulary(seqio.SentencePieceVocabulary):
   """A SentencePiece vocabulary whose path is read from `vocabulary_settings` at first use.
 
@@ -53,6 +69,7 @@ class ConfiguredVocabulary(seqio.SentencePieceVocabulary):
       if not tf.io.gfile.exists(path):
         raise DataError(path, f"no SentencePiece model: run `sbs vocab --out {path}`, set "
                         f"${VOCAB_ENV}, or bind vocabulary_settings.path in gin")
+      sentencepiece_processor(path)  # a damaged file: one error naming it
       self._sentencepiece_model_file = path
       self._extra_ids = extra_ids
     return super()._model_context()
@@ -98,7 +115,6 @@ def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
   out_path = pathlib.Path(out_path)
   if out_path.suffix != ".model":
     raise DataError(out_path, "the vocabulary path must end in .model")
-  out_path.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory() as tmp:
     corpus = pathlib.Path(tmp) / "corpus.txt"
     n = 0
@@ -120,6 +136,7 @@ def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
           input_sentence_size=2_000_000, shuffle_input_sentence=False)
     except RuntimeError as e:  # e.g. a vocab_size below the 256 byte pieces + characters
       raise DataError(out_path, f"SentencePiece training failed: {e}") from None
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # only now: a failure leaves no dir
     tmp_model = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     tmp_model.write_bytes(prefix.with_suffix(".model").read_bytes())
     os.replace(tmp_model, out_path)

@@ -24,15 +24,19 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import T5Config
 
+log = logging.getLogger(__name__)
 MODEL_INFO = "model.json"
 GIN_CONFIG = "config.gin"  # the gin bindings of the run, for `sbs eval`
 VOCAB_FILE = "spm.model"
+SUMS = "leaf_sums"  # meta key: each array's sum, checked on restore
 
 
 def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
@@ -53,22 +57,69 @@ class StateCheckpoints:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict) -> None:
+    meta = dict(meta, **{SUMS: leaf_sums(state)})
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self._manager.wait_until_finished()
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-    step = self.latest_step() if step is None else step
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    """The given step, else the newest checkpoint that reads back whole: a damaged one
+    (truncated or garbled files) is skipped with a warning."""
+    steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    damaged = []
+    for s in steps:
+      try:
+        restored = self._manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        _check_sums(restored["state"], restored["meta"])
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
+        damaged.append(s)
+        log.warning("%s/%d cannot be read (%s); trying an older checkpoint",
+                    self._manager.directory, s, _first_line(e))
+        continue
+      if damaged:
+        log.warning("resuming from step %d: the newer checkpoint(s) %s are damaged", s,
+                    damaged)
+      return restored["state"], restored["meta"]
+    raise SbsError(f"no checkpoint in {self._manager.directory} can be read (steps "
+                   f"{damaged} damaged): delete the model dir to start over, or use a new "
+                   "MODEL_DIR")
 
   def close(self) -> None:
     self._manager.close()
 
 
+def leaf_sums(tree: Any) -> list[float]:
+  """The sum of each leaf's absolute values (float32), saved with a checkpoint: bytes
+  damaged in a way the storage layer does not notice change them, so a damaged checkpoint
+  is never used. (No cancellation: a resharded resume sums in another order and stays
+  within 1e-6 relative, far inside the check's 1e-3.)"""
+  return [float(x) for x in jax.device_get(_sums(tree))]
+
+
+@jax.jit
+def _sums(tree):
+  return [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+
+
+def _check_sums(tree: Any, meta: dict) -> None:
+  """Raises DamagedError when the restored leaves' sums are not the saved ones."""
+  saved = meta.pop(SUMS, None)
+  if saved is None:  # written before the sums were saved
+    return
+  now = leaf_sums(tree)
+  if len(now) != len(saved) or not np.allclose(now, saved, rtol=1e-3, atol=1e-6):
+    bad = sum(not np.isclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(now, saved))
+    raise DamagedError(f"{bad} of {len(saved)} arrays differ from what was saved")
+
+
+class DamagedError(Exception):
+  """Restored arrays that are not those saved."""
+
+
 def save_params(model_dir: str, step: int, params: Any, meta: dict) -> None:
   """Writes the parameters (replacing earlier ones) as the model dir's model."""
+  meta = dict(meta, **{SUMS: leaf_sums(params)})
   manager = _manager(f"{model_dir}/params", keep=1)
   manager.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
@@ -81,16 +132,29 @@ def load_params(model_dir: str, abstract_params: Any) -> tuple[Any, dict]:
   manager = _manager(f"{model_dir}/params", keep=1)
   step = manager.latest_step()
   if step is None:
+    manager.close()
     raise SbsError(f"{model_dir}/params holds no checkpoint")
+  where = f"{manager.directory}/{step}"
   try:
-    _check_fits(f"{manager.directory}/{step}/params", abstract_params, model_dir)
+    _check_fits(f"{where}/params", abstract_params, model_dir)
     restored = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
-  except (ValueError, KeyError) as e:
-    raise SbsError(f"{model_dir}/params does not fit this network: {e}") from None
+    _check_sums(restored["params"], restored["meta"])
+  except SbsError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
+    raise SbsError(f"the parameters in {where} cannot be read ({_first_line(e)}): the files "
+                   "are damaged; restore the dir from a copy, or train again") from None
   finally:
     manager.close()
   return restored["params"], restored["meta"]
+
+
+def _first_line(error: Exception) -> str:
+  """'Type: the first line of the message', without tensorstore's pointer to more."""
+  text = str(error).strip().splitlines()
+  first = text[0].split(" See full TensorStore details")[0] if text else ""
+  return f"{type(error).__name__}: {first[:200]}"
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
@@ -143,14 +207,19 @@ def write_model_info(model_dir: str, config: T5Config, vocabulary_file: str,
     f.write(json.dumps(info, indent=2))
 
 
-def write_gin_config(model_dir: str) -> None:
-  """The gin bindings in force, so that `sbs eval` can rebuild the run (host 0 only)."""
+def write_gin_config(model_dir: str, pinned: dict[str, str] | None = None) -> None:
+  """The gin bindings in force, so that `sbs eval` can rebuild the run (host 0 only);
+  `pinned` bindings (e.g. paths made absolute) are appended and override the others."""
   if jax.process_index() != 0:
     return
   import gin  # pylint: disable=import-outside-toplevel
   tf.io.gfile.makedirs(model_dir)
+  text = gin.config_str()
+  if pinned:
+    text += ("\n# Local paths as absolute paths, so that `sbs eval` works from any "
+             "directory:\n" + "".join(f"{k} = {v!r}\n" for k, v in pinned.items()))
   with tf.io.gfile.GFile(f"{model_dir}/{GIN_CONFIG}", "w") as f:
-    f.write(gin.config_str())
+    f.write(text)
 
 
 def read_model_info(model_dir: str) -> tuple[T5Config, dict]:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import tokenize
 
 import gin
 import jax
 
 from sbs_jax.errors import SbsError
+from sbs_jax.train import gin_check
 
 log = logging.getLogger(__name__)
 GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs"
@@ -89,30 +91,42 @@ def _guard_gin_readers() -> None:
 
 
 def parse_gin(files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
+  """Parses gin files and bindings; every mistake is one SbsError line (gin_check.py)."""
   _guard_gin_readers()
   import tasks  # pylint: disable=import-outside-toplevel,unused-import  (registers tasks)
   from sbs_jax.train import config  # pylint: disable=import-outside-toplevel,unused-import
+  known = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
   for path in [*search_paths, str(GIN_DIR), "."]:
-    gin.add_config_file_search_path(path)
+    if path not in known:
+      gin.add_config_file_search_path(path)
   # gin logs an error for each search-path miss before it finds an include: quiet it.
   root = logging.getLogger()
   level = root.level
   root.setLevel(logging.CRITICAL)
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
-  except (ValueError, OSError, IOError, KeyError) as e:
-    raise SbsError(f"gin: {e}") from None
+  except (ValueError, OSError, KeyError, SyntaxError, tokenize.TokenError) as e:
+    raise gin_check.parse_error(e, bindings) from None
   finally:
     root.setLevel(level)
   tasks.register_annotation_dir()  # datasets of the annotation dir gin names (docs/tasks.md)
+  gin_check.check_macros()
 
 
 def train_main(args) -> int:
   from sbs_jax.train import config, loop  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.progress import labelled  # pylint: disable=import-outside-toplevel
+  if not args.gin_file:
+    raise SbsError("an experiment gin file is required, e.g. sbs train "
+                   "--gin_file=experiments/cqa_distill_llm.gin --gin.MODEL_DIR=\"'runs/cqa'\" "
+                   "(experiments: gin_configs/experiments/; see docs/train.md)")
   initialize_distributed(args)
   parse_gin(args.gin_file, gin_bindings(args.gin_bindings), args.gin_search_path)
-  results = loop.train(config.TrainConfig(), config.student_config())
-  print(json.dumps({k: results[k] for k in ("best_step", "validation", "test")}))
+  results = loop.train(gin_check.configured(config.TrainConfig),
+                       gin_check.configured(config.student_config))
+  print(json.dumps({"model_dir": results["model_dir"], "best_step": results["best_step"],
+                    "validation": labelled(results["validation"]),
+                    "test": labelled(results["test"])}))
   return 0
 
 
@@ -121,14 +135,16 @@ def eval_main(args) -> int:
   from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
   from sbs_jax.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
   from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.progress import labelled  # pylint: disable=import-outside-toplevel
   initialize_distributed(args)
   saved = f"{args.model_dir}/{ckpt.GIN_CONFIG}"
   parse_gin([saved, *args.gin_file], gin_bindings(args.gin_bindings), args.gin_search_path)
-  cfg, model_config = config.TrainConfig(), config.student_config()
+  cfg = gin_check.configured(config.TrainConfig)
+  model_config = gin_check.configured(config.student_config)
   student = build_student(model_config, make_optimizer(cfg.optimizer, cfg.train_steps),
                           make_mesh(cfg.mesh), cfg.partitioning_dims)
   params, best = ckpt.load_params(args.model_dir, student.abstract_state["params"])
   metrics, _ = eval_lib.evaluate(student, params, cfg.data.label_task(), args.split, cfg.eval)
-  print(json.dumps({"split": args.split, "step": best["step"], **metrics}))
+  print(json.dumps({"split": args.split, "step": best["step"], **labelled(metrics)}))
   return 0
 

@@ -13,6 +13,7 @@ import re
 import gin
 
 from sbs_jax.model.config import T5Config, config_for
+from sbs_jax.train.gin_check import check_fields
 
 
 @gin.configurable
@@ -45,6 +46,9 @@ class DataConfig:
   batch_size: int = 64
   seed: int = 0
 
+  def __post_init__(self):
+    check_fields(self)
+
   def label_task(self) -> str:
     """The label task scored on validation and test; both names must be registered."""
     from tasks import get_task_or_mixture  # pylint: disable=import-outside-toplevel
@@ -73,6 +77,9 @@ class OptimizerConfig:
   weight_decay: float = 0.0
   grad_accum_steps: int = 1
 
+  def __post_init__(self):
+    check_fields(self)
+
 
 @gin.configurable
 @dataclasses.dataclass
@@ -87,6 +94,9 @@ class EvalConfig:
   beam_size: int = 1
   rationale_samples: int = 3  # validation examples whose rationale is decoded and shown
   rationale_decode_length: int = 256
+
+  def __post_init__(self):
+    check_fields(self)
 
 
 @gin.configurable
@@ -116,3 +126,6 @@ class TrainConfig:
   mesh: tuple = (-1, 1)
   partitioning_dims: tuple = (1, 1)
   initial_checkpoint: str | None = None
+
+  def __post_init__(self):
+    check_fields(self)

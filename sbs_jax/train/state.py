@@ -199,6 +199,9 @@ def make_train_step(student: Student, alpha: float, grad_accum_steps: int = 1,
         "label_loss": label_sum / jnp.maximum(counts[0], 1.0),
         "rationale_loss": rationale_sum / jnp.maximum(counts[1], 1.0),
         "label_tokens": counts[0], "rationale_tokens": counts[1],
+        # Label targets begun in this batch: one per example (paired: per record).
+        "examples": jnp.sum((batch["decoder_positions"] == 0)
+                            & (batch["decoder_task_ids"] == loss_lib.LABEL)),
         "grad_norm": optax.tree.norm(grads),
     }
     return new_state, metrics
