@@ -122,16 +122,15 @@ def _whole_windows(path: pathlib.Path, window: int, total: int) -> int:
   the file is cut after them. Reads a line at a time."""
   if not path.exists():
     return 0
-  complete, offsets = 0, [0]
+  complete = cut = 0  # lines read; the end of the last whole window
   with open(path, "rb") as f:
     for line in f:
       if not line.endswith(b"\n"):
         break
       complete += 1
       if complete % window == 0 or complete == total:
-        offsets.append(f.tell())
+        cut = f.tell()
   keep = complete if complete == total else complete // window * window
-  cut = offsets[-1] if keep else 0
   if cut < path.stat().st_size:
     log.warning("%s: dropping %d bytes of an unfinished window", path,
                 path.stat().st_size - cut)
@@ -167,7 +166,7 @@ def _agree_on_start(job: FileJob, predictor: Predictor, total: int) -> int:
   if jax.process_index() == 0:
     try:
       start = _prepare(job, predictor, total)
-    except SbsError as e:
+    except Exception as e:  # pylint: disable=broad-except  # raised after the others know
       error = e
   if jax.process_count() > 1:
     start = int(multihost_utils.broadcast_one_to_all(np.int64(start)))
