@@ -10,12 +10,12 @@ from sbs_jax.errors import SbsError
 from sbs_jax.experiments import report, sweep
 from tests.conftest import run_sbs
 
-GRID = {"methods": ["standard_finetuning", "distill_llm"], "fractions": [25.0, 100.0],
+GRID = {"methods": ["standard_finetuning", "distill_llm"], "fractions": [12.5, 100.0],
         "sizes": [""], "seeds": [0, 1, 2]}
 # test accuracy by (method, fraction): one value per seed.
-TEST_ACC = {("standard_finetuning", 25.0): [10.0, 20.0, 30.0],
+TEST_ACC = {("standard_finetuning", 12.5): [10.0, 20.0, 30.0],
             ("standard_finetuning", 100.0): [40.0, 40.0, 46.0],
-            ("distill_llm", 25.0): [50.0, 52.0, 60.0],
+            ("distill_llm", 12.5): [50.0, 52.0, 60.0],
             ("distill_llm", 100.0): [70.0, 80.0, 90.0]}
 
 
@@ -28,7 +28,8 @@ def _settings(tmp_path, dataset="marbles"):
 def _write_cell(sweep_dir, settings, cell, test, finished=True):
   cell_dir = sweep_dir / cell.name
   cell_dir.mkdir(parents=True)
-  (cell_dir / sweep.CELL_FILE).write_text(json.dumps(
+  sweep.cell_file(sweep_dir, cell, ".json").parent.mkdir(exist_ok=True)
+  sweep.cell_file(sweep_dir, cell, ".json").write_text(json.dumps(
       {"dataset": settings["dataset"], **cell.to_json(), "settings": settings}))
   lines = [{"step": s, "split": "train", "label_loss": 2.0 / s, "rationale_loss": 3.0 / s,
             "rationale_tokens": 10.0, "loss": 1.0} for s in (1, 2, 3)]
@@ -68,12 +69,12 @@ def test_table_has_one_row_per_cell_and_right_mean_std(sweep_dir):
   assert _report(sweep_dir) == 0
   rows = _csv_rows(sweep_dir / "results.csv")
   assert sorted(r["cell"] for r in rows) == sorted(c.name for c in sweep.cells(GRID))
-  row = next(r for r in rows if r["cell"] == "distill_llm-f25-s2")
+  row = next(r for r in rows if r["cell"] == "distill_llm-f12.5-s2")
   assert (row["status"], row["test_accuracy"], row["validation_accuracy"]) == (
       "done", "60.00", "59.00")
   md = (sweep_dir / "results.md").read_text()
   # [10, 20, 30]: mean 20, sample std 10; [40, 40, 46]: mean 42, std 3.46.
-  assert "| standard_finetuning | 25% | - | 3/3 | 20.0% ± 10.0 | 19.0% ± 10.0 | 3 |" in md
+  assert "| standard_finetuning | 12.5% | - | 3/3 | 20.0% ± 10.0 | 19.0% ± 10.0 | 3 |" in md
   assert "| standard_finetuning | 100% | - | 3/3 | 42.0% ± 3.5 |" in md
   assert "| distill_llm | 100% | - | 3/3 | 80.0% ± 10.0 |" in md
   assert "Teacher (test): 77.5%" in md
@@ -101,9 +102,11 @@ def test_half_finished_sweep_reports_what_it_has(tmp_path):
   md = (out / "results.md").read_text()
   assert "5 of 12 cells done" in md
   assert f"Not finished (7): {all_cells[5].name}" in md
-  # 25%: standard finetuning has seeds 0-2 (10, 20, 30), distill_llm seeds 0-1 (50, 52).
-  assert "| distill_llm | 25% | - | 2/3 | 51.0% ± 1.4 |" in md
-  assert "| distill_llm | 100% | - | 0/3 | - | - | - |" in md
+  # Cells run seed by seed: seed 0 is done everywhere, seed 1 only for standard at 12.5%.
+  assert "| standard_finetuning | 12.5% | - | 2/3 | 15.0% ± 7.1 |" in md
+  assert "| distill_llm | 12.5% | - | 1/3 | 50.0% |" in md
+  assert "| distill_llm | 100% | - | 1/3 | 70.0% |" in md
+  assert "| standard_finetuning | 100% | - | 0/3 | - | - | - |" not in md
   assert "unknown (no test.stats.json)" in md
 
 
@@ -142,7 +145,7 @@ def test_mixed_grids_are_refused(sweep_dir, tmp_path):
   _write_cell(sweep_dir, _settings(tmp_path, dataset="cqa"), other, 5.0)
   with pytest.raises(SbsError, match="mixes datasets"):
     report.collect(sweep_dir)
-  (sweep_dir / other.name / sweep.CELL_FILE).write_text(json.dumps(
+  sweep.cell_file(sweep_dir, other, ".json").write_text(json.dumps(
       {"dataset": "marbles", **other.to_json(),
        "settings": dict(_settings(tmp_path), bindings=["TRAIN_STEPS=99"])}))
   proc = run_sbs("report", sweep_dir)

@@ -32,7 +32,7 @@ def _save(fig, path: pathlib.Path) -> list[pathlib.Path]:
   path.parent.mkdir(parents=True, exist_ok=True)
   out = []
   for ext in ("png", "svg"):
-    target = path.with_suffix(f".{ext}")
+    target = path.parent / f"{path.name}.{ext}"  # not with_suffix: 'f12.5' has a dot
     fig.savefig(target, dpi=110, bbox_inches="tight")
     out.append(target)
   plt.close(fig)

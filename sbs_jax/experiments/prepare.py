@@ -35,10 +35,12 @@ def annotate(argv: list[str]) -> job_lib.Result:
 
 @dataclasses.dataclass
 class Prepared:
-  """Where a prepared dataset lives, and its teacher's test accuracy (percent)."""
+  """Where a prepared dataset lives, its size, and its teacher's test accuracy (percent)."""
   dataset: str
   annotation_dir: str
   vocab: str
+  train_examples: int
+  test_examples: int
   teacher_test_accuracy: float
 
 
@@ -62,4 +64,5 @@ def prepare_synthetic(out_dir, name: str = "marbles", train: int = 2000, test: i
   if not vocab.exists():
     vocab_lib.train_vocabulary(vocab_command.train_texts(str(annotation_dir), [name]), vocab,
                                vocab_size=SYNTHETIC_VOCAB_SIZE, model_type="bpe")
-  return Prepared(name, str(annotation_dir), str(vocab), stats["test"]["teacher_accuracy"])
+  return Prepared(name, str(annotation_dir), str(vocab), stats["train"]["examples"],
+                  stats["test"]["examples"], stats["test"]["teacher_accuracy"])

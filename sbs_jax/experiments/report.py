@@ -58,7 +58,7 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def _check_cell_dir(sweep_dir: pathlib.Path, record: dict, cell_file: pathlib.Path) -> None:
+def _check_cell_file(sweep_dir: pathlib.Path, record: dict, cell_file: pathlib.Path) -> None:
   """Refuses a cell made with another dataset or other shared settings."""
   try:
     info = json.loads(cell_file.read_text())
@@ -66,12 +66,12 @@ def _check_cell_dir(sweep_dir: pathlib.Path, record: dict, cell_file: pathlib.Pa
     raise SbsError(f"{cell_file}: not JSON ({e})") from None
   settings = record["settings"]
   if info.get("dataset") != settings["dataset"]:
-    raise SbsError(f"{sweep_dir} mixes datasets: {cell_file.parent.name} is "
+    raise SbsError(f"{sweep_dir} mixes datasets: {cell_file.stem} is "
                    f"{info.get('dataset')!r}, the sweep {settings['dataset']!r}; report "
                    "each sweep dir on its own")
   if info.get("settings") != settings:
     diff = [k for k in settings if (info.get("settings") or {}).get(k) != settings[k]]
-    raise SbsError(f"{sweep_dir} mixes settings: {cell_file.parent.name} differs from "
+    raise SbsError(f"{sweep_dir} mixes settings: {cell_file.stem} differs from "
                    f"{sweep_lib.SWEEP_FILE} in {', '.join(diff) or 'its keys'}; report "
                    "each sweep dir on its own")
 
@@ -80,8 +80,8 @@ def collect(sweep_dir) -> tuple[dict, list[CellResult]]:
   """The sweep record and every cell of its grid with its status and results."""
   sweep_dir = pathlib.Path(sweep_dir)
   record = sweep_lib.load_sweep(sweep_dir)
-  for cell_file in sorted(sweep_dir.glob(f"*/{sweep_lib.CELL_FILE}")):
-    _check_cell_dir(sweep_dir, record, cell_file)
+  for cell_file in sorted((sweep_dir / sweep_lib.CELLS_DIR).glob("*.json")):
+    _check_cell_file(sweep_dir, record, cell_file)
   out = []
   for cell in sweep_lib.cells(record["grid"]):
     cell_dir = sweep_dir / cell.name
@@ -89,7 +89,8 @@ def collect(sweep_dir) -> tuple[dict, list[CellResult]]:
     if results_path.exists():
       out.append(CellResult(cell, "done", json.loads(results_path.read_text())))
     else:
-      out.append(CellResult(cell, "partial" if cell_dir.exists() else "missing", None))
+      started = sweep_lib.cell_file(sweep_dir, cell, ".json").exists()
+      out.append(CellResult(cell, "partial" if started else "missing", None))
   return record, out
 
 
@@ -181,14 +182,21 @@ def write_markdown(path, record: dict, cells: list[CellResult], metric: str,
   pathlib.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def main(args) -> int:
+def write_report(sweep_dir, metric: str = "accuracy") -> tuple[list[CellResult], list]:
+  """Writes results.csv, results.md and the figures of a sweep dir; returns its cells and
+  the figure files."""
   from sbs_jax.experiments import figures  # pylint: disable=import-outside-toplevel
-  sweep_dir = pathlib.Path(args.sweep_dir)
+  sweep_dir = pathlib.Path(sweep_dir)
   record, cells = collect(sweep_dir)
   teacher = teacher_accuracy(record["settings"])
-  write_csv(sweep_dir / "results.csv", cells, args.metric)
-  write_markdown(sweep_dir / "results.md", record, cells, args.metric, teacher)
-  drawn = figures.draw_all(sweep_dir, record, cells, args.metric, teacher)
+  write_csv(sweep_dir / "results.csv", cells, metric)
+  write_markdown(sweep_dir / "results.md", record, cells, metric, teacher)
+  return cells, figures.draw_all(sweep_dir, record, cells, metric, teacher)
+
+
+def main(args) -> int:
+  sweep_dir = pathlib.Path(args.sweep_dir)
+  cells, drawn = write_report(sweep_dir, args.metric)
   done = sum(c.status == "done" for c in cells)
   print((sweep_dir / "results.md").read_text(), end="")
   print(f"\n{done}/{len(cells)} cells done; wrote {sweep_dir / 'results.csv'}, "

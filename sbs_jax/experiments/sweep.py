@@ -6,7 +6,8 @@
         [--gin_file=overlays/tiny_cpu.gin] [--gin.KEY=VALUE ...] [--print_commands]
 
 Each cell is one `sbs train` run in its own model dir, `<out_dir>/<cell name>`
-(`distill_llm-f25-small-s0`). Cells run one after another, each as an `sbs train`
+(`distill_llm-f25-small-s0`); the sweep's own files of a cell are
+`<out_dir>/cells/<cell name>.{json,log,lock}` (what it is, the trainer's output, a lock). Cells run one after another, each as an `sbs train`
 subprocess: the command a cell runs is exactly the one `--print_commands` prints (for
 `launch/tpu.py` or a scheduler), a cell that crashes or leaks memory cannot take the
 others with it, and gin's global configuration starts clean for each.
@@ -15,12 +16,15 @@ others with it, and gin's global configuration starts clean for each.
 (gin files, bindings, annotation dir, vocabulary, alpha). A rerun skips the cells that
 have `results.json`, resumes the others from their last checkpoint (the trainer resumes),
 and may add grid values; a rerun with other shared settings is refused, so one sweep dir
-never mixes two experiments (`sbs report` relies on it).
+never mixes two experiments (`sbs report` relies on it). Each cell is locked while it runs:
+a second `sbs sweep` on the same dir (another terminal) takes the cells the first has not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
@@ -41,9 +45,8 @@ METHODS = {
 # training-data percent -> the split of `sbs_jax/data/sources.py` that holds it.
 FRACTION_SPLITS = {12.5: "train_12.5", 25.0: "train_25", 50.0: "train_50", 100.0: "train"}
 SWEEP_FILE = "sweep.json"
-CELL_FILE = "cell.json"
+CELLS_DIR = "cells"  # <cell>.json (what it is), <cell>.log (its output), <cell>.lock
 RESULTS_FILE = "results.json"
-LOG_FILE = "train.log"
 GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs"
 
 
@@ -123,9 +126,10 @@ def parse_grid(methods: str, fractions: str, sizes: str, seeds: str) -> dict:
 
 
 def cells(grid: dict) -> list[Cell]:
-  """Every cell of the grid, smallest data first, then size, method, seed."""
-  return [Cell(m, f, s, seed) for f in sorted(grid["fractions"]) for s in grid["sizes"]
-          for m in grid["methods"] for seed in grid["seeds"]]
+  """Every cell of the grid, seed by seed (so that a sweep cut short has whole curves),
+  then size, smallest data first, method."""
+  return [Cell(m, f, s, seed) for seed in grid["seeds"] for s in grid["sizes"]
+          for f in sorted(grid["fractions"]) for m in grid["methods"]]
 
 
 def _quoted(value: str) -> str:
@@ -165,7 +169,7 @@ def shell_command(settings: dict, cell: Cell, out_dir: str) -> str:
   return shlex.join(["sbs", "train", *train_argv(settings, cell, out_dir)])
 
 
-def _bindings(extra: list[str]) -> list[str]:
+def gin_binding_args(extra: list[str]) -> list[str]:
   """--gin.KEY=VALUE arguments -> KEY=VALUE strings (as `sbs train` takes them)."""
   out = []
   for arg in extra:
@@ -206,18 +210,22 @@ def record_sweep(out_dir, settings: dict, grid: dict) -> dict:
   return grid
 
 
+def cell_file(out_dir, cell: Cell, suffix: str) -> pathlib.Path:
+  """`<out_dir>/cells/<cell><suffix>`: the sweep's own files of a cell (.json, .log, .lock),
+  kept out of the model dir, which holds only what the trainer writes."""
+  return pathlib.Path(out_dir) / CELLS_DIR / f"{cell.name}{suffix}"
+
+
 def is_finished(out_dir, cell: Cell) -> bool:
   return (pathlib.Path(out_dir) / cell.name / RESULTS_FILE).exists()
 
 
 def _run_cell(settings: dict, cell: Cell, out_dir: str) -> None:
   """Runs one cell's `sbs train` to completion (it resumes from a checkpoint if any)."""
-  cell_dir = pathlib.Path(out_dir) / cell.name
-  cell_dir.mkdir(parents=True, exist_ok=True)
-  (cell_dir / CELL_FILE).write_text(json.dumps(
+  cell_file(out_dir, cell, ".json").write_text(json.dumps(
       {"dataset": settings["dataset"], **cell.to_json(), "settings": settings}, indent=2))
   argv = [sys.executable, "-m", "sbs_jax.cli", "train", *train_argv(settings, cell, out_dir)]
-  log_path = cell_dir / LOG_FILE
+  log_path = cell_file(out_dir, cell, ".log")
   with open(log_path, "a", encoding="utf-8") as log:
     log.write(f"$ {shell_command(settings, cell, out_dir)}\n")
     log.flush()
@@ -229,33 +237,58 @@ def _run_cell(settings: dict, cell: Cell, out_dir: str) -> None:
                    "rerun the same command to resume")
 
 
-def _progress(done: int, left: int, seconds: list[float]) -> str:
+def _progress(out_dir: str, all_cells: list[Cell], seconds: list[float]) -> str:
+  """'N done, M left, ETA ...': cells finished on disk (by any process), and the time the
+  rest take at this process's mean so far."""
+  done = sum(is_finished(out_dir, c) for c in all_cells)
+  left = len(all_cells) - done
   eta = f", ETA {sum(seconds) / len(seconds) * left / 60:.1f} min" if seconds and left else ""
   return f"{done} done, {left} left{eta}"
 
 
+@contextlib.contextmanager
+def _cell_lock(out_dir: str, cell: Cell):
+  """Holds the cell's lock file; yields False if another sweep process holds it."""
+  path = cell_file(out_dir, cell, ".lock")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      yield False
+      return
+    yield True
+
+
 def run(settings: dict, grid: dict, out_dir: str, run_cell=_run_cell) -> list[Cell]:
-  """Runs every unfinished cell in order; returns the cells this call ran."""
+  """Runs every unfinished cell in order; returns the cells this call ran.
+
+  A cell that another `sbs sweep` process is running (its lock is held) is left to it, so
+  several processes (or machines sharing a local file system) can work on one sweep dir.
+  """
   all_cells = cells(grid)
   todo = [c for c in all_cells if not is_finished(out_dir, c)]
   print(f"sweep {out_dir}: {len(all_cells)} cells, {len(all_cells) - len(todo)} already "
         f"done, {len(todo)} to run", flush=True)
   ran, seconds = [], []
   for i, cell in enumerate(todo):
-    done = len(all_cells) - len(todo) + i
-    resumed = (pathlib.Path(out_dir) / cell.name).exists()
-    print(f"[{done + 1}/{len(all_cells)}] {cell.name}: "
-            f"{'resuming' if resumed else 'running'} ({_progress(done, len(todo) - i, seconds)})",
-            flush=True)
-    tic = time.perf_counter()
-    run_cell(settings, cell, out_dir)
+    where = f"[{len(all_cells) - len(todo) + i + 1}/{len(all_cells)}] {cell.name}"
+    resumed = cell_file(out_dir, cell, ".log").exists()
+    with _cell_lock(out_dir, cell) as mine:
+      if not mine or is_finished(out_dir, cell):
+        print(f"{where}: taken by another sweep process", flush=True)
+        continue
+      print(f"{where}: {'resuming' if resumed else 'running'} "
+            f"({_progress(out_dir, all_cells, seconds)})", flush=True)
+      tic = time.perf_counter()
+      run_cell(settings, cell, out_dir)
     seconds.append(time.perf_counter() - tic)
     ran.append(cell)
     results = json.loads((pathlib.Path(out_dir) / cell.name / RESULTS_FILE).read_text())
     test = (results.get("test") or {}).get("accuracy")
     shown = f"test accuracy {test:.1f}%" if test is not None else "no test split"
-    print(f"[{done + 1}/{len(all_cells)}] {cell.name}: done in {seconds[-1]:.0f} s, "
-            f"{shown} ({_progress(done + 1, len(todo) - i - 1, seconds)})", flush=True)
+    print(f"{where}: done in {seconds[-1]:.0f} s, {shown} "
+          f"({_progress(out_dir, all_cells, seconds)})", flush=True)
   return ran
 
 
@@ -264,7 +297,7 @@ def settings_from_args(args) -> dict:
   local = lambda p: p if "://" in p else os.path.abspath(p)  # pylint: disable=unnecessary-lambda-assignment
   return {"dataset": args.dataset, "alpha": args.alpha,
           "annotation_dir": local(args.annotation_dir), "vocab": local(args.vocab),
-          "gin_files": list(args.gin_file), "bindings": _bindings(args.gin_bindings)}
+          "gin_files": list(args.gin_file), "bindings": gin_binding_args(args.gin_bindings)}
 
 
 def main(args) -> int:
