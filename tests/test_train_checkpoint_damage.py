@@ -105,3 +105,13 @@ def test_damaged_best_params_are_one_error_naming_the_dir(student, tmp_path, dam
   assert message.startswith(f"the parameters in {tmp_path}/params/4 cannot be read (")
   assert message.endswith("the files are damaged; restore the dir from a copy, or train "
                           "again") and "\n" not in message
+
+
+def test_host_and_device_arrays_sum_alike(student):
+  """Imported (numpy) parameters are summed on the host, trained ones on the device; a
+  checkpoint saved from one and checked from the other agrees."""
+  params = init_state(student, seed=3)["params"]
+  on_host = jax.tree.map(np.asarray, jax.device_get(params))
+  device, host = ckpt.leaf_sums(params), ckpt.leaf_sums(on_host)
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(on_host))
+  assert np.allclose(device, host, rtol=1e-5) and min(device) > 0
