@@ -26,11 +26,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any
 
 import numpy as np
 
-from sbs_jax.convert.hf import ConversionError, _raise_problems
+from sbs_jax.convert.hf import ConversionError, _flatten, _raise_problems
 from sbs_jax.model.config import T5Config
 
 CHECKPOINT_FILE = "checkpoint"  # T5X's msgpack file in a checkpoint dir
@@ -271,16 +270,6 @@ def read_checkpoint(checkpoint_dir: str) -> tuple[dict, int, int]:
     return _read_orbax_checkpoint(checkpoint_dir)
   raise ConversionError(f"{checkpoint_dir}: not a T5X checkpoint dir (no `{CHECKPOINT_FILE}` "
                         f"file, no `{ORBAX_ITEM}/` folder); give checkpoint_<step>/")
-
-
-def _flatten(tree, prefix=()) -> dict[tuple[str, ...], Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, prefix + (str(key),)))
-    else:
-      flat[prefix + (str(key),)] = value
-  return flat
 
 
 def check_params(params: dict, config: T5Config, what: str) -> None:
