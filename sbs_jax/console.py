@@ -75,9 +75,15 @@ def native_stderr_filtered():
 
 
 def import_quietly(modules=("tensorflow", "jax")) -> None:
-  """Imports the heavy libraries (when installed) with their start-up notices dropped."""
+  """Imports the heavy libraries (when installed) with their start-up notices dropped.
+
+  TensorFlow only feeds data here: it is kept off GPUs, so that it neither takes the
+  memory JAX needs nor reports a failed `cuInit` later, on a machine without one.
+  """
   quiet_environment()
   with native_stderr_filtered():
     for name in modules:
       if importlib.util.find_spec(name) is not None:
-        importlib.import_module(name)
+        module = importlib.import_module(name)
+        if name == "tensorflow":
+          module.config.set_visible_devices([], "GPU")

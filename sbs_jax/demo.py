@@ -71,7 +71,7 @@ def cqa_part(args, out: pathlib.Path) -> dict:
   print("A student trained from scratch here learns the rationales' style but not to pick "
         "the answer: the tiny student after 300 steps scored 0.1% on CQA test, below the "
         "20% of guessing among five choices. CQA needs the paper's pretrained T5 v1.1 "
-        "(README: 'Reproducing a paper row').")
+        "(docs/hf.md: 'Reproducing a paper row').")
   return stats
 
 

@@ -51,3 +51,14 @@ def test_native_lines_that_are_not_noise_get_through():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=REPO, timeout=60, check=True)
   assert out.stderr.splitlines() == ["E0000 real problem"]
+
+
+def test_a_command_that_uses_tensorflow_prints_no_native_notices(tmp_path, data_dir):
+  # Writing TFRecords initialises TensorFlow's devices: on a machine without a GPU that
+  # printed "failed call to cuInit" after the imports were done.
+  result = run_sbs("annotate", "--dataset", "svamp", "--split", "test", "--teacher", "replay",
+                   "--out_dir", tmp_path / "ann", "--data_dir", data_dir, "--no_progress")
+  assert result.returncode == 0, result.stderr
+  lines = result.stderr.splitlines()
+  assert any("records:" in line for line in lines)
+  assert [line for line in lines if console.is_noise(line) or "cuInit" in line] == []
