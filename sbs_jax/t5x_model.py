@@ -78,6 +78,7 @@ class DistillModel(models.EncoderDecoderModel):
         logits=logits, targets=targets, mask=batch["decoder_loss_weights"], loss=loss,
         segment_ids=segment_ids or None)
     metrics["label_loss"] = clu_metrics.Average(total=label_sum, count=label_count)
-    metrics["rationale_loss"] = clu_metrics.Average(total=rationale_sum,
-                                                    count=rationale_count)
+    if self.alpha < 1.0:  # the standard families have no rationale task (count 0: nan)
+      metrics["rationale_loss"] = clu_metrics.Average(total=rationale_sum,
+                                                      count=rationale_count)
     return loss, metrics

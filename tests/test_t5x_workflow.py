@@ -3,9 +3,10 @@ continues it with T5X's finetune.gin and our gin file -> `t5x.eval` and `t5x.inf
 the result and report our metrics -> `sbs import-t5x` -> `sbs predict` gives t5x.infer's
 greedy labels. A tiny student, a few steps; one module fixture runs the chain once.
 
-distill_llm runs end to end; all four gin files go through one cheaper check (gin as T5X
-parses it, the vocabulary check T5X makes, one batch of the family's data through the
-model's feature converter and loss). Skipped where T5X is not installed
+distill_llm runs end to end; the other three gin files each continue the exported student
+for one step under `t5x.train` (no evaluation), and all four go through a check in this
+process (gin as T5X parses it, the vocabulary check T5X makes, one batch of the family's
+data through the model's feature converter and loss). Skipped where T5X is not installed
 (`bash launch/install_t5x.sh ../shared/vendor`).
 """
 
@@ -13,6 +14,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -181,6 +183,33 @@ def test_sbs_train_starts_from_the_imported_dir(chain, tmp_path):
   after, _ = ckpt.load_params(str(tmp_path / "run"), student.abstract_state["params"])
   for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(after)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("family", FAMILIES[1:])  # distill_llm: the chain above
+def test_t5x_train_continues_the_student_with_each_family_gin(chain, annotated, family):
+  """`python -m t5x.train` with finetune.gin and the family's gin file trains the exported
+  student on the family's CQA mixture with the family's loss (one step, no evaluation)."""
+  t5x_dir = chain["root"] / f"t5x_{family}"
+  log = run_t5x(
+      "train", "--gin_file=t5x/configs/runs/finetune.gin",
+      f"--gin_file=gin_configs/t5x/{family}.gin", f"--gin_file={chain['model_gin']}",
+      f"--gin.MODEL_DIR='{t5x_dir}'",
+      f"--gin.INITIAL_CHECKPOINT_PATH='{chain['exported']['checkpoint']}'",
+      "--gin.TRAIN_STEPS=5", "--gin.BATCH_SIZE=4", "--gin.train.train_eval_dataset_cfg=None",
+      "--gin.train.infer_eval_dataset_cfg=None",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 128}",
+      f"--gin.vocab.annotation_dir.path='{annotated}'").stderr
+  assert f"sbs_cqa_{family}" in log
+  assert "Restoring key from ckpt: target/token_embedder/embedding" in log
+  [line] = [l for l in log.splitlines() if "[5] collection=train" in l and " loss=" in l]
+  label_loss = float(re.search(r"label_loss=([0-9.e+-]+)", line).group(1))
+  assert np.isfinite(label_loss) and label_loss > 0
+  rationale = re.search(r"rationale_loss=([^,]+)", line)
+  if family.startswith("distill"):  # both tasks in the batch, weighed 0.5 / 0.5
+    assert rationale and float(rationale.group(1)) > 0
+  else:  # no rationale task in the mixture, and no rationale_loss=nan in the log
+    assert not rationale, line
+  assert (t5x_dir / "checkpoint_5").is_dir()
 
 
 @gin.configurable("sbs_test_t5x_model")
