@@ -24,9 +24,14 @@ Parameter paths (checked against google-research/t5x `t5x/examples/t5/network.py
 As in T5X, one relative position bias table is shared by all layers of a stack (the
 encoder's is bidirectional, the decoder's causal), the encoder-decoder attention has no
 position bias, the embedding is shared by encoder and decoder, and the output projection
-is untied unless `logits_via_embedding`. Unlike T5X, the relative positions come from
-`*_positions` when given (T5X always uses arange; both agree within a packed segment),
-and the embedding lookup is a gather (T5X's example uses a one-hot matmul; same result).
+is untied unless `logits_via_embedding`. As in T5X, the relative positions of the bias
+are those of the row (arange), one [1, heads, q, k] bias for the whole batch: within a
+packed segment they equal the differences of `*_positions` (a segment's positions count up
+from 0 one by one), and across segments attention is masked. A per-row bias from
+`*_positions` ([batch, q, k, heads] before the transpose) was what the TPU compiler
+showed as the largest temporaries of the train step: 8 of T5 small's 17 GiB per chip at 16
+rows of 1024 tokens (docs/scale.md). `*_positions` are accepted, as T5X's are, and unused.
+The embedding lookup is a gather (T5X's example uses a one-hot matmul; same result).
 Initialisers follow T5X: embedding N(0, 1), relpos fan-avg uniform, kernels fan-in
 truncated normal (attention: fan-in normal, query divided by sqrt(head_dim)).
 
@@ -47,9 +52,9 @@ from sbs_jax.model.config import T5Config
 Array = jax.Array
 
 
-def _positions_or_arange(positions: Array | None, length: int) -> Array:
-  """The given [batch, length] positions, or 0..length-1."""
-  return jnp.arange(length, dtype=jnp.int32) if positions is None else positions
+def _row_positions(length: int) -> Array:
+  """0..length-1: the positions the relative position bias is computed from."""
+  return jnp.arange(length, dtype=jnp.int32)
 
 
 def _residual_dropout(config: T5Config) -> nn.Dropout:
@@ -147,7 +152,8 @@ class Encoder(nn.Module):
                encoder_positions: Array | None = None, deterministic: bool = True) -> Array:
     """Maps token ids [batch, length] to encoded states [batch, length, embed]."""
     cfg = self.config
-    positions = _positions_or_arange(encoder_positions, encoder_input_tokens.shape[-1])
+    del encoder_positions  # the bias is the row's (module docstring)
+    positions = _row_positions(encoder_input_tokens.shape[-1])
     bias = _relpos_bias(cfg)(positions, positions, bidirectional=True)
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     x = _residual_dropout(cfg)(x, deterministic=deterministic).astype(cfg.compute_dtype)
@@ -175,10 +181,8 @@ class Decoder(nn.Module):
     """
     cfg = self.config
     length = decoder_input_tokens.shape[-1]
-    if decode:
-      positions = jnp.arange(max_decode_length or length, dtype=jnp.int32)
-    else:
-      positions = _positions_or_arange(decoder_positions, length)
+    del decoder_positions  # the bias is the row's (module docstring)
+    positions = _row_positions((max_decode_length or length) if decode else length)
     bias = _relpos_bias(cfg)(positions, positions, bidirectional=False)
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = _residual_dropout(cfg)(y, deterministic=deterministic).astype(cfg.compute_dtype)
