@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -16,9 +15,9 @@ transformers = pytest.importorskip("transformers")
 from sbs_jax.convert import command as convert  # pylint: disable=wrong-import-position
 from sbs_jax.errors import SbsError  # pylint: disable=wrong-import-position
 from sbs_jax.train import checkpoint as ckpt  # pylint: disable=wrong-import-position
-from sbs_jax.train import command, config, loop  # pylint: disable=wrong-import-position
 from sbs_jax.train.data import label_examples  # pylint: disable=wrong-import-position
 from sbs_jax.train.evaluate import detokenize  # pylint: disable=wrong-import-position
+from tests.tiny_cqa import train_tiny_cqa  # pylint: disable=wrong-import-position
 
 # The tiny overlay's network, as an HF T5 v1.1 config with our 8k vocabulary.
 HF_TINY = dict(vocab_size=8000, d_model=64, d_kv=16, d_ff=128, num_layers=2,
@@ -37,15 +36,8 @@ def hf_folder(path, spiece, **overrides):
 
 
 def train(model_dir, bindings):
-  gin.clear_config()
-  command.parse_gin(["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"], [
-      f"MODEL_DIR = '{model_dir}'", "TrainConfig.log_every = 1", "EvalConfig.every = 4",
-      "EvalConfig.max_examples = 8", "EvalConfig.max_test_examples = 8",
-      "EvalConfig.rationale_samples = 0", *bindings])
-  try:
-    return loop.train(config.TrainConfig(), config.student_config())
-  finally:
-    gin.clear_config()
+  return train_tiny_cqa(model_dir, "TrainConfig.log_every = 1", "EvalConfig.every = 4",
+                        *bindings)
 
 
 @pytest.fixture(scope="module")

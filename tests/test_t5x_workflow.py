@@ -34,8 +34,8 @@ from sbs_jax.convert import t5x as t5x_format
 from sbs_jax.convert import t5x_command
 from sbs_jax.errors import SbsError
 from sbs_jax.train import checkpoint as ckpt
-from sbs_jax.train import command, config, loop
 from tests.conftest import REPO, run_sbs
+from tests.tiny_cqa import train_tiny_cqa
 
 T5X_ROOT = pathlib.Path(t5x.__file__).parents[1]
 FAMILIES = ("distill_llm", "distill_gt", "standard_gt", "standard_llm")
@@ -54,15 +54,8 @@ def run_t5x(script, *gin_args, timeout=900):
 
 def train_student(model_dir, steps=4, bindings=()):
   """`sbs train` of the tiny student on CQA (distilling step-by-step) for a few steps."""
-  gin.clear_config()
-  command.parse_gin(["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"], [
-      f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", f"EvalConfig.every = {steps}",
-      "EvalConfig.max_examples = 8", "EvalConfig.max_test_examples = 8",
-      "EvalConfig.rationale_samples = 0", *bindings])
-  try:
-    return loop.train(config.TrainConfig(), config.student_config())
-  finally:
-    gin.clear_config()
+  return train_tiny_cqa(model_dir, f"TRAIN_STEPS = {steps}", f"EvalConfig.every = {steps}",
+                        *bindings)
 
 
 def first_test_records(annotation_dir, out, n=20):
