@@ -29,7 +29,7 @@ setup(
         "matplotlib>=3.7",  # sbs report's figures (Agg backend, no display needed)
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],
         "hf": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
         # libtpu of the installed jax: `sbs plan --topology` compiles for TPU slices on CPU.
         "tpu": ["jax[tpu]"],
