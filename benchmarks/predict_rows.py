@@ -97,10 +97,15 @@ def main() -> int:
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--label_len", type=int, default=16)
   parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per side")
+  parser.add_argument("--hf_rounds", type=int, default=None,
+                      help="HF's rounds (default --rounds): HF compiles nothing, so one "
+                      "round is its steady state; ours' round 0 includes XLA's compilation")
   parser.add_argument("--window", type=int, default=1024)
   parser.add_argument("--data_dir")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
+  if args.hf_rounds is not None and not 1 <= args.hf_rounds <= args.rounds:
+    parser.error("--hf_rounds must be between 1 and --rounds")
   torch, transformers = torch_modules()
   torch.set_flush_denormal(True)
   data_dir = readers.resolve_data_dir(args.data_dir)
@@ -129,13 +134,17 @@ def main() -> int:
       ours_rates.append(len(rows) / seconds)
       print(json.dumps({**common, "side": "ours", "round": round_, "seconds": round(seconds, 2),
                         "cpu_seconds": round(cpu, 2), "rows_per_s": round(ours_rates[-1], 2),
-                        "rows_per_cpu_s": round(len(rows) / cpu, 2)}), flush=True)
+                        "rows_per_cpu_s": round(len(rows) / cpu, 2),
+                        "loadavg_1m": os.getloadavg()[0]}), flush=True)
+      if round_ >= (args.rounds if args.hf_rounds is None else args.hf_rounds):
+        continue
       seconds, cpu, hf_ids = run_hf(torch, model, rows, predictor.batch_size, args.label_len)
       hf_rates.append(len(rows) / seconds)
       print(json.dumps({**common, "side": "hf_generate", "round": round_,
                         "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
                         "rows_per_s": round(hf_rates[-1], 2),
-                        "rows_per_cpu_s": round(len(rows) / cpu, 2)}), flush=True)
+                        "rows_per_cpu_s": round(len(rows) / cpu, 2),
+                        "loadavg_1m": os.getloadavg()[0]}), flush=True)
     ours_labels = [json.loads(line)["label"] for line in
                    (root / "out.jsonl").read_text().splitlines()]
     from sbs_jax.train.evaluate import detokenize  # pylint: disable=import-outside-toplevel

@@ -61,3 +61,18 @@ def test_compute_weights_and_gradient_accumulator_follow_the_compiler():
   assert b["compute_weights"] == 0 and b["gradient_accumulator"] == 0
   b = plan(run_config(), config_for("tiny", vocab_size=512, dtype="bfloat16"), 1, 1)
   assert b["per_device_bytes"]["compute_weights"] == 2 * b["parameters"]
+
+
+# The TPU compiler's per-chip figures for the cqa recipe (batch 64 of 1024/352-token rows,
+# bfloat16, AdamW, no remat), from `sbs plan --topology` as docs/scale.md lists them with
+# their commands (2026-12-01): (size, data, model, rules, accumulation, per-chip GiB).
+COMPILED = [("small", 4, 1, (1, 1), 1, 8.119), ("base", 4, 1, (1, 1), 1, 23.712),
+            ("base", 2, 2, (1, 2), 4, 6.708), ("xxl", 8, 4, (1, 2), 4, 19.333)]
+
+
+@pytest.mark.parametrize("size, data, model, dims, accum, compiled", COMPILED)
+def test_formula_is_within_15_percent_of_the_compiler(size, data, model, dims, accum,
+                                                      compiled):
+  got = plan(run_config(dims=dims, accum=accum), config_for(size, dtype="bfloat16"),
+             data, model)
+  assert got["per_device_total_gib"] == pytest.approx(compiled, rel=0.15)
