@@ -18,7 +18,8 @@ and a half times: the compiled TPU step keeps the probabilities of every layer a
 buffers, part of the scores beside them. The 1.5 is fitted to the compiler: with it the
 formula is within 9% of `sbs plan --topology` on the four configurations of docs/scale.md
 (T5 small and base data-parallel, base 2x2 and XXL 8x4 with 2-D rules and accumulation 4);
-with 1 it undercounted by up to 22%.
+with 1 it undercounted by up to 22%. It is a fit to those four programs (no remat, AdamW,
+bfloat16), not a derivation: for other settings compile with `--topology`.
 
 With `student_config.remat_policy = "none"` every layer keeps its working set. With
 rematerialisation every layer keeps only what the policy saves, and one layer's working
@@ -34,9 +35,10 @@ and wi_0, wi_1; `joined` = heads * head_dim.) To all of these the float32 logits
 L_dec * vocab / model per row, with rows per device = batch / (data * grad_accum_steps).
 
 Beside parameters, gradients, optimizer state and activations, the compiled TPU step keeps
-the weights in the compute dtype for the whole step (bfloat16 copies; with 2-D rules
-gathered over 'data': parameters * width / model per device) and, with gradient
-accumulation, the running sum of the gradients (as large as the gradients).
+each device's shard of the weights in the compute dtype (bfloat16 copies; float32 computes
+on the parameters themselves) and, with gradient accumulation, the running sum of the
+gradients (as large as the gradients). With 2-D rules the weights are gathered over 'data'
+layer by layer as they are used, not held whole (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -142,12 +144,11 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
   width = jax.numpy.dtype(c.compute_dtype).itemsize
   activations = rows * (_layer_activations(c, l_enc, l_dec, model) * width
                         + l_dec * c.vocab_size / model * 4)
-  # What the TPU compiler adds (docs/scale.md): the weights in the compute dtype, gathered
-  # over 'data' where 2-D rules split them there, live for the whole step; with gradient
-  # accumulation, the running sum of the gradients beside each micro-batch's.
+  # What the TPU compiler adds (docs/scale.md): the device's weights in the compute dtype;
+  # with gradient accumulation, the running sum of the gradients beside each micro-batch's.
   copies = 0
-  if width < 4 or cfg.partitioning_dims[1] == 2:
-    copies = sum(_local_bytes(a.shape, c.compute_dtype, s, {"data": 1, "model": model})
+  if width < 4:
+    copies = sum(_local_bytes(a.shape, c.compute_dtype, s, mesh_shape)
                  for a, s in zip(jax.tree.leaves(params),
                                  jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
   accumulator = param_bytes if cfg.optimizer.grad_accum_steps > 1 else 0
