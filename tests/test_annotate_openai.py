@@ -147,12 +147,16 @@ def test_killed_run_restarted_equals_uninterrupted_run(tmp_path, sig, code):
 
     server.attempts.clear()
     proc = _start(annotate_argv(data, tmp_path / "cut", server, "--concurrency", "4"))
-    deadline = time.monotonic() + 60
-    while _journal_lines(tmp_path / "cut") < 20 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # a start-up of several seconds, more on a busy CPU
+    while (_journal_lines(tmp_path / "cut") < 20 and proc.poll() is None
+           and time.monotonic() < deadline):
       time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted: " + (
+        proc.communicate()[1][-2000:])
+    assert _journal_lines(tmp_path / "cut") >= 20, "no 20 answers in 300 s"
     proc.send_signal(sig)
-    proc.communicate(timeout=30)
-    assert proc.returncode == code
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-2000:]
     journal = next((tmp_path / "cut/sums/.partial").glob("*/journal.jsonl"))
     done_first = {json.loads(l)["i"] for l in journal.read_text().splitlines()}
     assert 20 <= len(done_first) < 80
