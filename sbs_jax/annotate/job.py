@@ -29,6 +29,7 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import time
 from typing import Callable, Sequence
@@ -228,10 +229,21 @@ class Progress:
 
 async def _ask(job: Job, pending: Sequence[Example], journal: Journal,
                progress: Progress) -> None:
+  """Asks the teacher for every pending example, `job.concurrency` at a time.
+
+  Ctrl-C (SIGINT) stops the run in every case: no example is started after it, the
+  requests in flight are cancelled, and KeyboardInterrupt is raised once they are gone
+  (the journal keeps every answer received). Cancelling the tasks alone was not enough:
+  a cancellation that lands inside the HTTP client's timeout can come back as a timeout,
+  which the client retries, and the run then finished and exited 0 (seen in CI).
+  """
   todo = iter(pending)
+  interrupted = asyncio.Event()
 
   async def worker():
     for ex in todo:  # one iterator shared by all workers: each example taken once
+      if interrupted.is_set():
+        return
       text = job.prompt.render(ex)
       completion = await job.teacher.complete(ex, text)
       journal.append(ex.index, prompt_hash(text), completion)
@@ -239,13 +251,32 @@ async def _ask(job: Job, pending: Sequence[Example], journal: Journal,
 
   workers = [asyncio.ensure_future(worker()) for _ in range(min(job.concurrency,
                                                                 len(pending)))]
+
+  def on_sigint():
+    interrupted.set()
+    for w in workers:
+      w.cancel()
+
+  loop = asyncio.get_running_loop()
+  try:
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    handling_sigint = True
+  except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+    handling_sigint = False
   try:
     await asyncio.gather(*workers)
+  except asyncio.CancelledError:
+    if not interrupted.is_set():
+      raise
   finally:
+    if handling_sigint:
+      loop.remove_signal_handler(signal.SIGINT)
     for w in workers:
       w.cancel()
     await asyncio.gather(*workers, return_exceptions=True)
     await job.teacher.aclose()
+  if interrupted.is_set():
+    raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------- records and stats
