@@ -233,9 +233,9 @@ async def _ask(job: Job, pending: Sequence[Example], journal: Journal,
 
   Ctrl-C (SIGINT) stops the run in every case: no example is started after it, the
   requests in flight are cancelled, and KeyboardInterrupt is raised once they are gone
-  (the journal keeps every answer received). Cancelling the tasks alone was not enough:
-  a cancellation that lands inside the HTTP client's timeout can come back as a timeout,
-  which the client retries, and the run then finished and exited 0 (seen in CI).
+  (the journal keeps every answer received). Relying on asyncio.run's own SIGINT handling
+  was not enough: in CI a run given SIGINT finished all its rows and exited 0 (probably a
+  cancellation taken for a timeout inside the HTTP client and retried; not confirmed).
   """
   todo = iter(pending)
   interrupted = asyncio.Event()
