@@ -172,17 +172,18 @@ class RelativePositionBias(nn.Module):
   @nn.compact
   def __call__(self, query_positions: Array, key_positions: Array,
                bidirectional: bool = True) -> Array:
-    """Returns the bias [batch or 1, heads, q_len, k_len] for positions [(batch,) len]."""
+    """Returns the bias [1, heads, q_len, k_len] for positions [q_len] and [k_len], one
+    for the whole batch (per-row positions would make a [batch, q, k, heads] gather that
+    the TPU pads 21x; docs/scale.md)."""
     table = _boxed_param(self, "rel_embedding", self.embedding_init,
                          (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
-    relative = (jnp.asarray(key_positions)[..., None, :]
-                - jnp.asarray(query_positions)[..., :, None])
+    query_positions, key_positions = jnp.asarray(query_positions), jnp.asarray(key_positions)
+    if query_positions.ndim != 1 or key_positions.ndim != 1:
+      raise ValueError("relative position bias: positions must be 1-D (one row's arange)")
+    relative = key_positions[None, :] - query_positions[:, None]
     buckets = relative_position_bucket(relative, bidirectional, self.num_buckets,
                                        self.max_distance)
-    values = jnp.take(table.astype(self.dtype), buckets, axis=1)  # [heads, (batch,) q, k]
-    if values.ndim == 3:
-      return values[None]
-    return jnp.transpose(values, (1, 0, 2, 3))
+    return jnp.take(table.astype(self.dtype), buckets, axis=1)[None]  # [1, heads, q, k]
 
 
 # ------------------------------------------------------------------------------------------
