@@ -21,6 +21,12 @@ formula is within 9% of `sbs plan --topology` on the four configurations of docs
 with 1 it undercounted by up to 22%. It is a fit to those four programs (no remat, AdamW,
 bfloat16), not a derivation: for other settings compile with `--topology`.
 
+With remat the estimate is what the step needs, not what the TPU compiler schedules: on a
+chip with memory to spare, XLA's scheduler recomputes the rematerialised layers of a stack
+side by side (T5 XXL on v4-64, 8x4, remat full: 17.7 GiB per chip where this formula says
+8.9; the same step with 4 + 4 layers took 4.68 GiB on a 32 GiB v4 chip and 3.35 on a
+16 GiB v5e chip). The estimate carries a `remat_note` saying so.
+
 With `student_config.remat_policy = "none"` every layer keeps its working set. With
 rematerialisation every layer keeps only what the policy saves, and one layer's working
 set (the largest) is rebuilt at a time in the backward pass:
@@ -61,6 +67,11 @@ from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import init_params
 
 GIB = 1024 ** 3
+# With remat the estimate is what the step needs, not what the TPU compiler will use
+# (docs/scale.md, "Remat and the scheduler").
+REMAT_NOTE = ("with remat the TPU compiler may recompute several layers side by side when "
+              "the chip has memory to spare (T5 XXL, v4-64 8x4, remat full: 17.7 GiB compiled "
+              "where this estimate says 8.9); run with --topology for the compiler's figure")
 # How many copies of each layer's attention matrices the step keeps (module docstring).
 ATTENTION_COPIES = 1.5
 
@@ -155,7 +166,7 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
   parts = {"parameters": param_bytes, "gradients": param_bytes,
            "optimizer_state": total(opt, opt_specs), "compute_weights": copies,
            "gradient_accumulator": accumulator, "activations_estimate": activations}
-  return {"mesh": f"{data}x{model}", "partitioning_dims": list(cfg.partitioning_dims),
+  out = {"mesh": f"{data}x{model}", "partitioning_dims": list(cfg.partitioning_dims),
           "parameters": int(sum(a.size for a in jax.tree.leaves(params))),
           "optimizer": cfg.optimizer.name, "remat_policy": model_config.remat_policy,
           "batch_size": cfg.data.batch_size,
@@ -163,6 +174,9 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
           "per_device_bytes": {k: int(v) for k, v in parts.items()},
           "per_device_gib": {k: round(v / GIB, 3) for k, v in parts.items()},
           "per_device_total_gib": round(sum(parts.values()) / GIB, 3)}
+  if model_config.remat_policy != "none":
+    out["remat_note"] = REMAT_NOTE
+  return out
 
 
 def parse_mesh(text: str) -> tuple[int, int]:

@@ -1,0 +1,213 @@
+"""Benchmark: the scale table of docs/scale.md, from the TPU compiler (`sbs plan --topology`).
+
+    python benchmarks/plan_table.py run ROW [ROW ...]   # compile rows, append their records
+    python benchmarks/plan_table.py list                # the rows and their commands
+    python benchmarks/plan_table.py markdown            # the table, from the records
+
+Every row is the cqa distilling step-by-step recipe (`experiments/cqa_distill_llm.gin`:
+batch 64 of 1024/352-token rows, alpha 0.5) in bfloat16 compute with float32 parameters,
+changed by the row's own settings (size, slice, mesh and rules, optimizer, remat,
+accumulation). `run` compiles the train step of each row not yet recorded, one at a time
+(5-15 minutes each on a 2-core CPU, up to 13 GB of memory for XXL), and appends one JSON
+line per row to `docs/scale_compiled.jsonl`: the row's name, the exact command, the date,
+the wall seconds and peak resident memory of the `sbs plan` process, and the compiler's
+record as `sbs plan` printed it. A row that does not fit is recorded too (`fits` false,
+the compiler's message). Rerunning a recorded row needs `--again` (the old record is
+replaced, so the table never shows two answers for one row).
+`tests/test_plan.py` checks the formula of `sbs plan --mesh` against these records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "docs" / "scale_compiled.jsonl"
+BF16 = "--gin.student_config.dtype='bfloat16'"
+RULES_2D = "--gin.TrainConfig.partitioning_dims=(1,2)"
+
+
+def _row(size, topology, mesh, *, rules_2d=False, accum=1, optimizer="adamw", remat="none"):
+  args = [f"--topology={topology}", "--programs=train_step",
+          "--gin_file=experiments/cqa_distill_llm.gin", f"--gin_file=models/{size}.gin",
+          f"--mesh={mesh}", BF16]
+  if rules_2d:
+    args.append(RULES_2D)
+  if accum != 1:
+    args.append(f"--gin.OptimizerConfig.grad_accum_steps={accum}")
+  if optimizer != "adamw":
+    args.append(f"--gin.OptimizerConfig.name='{optimizer}'")
+  if remat != "none":
+    args.append(f"--gin.student_config.remat_policy='{remat}'")
+  return {"size": size, "topology": topology, "mesh": mesh, "rules": "2-D" if rules_2d else
+          "1-D", "accum": accum, "optimizer": optimizer, "remat": remat, "args": args}
+
+
+# name -> settings. The first four are the rows of the first table (2026-12-01 morning).
+ROWS = {
+    "small-v4-8-4x1": _row("small", "v4-8", "4x1"),
+    "base-v4-8-4x1": _row("base", "v4-8", "4x1"),
+    "base-v4-8-2x2-a4": _row("base", "v4-8", "2x2", rules_2d=True, accum=4),
+    "xxl-v4-64-8x4-a4": _row("xxl", "v4-64", "8x4", rules_2d=True, accum=4),
+    "base-v4-8-4x1-full": _row("base", "v4-8", "4x1", remat="full"),
+    "base-v4-8-4x1-dots": _row("base", "v4-8", "4x1", remat="dots"),
+    "base-v4-8-4x1-adafactor": _row("base", "v4-8", "4x1", optimizer="adafactor"),
+    "base-v5e-1-a4-full": _row("base", "v5e-1", "1x1", accum=4, remat="full"),
+    "large-v4-8-2x2-a4": _row("large", "v4-8", "2x2", rules_2d=True, accum=4),
+    "large-v4-8-4x1-full": _row("large", "v4-8", "4x1", remat="full"),
+    "large-v5e-4-2x2-a4-full": _row("large", "v5e-4", "2x2", rules_2d=True, accum=4,
+                                    remat="full"),
+    "xl-v4-16-4x2-a4": _row("xl", "v4-16", "4x2", rules_2d=True, accum=4),
+    "xl-v5p-8-1x4-a4": _row("xl", "v5p-8", "1x4", rules_2d=True, accum=4),
+    "xxl-v4-64-8x4-full": _row("xxl", "v4-64", "8x4", rules_2d=True, remat="full"),
+    "xxl-v4-64-8x4": _row("xxl", "v4-64", "8x4", rules_2d=True),
+    "xxl-v4-64-8x4-a4-adafactor": _row("xxl", "v4-64", "8x4", rules_2d=True, accum=4,
+                                       optimizer="adafactor"),
+    "xxl-v5p-8-1x4-a4-full": _row("xxl", "v5p-8", "1x4", rules_2d=True, accum=4,
+                                  remat="full"),
+}
+
+
+def command_text(row: dict) -> str:
+  """The row's command as a person types it in a POSIX shell."""
+  def quote(arg):
+    if "'" not in arg and "(" not in arg:
+      return arg
+    key, _, value = arg.partition("=")
+    return f'{key}="{value}"'
+  return "sbs plan " + " ".join(quote(a) for a in row["args"])
+
+
+def load() -> dict:
+  """Recorded rows by name (the last record of a name wins)."""
+  if not RECORDS.exists():
+    return {}
+  out = {}
+  for n, line in enumerate(RECORDS.read_text().splitlines(), 1):
+    if line.strip():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise SystemExit(f"{RECORDS}:{n}: not JSON ({e}); fix or remove the line") from None
+      out[record["row"]] = record
+  return out
+
+
+def _save(records: dict) -> None:
+  tmp = RECORDS.with_suffix(".tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+  os.replace(tmp, RECORDS)
+
+
+def run_row(name: str) -> dict:
+  row = ROWS[name]
+  sbs = pathlib.Path(sys.executable).with_name("sbs")
+  with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    tic = time.time()
+    proc = subprocess.Popen([str(sbs), "plan", *row["args"]], stdout=out, stderr=err,
+                            cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.time() - tic
+    out.seek(0)
+    err.seek(0)
+    lines = [l for l in out.read().splitlines() if l.startswith("{")]
+    stderr = err.read()
+  if proc.returncode not in (0, 2) or len(lines) != 1:
+    raise SystemExit(f"row {name}: sbs plan exited {proc.returncode} with "
+                     f"{len(lines)} records:\n{stderr[-3000:]}")
+  return {"row": name, "command": command_text(row),
+          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+          "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 1),
+          "load_avg_1min": round(os.getloadavg()[0], 1),
+          **{k: row[k] for k in ("size", "rules", "accum")}, **json.loads(lines[0])}
+
+
+def formula_gib(record: dict) -> float:
+  """`sbs plan --mesh`'s estimate for the record's run, by today's formula (the record's
+  own `estimate_gib` is the formula of the day it was compiled)."""
+  sys.path.insert(0, str(ROOT))
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no libtpu start-up for arithmetic
+  from sbs_jax.model.config import config_for  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.config import (DataConfig, OptimizerConfig,  # pylint: disable=import-outside-toplevel
+                                    TrainConfig)
+  from sbs_jax.train.plan import plan  # pylint: disable=import-outside-toplevel
+  cfg = TrainConfig(model_dir="unused", train_steps=10,
+                    partitioning_dims=tuple(record["partitioning_dims"]),
+                    data=DataConfig(mixture_or_task="sbs_cqa_distill_llm_paired",
+                                    batch_size=record["batch_size"]),
+                    optimizer=OptimizerConfig(name=record["optimizer"],
+                                              grad_accum_steps=record["grad_accum_steps"]))
+  model_config = config_for(record["size"], dtype=record["dtype"],
+                            remat_policy=record["remat_policy"])
+  data, model = (int(n) for n in record["mesh"].split("x"))
+  return plan(cfg, model_config, data, model)["per_device_total_gib"]
+
+
+def markdown(records: dict) -> str:
+  head = ("| size | optimizer | remat | accum | slice | mesh, rules | argument | temp | "
+          "**per chip** | HBM | fits | formula | compile_s |\n"
+          "|---|---|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|")
+  lines = [head]
+  for name in ROWS:
+    r = records.get(name)
+    if r is None:
+      continue
+    r = {**r, "estimate_gib": formula_gib(r)}
+    if r["fits"] is False and "per_chip_gib" not in r:
+      lines.append(f"| {r['size']} | {r['optimizer']} | {r['remat_policy']} | {r['accum']} | "
+                   f"{r['topology']} | {r['mesh']}, {r['rules']} | - | - | **does not fit** "
+                   f"| {r['hbm_gib']:g} | no | {r['estimate_gib']:.2f} | - |")
+      continue
+    dev = 100 * (r["estimate_gib"] / r["per_chip_gib"] - 1)
+    lines.append(
+        f"| {r['size']} | {r['optimizer']} | {r['remat_policy']} | {r['accum']} | "
+        f"{r['topology']} | {r['mesh']}, {r['rules']} | {r['xla_argument_gib']:.3f} | "
+        f"{r['xla_temp_gib']:.3f} | **{r['per_chip_gib']:.3f}** | {r['hbm_gib']:g} | "
+        f"{'yes' if r['fits'] else 'no'} | {r['estimate_gib']:.2f} ({dev:+.1f}%) | "
+        f"{r['compile_s']:.0f} |")
+  return "\n".join(lines)
+
+
+def main() -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("action", choices=("run", "list", "markdown"))
+  p.add_argument("rows", nargs="*", help="row names (run); default all")
+  p.add_argument("--again", action="store_true", help="recompile rows already recorded")
+  args = p.parse_args()
+  unknown = [r for r in args.rows if r not in ROWS]
+  if unknown:
+    raise SystemExit(f"unknown row(s) {unknown}; `list` shows the rows")
+  names = args.rows or list(ROWS)
+  if args.action == "list":
+    for name in names:
+      print(f"{name}\n  {command_text(ROWS[name])}")
+    return 0
+  if args.action == "markdown":
+    print(markdown(load()))
+    return 0
+  for name in names:
+    if name in load() and not args.again:
+      print(f"{name}: recorded, skipped (--again to recompile)", file=sys.stderr)
+      continue
+    print(f"{name}: compiling ({command_text(ROWS[name])})", file=sys.stderr, flush=True)
+    record = run_row(name)
+    records = load()  # another queue may have appended meanwhile
+    records[name] = record
+    _save(records)
+    print(json.dumps({k: record.get(k) for k in ("row", "per_chip_gib", "fits",
+                                                  "estimate_gib", "compile_s", "wall_s",
+                                                  "peak_rss_gb")}), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
