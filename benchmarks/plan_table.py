@@ -128,7 +128,7 @@ def run_row(name: str) -> dict:
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
           "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 1),
           "load_avg_1min": round(os.getloadavg()[0], 1),
-          **{k: row[k] for k in ("size", "rules", "accum")}, **json.loads(lines[0])}
+          "size": row["size"], **json.loads(lines[0])}
 
 
 def formula_gib(record: dict) -> float:
@@ -136,20 +136,8 @@ def formula_gib(record: dict) -> float:
   own `estimate_gib` is the formula of the day it was compiled)."""
   sys.path.insert(0, str(ROOT))
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no libtpu start-up for arithmetic
-  from sbs_jax.model.config import config_for  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train.config import (DataConfig, OptimizerConfig,  # pylint: disable=import-outside-toplevel
-                                    TrainConfig)
-  from sbs_jax.train.plan import plan  # pylint: disable=import-outside-toplevel
-  cfg = TrainConfig(model_dir="unused", train_steps=10,
-                    partitioning_dims=tuple(record["partitioning_dims"]),
-                    data=DataConfig(mixture_or_task="sbs_cqa_distill_llm_paired",
-                                    batch_size=record["batch_size"]),
-                    optimizer=OptimizerConfig(name=record["optimizer"],
-                                              grad_accum_steps=record["grad_accum_steps"]))
-  model_config = config_for(record["size"], dtype=record["dtype"],
-                            remat_policy=record["remat_policy"])
-  data, model = (int(n) for n in record["mesh"].split("x"))
-  return plan(cfg, model_config, data, model)["per_device_total_gib"]
+  from sbs_jax.train.plan import plan_of_compiled  # pylint: disable=import-outside-toplevel
+  return plan_of_compiled(record, record["size"])["per_device_total_gib"]
 
 
 def markdown(records: dict) -> str:
@@ -161,7 +149,8 @@ def markdown(records: dict) -> str:
     r = records.get(name)
     if r is None:
       continue
-    r = {**r, "estimate_gib": formula_gib(r)}
+    r = {**r, "estimate_gib": formula_gib(r), "accum": r["grad_accum_steps"],
+         "rules": "2-D" if tuple(r["partitioning_dims"]) == (1, 2) else "1-D"}
     if r["fits"] is False and "per_chip_gib" not in r:
       lines.append(f"| {r['size']} | {r['optimizer']} | {r['remat_policy']} | {r['accum']} | "
                    f"{r['topology']} | {r['mesh']}, {r['rules']} | - | - | **does not fit** "

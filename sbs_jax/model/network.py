@@ -30,7 +30,8 @@ packed segment they equal the differences of `*_positions` (a segment's position
 from 0 one by one), and across segments attention is masked. A per-row bias from
 `*_positions` ([batch, q, k, heads] before the transpose) was what the TPU compiler
 showed as the largest temporaries of the train step: two 4 GiB buffers of T5 small's
-17.2 GiB per chip at 16 rows of 1024 tokens (docs/scale.md). `*_positions` are accepted, as T5X's are, and unused.
+17.2 GiB per chip at 16 rows of 1024 tokens (docs/scale.md). `*_positions` are accepted,
+as T5X's are, and unused.
 The embedding lookup is a gather (T5X's example uses a one-hot matmul; same result).
 Initialisers follow T5X: embedding N(0, 1), relpos fan-avg uniform, kernels fan-in
 truncated normal (attention: fan-in normal, query divided by sqrt(head_dim)).

@@ -60,9 +60,9 @@ from jax.sharding import PartitionSpec as P
 
 from sbs_jax.errors import SbsError
 from sbs_jax.model import partitioning
-from sbs_jax.model.config import T5Config
+from sbs_jax.model.config import T5Config, config_for
 from sbs_jax.model.network import Transformer
-from sbs_jax.train.config import TrainConfig
+from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import init_params
 
@@ -177,6 +177,21 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
   if model_config.remat_policy != "none":
     out["remat_note"] = REMAT_NOTE
   return out
+
+
+def plan_of_compiled(record: dict, size: str) -> dict:
+  """The formula's plan for the run that a `sbs plan --topology` record describes (its
+  mesh, rules, optimizer, accumulation, batch, lengths, dtype, remat), with the published
+  T5 v1.1 `size` (the record holds the run's settings, not the network's)."""
+  cfg = TrainConfig(model_dir="unused", train_steps=10,
+                    partitioning_dims=tuple(record["partitioning_dims"]),
+                    data=DataConfig(mixture_or_task="unused", batch_size=record["batch_size"],
+                                    task_feature_lengths=dict(record["task_feature_lengths"])),
+                    optimizer=OptimizerConfig(name=record["optimizer"],
+                                              grad_accum_steps=record["grad_accum_steps"]))
+  model_config = config_for(size, dtype=record["dtype"], remat_policy=record["remat_policy"])
+  data, model = parse_mesh(record["mesh"])
+  return plan(cfg, model_config, data, model)
 
 
 def parse_mesh(text: str) -> tuple[int, int]:
