@@ -61,6 +61,8 @@ ROWS = {
     "base-v4-8-4x1-dots": _row("base", "v4-8", "4x1", remat="dots"),
     "base-v4-8-4x1-adafactor": _row("base", "v4-8", "4x1", optimizer="adafactor"),
     "base-v5e-1-a4-full": _row("base", "v5e-1", "1x1", accum=4, remat="full"),
+    "base-v5e-4-2x2-a4": _row("base", "v5e-4", "2x2", rules_2d=True, accum=4),
+    "base-v6e-4-2x2-a4": _row("base", "v6e-4", "2x2", rules_2d=True, accum=4),
     "large-v4-8-2x2-a4": _row("large", "v4-8", "2x2", rules_2d=True, accum=4),
     "large-v4-8-4x1-full": _row("large", "v4-8", "4x1", remat="full"),
     "large-v5e-4-2x2-a4-full": _row("large", "v5e-4", "2x2", rules_2d=True, accum=4,

@@ -4,32 +4,34 @@ follows (docs/scale.md compares them).
 
 Shapes come from `jax.eval_shape` (nothing is allocated, no accelerator is needed) and the
 sharding of every parameter and optimizer-state array from T5X's logical axis rules, as the
-trainer applies them. Activations are an estimate: the tensors the forward pass keeps for
-the backward pass, per micro-batch, in the compute dtype. What one layer needs for its own
-backward pass (its working set, everything it computes):
+trainer applies them. Activations are an estimate, per micro-batch, in the compute dtype,
+and depend on the TPU generation (`--chip`): the compiler fuses the same step differently.
+What one layer holds for its own backward pass (its working set), per token:
 
-    encoder layer, per token:  8 * emb + (3 * mlp + a * heads * L_enc) / model
-    decoder layer, per token:  12 * emb + (3 * mlp + a * heads * (L_dec + L_enc)) / model,
-                               plus the cross-attention keys and values,
-                               2 * joined / model per encoder token
+  v5e, v5p, v6e (what autodiff keeps: the normalised inputs of the attention and MLP
+  blocks, query, key, value and the attention output, the attention probabilities, wi_0
+  and wi_1):
+    encoder layer:  2 * emb + (4 * joined + 2 * mlp + heads * L_enc) / model
+    decoder layer:  3 * emb + (6 * joined + 2 * mlp + heads * (L_dec + L_enc)) / model
+  v4 (a fit: the compiled v4 step also keeps the softmax input beside the attention
+  probabilities, and asynchronous copies of kept tensors, `copy-start` buffers):
+    encoder layer:  8 * emb + (3 * mlp + 1.5 * heads * L_enc) / model
+    decoder layer:  12 * emb + (3 * mlp + 1.5 * heads * (L_dec + L_enc)) / model
+  plus, for every decoder layer, the cross-attention keys and values, 2 * joined / model
+  per encoder token (`joined` = heads * head_dim).
 
-where a = ATTENTION_COPIES = 1.5 counts the attention matrices ([heads, q, k] per row) one
-and a half times: the compiled TPU step keeps the probabilities of every layer and, in its
-buffers, part of the scores beside them. The 1.5 is fitted to the compiler: with it the
-formula is within 9% of `sbs plan --topology` on the four configurations of docs/scale.md
-(T5 small and base data-parallel, base 2x2 and XXL 8x4 with 2-D rules and accumulation 4);
-with 1 it undercounted by up to 22%. It is a fit to those four programs (no remat, AdamW,
-bfloat16), not a derivation: for other settings compile with `--topology`.
-
-With remat the estimate is what the step needs, not what the TPU compiler schedules: on a
-chip with memory to spare, XLA's scheduler recomputes the rematerialised layers of a stack
-side by side (T5 XXL on v4-64, 8x4, remat full: 17.7 GiB per chip where this formula says
-8.9; the same step with 4 + 4 layers took 4.68 GiB on a 32 GiB v4 chip and 3.35 on a
-16 GiB v5e chip). The estimate carries a `remat_note` saying so.
+The two differ because the compiler does: the same program (T5 v1.1 xl with 4 + 4 layers,
+16-row micro-batches, a 1x4 mesh) compiled to 8.03 GiB per chip for a v4-8 and 6.58 for a
+v5p-8, the v4 program keeping each encoder layer's softmax input beside its output. The
+v5 structure is the count of what autodiff keeps, checked against the v5p program's live
+buffers at its peak; the v4 coefficients are a fit to the v4 rows of docs/scale.md. With
+them the formula is within 10% of the compiler on every recorded configuration without
+remat (docs/scale_compiled.jsonl). v6e has not been compiled: it takes the v5 structure.
 
 With `student_config.remat_policy = "none"` every layer keeps its working set. With
-rematerialisation every layer keeps only what the policy saves, and one layer's working
-set (the largest) is rebuilt at a time in the backward pass:
+rematerialisation every layer keeps only what the policy saves, and the largest working
+set is rebuilt in the backward pass: one working set on v4, two on v5e/v5p (a fit to
+the three recorded v5e and v5p remat rows, not traced):
 
     "full", per layer:         emb per token (the layer's input)
     "dots", encoder layer:     per token 2 * emb + (3 * joined + 2 * mlp) / model
@@ -37,8 +39,19 @@ set (the largest) is rebuilt at a time in the backward pass:
                                plus 2 * joined / model per encoder token
 
 ("dots" keeps the layer input and the projection outputs: query, key, value, attention out
-and wi_0, wi_1; `joined` = heads * head_dim.) To all of these the float32 logits add
-L_dec * vocab / model per row, with rows per device = batch / (data * grad_accum_steps).
+and wi_0, wi_1.) To all of these the float32 logits add L_dec * vocab / model per row,
+with rows per device = batch / (data * grad_accum_steps).
+
+With remat, 2-D rules and no gradient accumulation the compiled step holds more than
+this: T5 XXL on v4-64, 8x4, remat full, accumulation 1 compiled to 17.7 GiB per chip where
+this formula says 8.9. Its buffers at the peak (the same step with 4 + 4 layers, 4.68 GiB
+against 2.50) are, beside the layer being rebuilt, parts of every layer rebuilt before it
+(the inputs of their weight-gradient matmuls), still live: the scheduler runs those
+matmuls late. Tying each layer's recomputation to the incoming gradient (an
+optimization barrier, tried) left the 4.68 GiB unchanged; a smaller scheduler memory budget
+(libtpu's `xla_tpu_scheduler_percent_shared_memory_limit=10`) cut it to 4.27; on a v5e-32
+the same 4 + 4-layer step took 3.35 GiB (formula 2.54). Such estimates carry a
+`remat_note`: compile with `--topology` for the figure to plan with.
 
 Beside parameters, gradients, optimizer state and activations, the compiled TPU step keeps
 each device's shard of the weights in the compute dtype (bfloat16 copies; float32 computes
@@ -49,6 +62,7 @@ layer by layer as they are used, not held whole (docs/scale.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -62,18 +76,36 @@ from sbs_jax.errors import SbsError
 from sbs_jax.model import partitioning
 from sbs_jax.model.config import T5Config, config_for
 from sbs_jax.model.network import Transformer
+from sbs_jax.train import tpu_slices
 from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import init_params
 
 GIB = 1024 ** 3
-# With remat the estimate is what the step needs, not what the TPU compiler will use
-# (docs/scale.md, "Remat and the scheduler").
-REMAT_NOTE = ("with remat the TPU compiler may recompute several layers side by side when "
-              "the chip has memory to spare (T5 XXL, v4-64 8x4, remat full: 17.7 GiB compiled "
-              "where this estimate says 8.9); run with --topology for the compiler's figure")
-# How many copies of each layer's attention matrices the step keeps (module docstring).
-ATTENTION_COPIES = 1.5
+# Remat without gradient accumulation: the compiler holds more than the formula counts
+# (docs/scale.md, "Remat without accumulation").
+REMAT_NOTE = ("with remat and no gradient accumulation the TPU compiler may hold much more "
+              "than this estimate (T5 XXL, v4-64 8x4, remat full: 17.7 GiB compiled where "
+              "it says 8.9); run with --topology for the compiler's figure")
+
+
+@dataclasses.dataclass(frozen=True)
+class Activations:
+  """Per-token coefficients of one layer's working set (module docstring)."""
+  encoder_emb: float  # embedding-wide tensors of an encoder layer
+  decoder_emb: float
+  encoder_joined: float  # heads * head_dim wide, sharded over 'model'
+  decoder_joined: float
+  mlp: float  # mlp wide, sharded over 'model'
+  attention: float  # copies of the [heads, q, k] attention matrices
+  remat_working_sets: int  # working sets live at once in a rematerialised backward pass
+
+
+V4 = Activations(encoder_emb=8, decoder_emb=12, encoder_joined=0, decoder_joined=0, mlp=3,
+                 attention=1.5, remat_working_sets=1)
+V5 = Activations(encoder_emb=2, decoder_emb=3, encoder_joined=4, decoder_joined=6, mlp=2,
+                 attention=1, remat_working_sets=2)
+CHIPS = {"v4": V4, "v5e": V5, "v5p": V5, "v6e": V5}
 
 
 def add_parser(subparsers) -> None:
@@ -90,6 +122,9 @@ def add_parser(subparsers) -> None:
                  help="with --topology: which programs to compile (comma-separated)")
   p.add_argument("--hlo_dir", help="with --topology: write each program's optimized HLO "
                  "text here (<program>.hlo.txt)")
+  p.add_argument("--chip", choices=sorted(CHIPS), help="without --topology: the TPU "
+                 "generation the estimate is for (the compiler keeps different activations "
+                 "on each; default v4)")
   p.add_argument("--hbm_gib", type=float, help="memory per device, to say whether it fits "
                  "(with --topology: default the chip's)")
   add_gin_flags(p)
@@ -109,12 +144,16 @@ def _local_bytes(shape, dtype, spec: P, mesh_shape: dict) -> int:
   return math.prod(local) * jax.numpy.dtype(dtype).itemsize
 
 
-def _layer_activations(c: T5Config, l_enc: int, l_dec: int, model: int) -> float:
+def _layer_activations(c: T5Config, l_enc: int, l_dec: int, model: int,
+                       k: Activations) -> float:
   """Elements per row that all encoder and decoder layers keep (module docstring)."""
-  heads_mlp = lambda length: (3 * c.mlp_dim + ATTENTION_COPIES * c.num_heads * length) / model
   joined = c.num_heads * c.head_dim
-  enc_all = l_enc * (8 * c.emb_dim + heads_mlp(l_enc))
-  dec_all = l_dec * (12 * c.emb_dim + heads_mlp(l_dec + l_enc)) + l_enc * 2 * joined / model
+  enc_all = l_enc * (k.encoder_emb * c.emb_dim + (k.encoder_joined * joined + k.mlp * c.mlp_dim
+                                                  + k.attention * c.num_heads * l_enc) / model)
+  dec_all = (l_dec * (k.decoder_emb * c.emb_dim
+                      + (k.decoder_joined * joined + k.mlp * c.mlp_dim
+                         + k.attention * c.num_heads * (l_dec + l_enc)) / model)
+             + l_enc * 2 * joined / model)
   if c.remat_policy == "none":
     return c.num_encoder_layers * enc_all + c.num_decoder_layers * dec_all
   if c.remat_policy == "full":
@@ -124,11 +163,15 @@ def _layer_activations(c: T5Config, l_enc: int, l_dec: int, model: int) -> float
     dec_kept = (l_dec * (3 * c.emb_dim + (4 * joined + 2 * c.mlp_dim) / model)
                 + l_enc * 2 * joined / model)
   return (c.num_encoder_layers * enc_kept + c.num_decoder_layers * dec_kept
-          + max(enc_all, dec_all))
+          + k.remat_working_sets * max(enc_all, dec_all))
 
 
-def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dict:
-  """Per-device bytes of parameters, gradients, optimizer state and activations."""
+def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
+         chip: str = "v4") -> dict:
+  """Per-device bytes of parameters, gradients, optimizer state and activations, on a
+  `chip` of that TPU generation (`CHIPS`)."""
+  if chip not in CHIPS:
+    raise SbsError(f"chip must be one of {sorted(CHIPS)}, got {chip!r}")
   mesh_shape = {"data": data, "model": model}
   rules = partitioning.standard_logical_axis_rules(*cfg.partitioning_dims)
   network = Transformer(model_config)
@@ -153,7 +196,7 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
   l_dec = cfg.data.task_feature_lengths["targets"]
   rows = cfg.data.batch_size / (data * cfg.optimizer.grad_accum_steps)
   width = jax.numpy.dtype(c.compute_dtype).itemsize
-  activations = rows * (_layer_activations(c, l_enc, l_dec, model) * width
+  activations = rows * (_layer_activations(c, l_enc, l_dec, model, CHIPS[chip]) * width
                         + l_dec * c.vocab_size / model * 4)
   # What the TPU compiler adds (docs/scale.md): the device's weights in the compute dtype;
   # with gradient accumulation, the running sum of the gradients beside each micro-batch's.
@@ -166,7 +209,7 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
   parts = {"parameters": param_bytes, "gradients": param_bytes,
            "optimizer_state": total(opt, opt_specs), "compute_weights": copies,
            "gradient_accumulator": accumulator, "activations_estimate": activations}
-  out = {"mesh": f"{data}x{model}", "partitioning_dims": list(cfg.partitioning_dims),
+  out = {"chip": chip, "mesh": f"{data}x{model}", "partitioning_dims": list(cfg.partitioning_dims),
           "parameters": int(sum(a.size for a in jax.tree.leaves(params))),
           "optimizer": cfg.optimizer.name, "remat_policy": model_config.remat_policy,
           "batch_size": cfg.data.batch_size,
@@ -174,7 +217,7 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int) -> dic
           "per_device_bytes": {k: int(v) for k, v in parts.items()},
           "per_device_gib": {k: round(v / GIB, 3) for k, v in parts.items()},
           "per_device_total_gib": round(sum(parts.values()) / GIB, 3)}
-  if model_config.remat_policy != "none":
+  if model_config.remat_policy != "none" and cfg.optimizer.grad_accum_steps == 1:
     out["remat_note"] = REMAT_NOTE
   return out
 
@@ -191,7 +234,8 @@ def plan_of_compiled(record: dict, size: str) -> dict:
                                               grad_accum_steps=record["grad_accum_steps"]))
   model_config = config_for(size, dtype=record["dtype"], remat_policy=record["remat_policy"])
   data, model = parse_mesh(record["mesh"])
-  return plan(cfg, model_config, data, model)
+  return plan(cfg, model_config, data, model,
+              chip=tpu_slices.parse(record["topology"]).generation)
 
 
 def parse_mesh(text: str) -> tuple[int, int]:
@@ -210,7 +254,7 @@ def compiled_plan(args, cfg: TrainConfig, model_config: T5Config, tpu) -> int:
   mesh = parse_mesh(args.mesh) if args.mesh else tuple(cfg.mesh)
   programs = [p for p in args.programs.split(",") if p]
   data, model = tpu_compile.mesh_shape(mesh, tpu.chips)
-  estimate = plan(cfg, model_config, data, model)["per_device_total_gib"]
+  estimate = plan(cfg, model_config, data, model, tpu.generation)["per_device_total_gib"]
   records = tpu_compile.check(cfg, model_config, tpu, mesh, programs, args.hbm_gib,
                               estimate, args.hlo_dir)
   for record in records:
@@ -230,8 +274,10 @@ def compiled_plan(args, cfg: TrainConfig, model_config: T5Config, tpu) -> int:
 def main(args) -> int:
   from sbs_jax.train import command, config  # pylint: disable=import-outside-toplevel
   if args.topology:
-    from sbs_jax.train import tpu_slices  # pylint: disable=import-outside-toplevel
     tpu = tpu_slices.parse(args.topology)  # a bad name fails before gin and JAX start
+    if args.chip and args.chip != tpu.generation:
+      raise SbsError(f"--chip {args.chip} contradicts --topology {args.topology} (a "
+                     f"{tpu.generation} slice): drop --chip")
     tpu_slices.quiet_libtpu()
   elif not args.mesh:
     raise SbsError("give --mesh DATAxMODEL (the estimate), or --topology SLICE (the "
@@ -242,7 +288,7 @@ def main(args) -> int:
   if args.topology:
     return compiled_plan(args, cfg, model_config, tpu)
   data, model = parse_mesh(args.mesh)
-  result = plan(cfg, model_config, data, model)
+  result = plan(cfg, model_config, data, model, args.chip or "v4")
   if args.hbm_gib:
     result["hbm_gib"] = args.hbm_gib
     result["fits"] = result["per_device_total_gib"] <= args.hbm_gib
