@@ -31,7 +31,8 @@ configuration without remat (docs/scale_compiled.jsonl), +13% on v6e's one row.
 With `student_config.remat_policy = "none"` every layer keeps its working set. With
 rematerialisation every layer keeps only what the policy saves, and the largest working
 set is rebuilt in the backward pass: one working set on v4, three on v5e/v5p (a fit to
-the four recorded v5e and v5p remat rows, within 12% of each; not traced):
+the four recorded v5e and v5p remat rows with one or two data shards, within 12% of each;
+not traced):
 
     "full", per layer:         emb per token (the layer's input)
     "dots", encoder layer:     per token 2 * emb + (3 * joined + 2 * mlp) / model
@@ -42,16 +43,16 @@ the four recorded v5e and v5p remat rows, within 12% of each; not traced):
 and wi_0, wi_1.) To all of these the float32 logits add L_dec * vocab / model per row,
 with rows per device = batch / (data * grad_accum_steps).
 
-With remat, 2-D rules and no gradient accumulation the compiled step holds more than
-this: T5 XXL on v4-64, 8x4, remat full, accumulation 1 compiled to 17.7 GiB per chip where
-this formula says 8.9. Its buffers at the peak (the same step with 4 + 4 layers, 4.68 GiB
-against 2.50) are, beside the layer being rebuilt, parts of every layer rebuilt before it
-(the inputs of their weight-gradient matmuls), still live: the scheduler runs those
-matmuls late. Tying each layer's recomputation to the incoming gradient (an
-optimization barrier, tried) left the 4.68 GiB unchanged; a smaller scheduler memory budget
-(libtpu's `xla_tpu_scheduler_percent_shared_memory_limit=10`) cut it to 4.27; on a v5e-32
-the same 4 + 4-layer step took 3.35 GiB (formula 2.54). Such estimates carry a
-`remat_note`: compile with `--topology` for the figure to plan with.
+With remat and 2-D rules over 8 data shards the compiled T5 XXL step holds much more
+than this: 17.7 GiB per chip on v4-64 (8x4, remat full, accumulation 1) where this formula
+says 8.9, and 13.3 on v5e-32 (8x4, accumulation 4) where it says 8.0. The v4 step's
+buffers at the peak (the same step with 4 + 4 layers, 4.68 GiB against 2.50) are, beside
+the layer being rebuilt, parts of every layer rebuilt before it (the inputs of their
+weight-gradient matmuls), still live: the scheduler runs those matmuls late. Tying each
+layer's recomputation to the incoming gradient (an optimization barrier, tried) left the
+4.68 GiB unchanged; libtpu's flag `xla_tpu_scheduler_percent_shared_memory_limit=10` cut
+it to 4.27. Every estimate with remat and 2-D rules carries a `remat_note`: compile with
+`--topology` for the figure to plan with.
 
 Beside parameters, gradients, optimizer state and activations, the compiled TPU step keeps
 each device's shard of the weights in the compute dtype (bfloat16 copies; float32 computes
@@ -82,11 +83,12 @@ from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import init_params
 
 GIB = 1024 ** 3
-# Remat without gradient accumulation: the compiler holds more than the formula counts
-# (docs/scale.md, "Remat without accumulation").
-REMAT_NOTE = ("with remat and no gradient accumulation the TPU compiler may hold much more "
-              "than this estimate (T5 XXL, v4-64 8x4, remat full: 17.7 GiB compiled where "
-              "it says 8.9); run with --topology for the compiler's figure")
+# Remat with 2-D rules: the compiler may hold much more than the formula counts
+# (docs/scale.md, "Remat with 2-D rules").
+REMAT_NOTE = ("with remat and 2-D rules the TPU compiler may hold much more than this "
+              "estimate (T5 XXL, 8x4, remat full: 17.7 GiB compiled on v4-64 where it says "
+              "8.9, 13.3 on v5e-32 where it says 8.0); run with --topology for the "
+              "compiler's figure")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +221,7 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
           "per_device_bytes": {k: int(v) for k, v in parts.items()},
           "per_device_gib": {k: round(v / GIB, 3) for k, v in parts.items()},
           "per_device_total_gib": round(sum(parts.values()) / GIB, 3)}
-  if model_config.remat_policy != "none" and cfg.optimizer.grad_accum_steps == 1:
+  if model_config.remat_policy != "none" and cfg.partitioning_dims[1] == 2:
     out["remat_note"] = REMAT_NOTE
   return out
 
