@@ -52,8 +52,8 @@ weight-gradient matmuls), still live: the scheduler runs those matmuls late. Tyi
 layer's recomputation to the incoming gradient (an optimization barrier, tried) left the
 4.68 GiB unchanged; libtpu's flag `xla_tpu_scheduler_percent_shared_memory_limit=10` cut
 it to 4.27. On both chips part of the gap is packing: the 4 + 4-layer steps' temporaries
-exceed what is live at their peak by 1.0-1.2 GiB. Every estimate with remat and 2-D rules carries a `remat_note`: compile with
-`--topology` for the figure to plan with.
+exceed what is live at their peak by 1.0-1.2 GiB. Every estimate with remat and 2-D rules
+carries a `remat_note`: compile with `--topology` for the figure to plan with.
 
 Beside parameters, gradients, optimizer state and activations, the compiled TPU step keeps
 each device's shard of the weights in the compute dtype (bfloat16 copies; float32 computes
