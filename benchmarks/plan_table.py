@@ -156,7 +156,7 @@ def markdown(records: dict) -> str:
     if r is None:
       continue
     r = {**r, "estimate_gib": formula_gib(r), "accum": r["grad_accum_steps"],
-         "rules": "2-D" if tuple(r["partitioning_dims"]) == (1, 2) else "1-D"}
+         "rules": "2-D" if r["partitioning_dims"][1] == 2 else "1-D"}
     if r["fits"] is False and "per_chip_gib" not in r:
       lines.append(f"| {r['size']} | {r['optimizer']} | {r['remat_policy']} | {r['accum']} | "
                    f"{r['topology']} | {r['mesh']}, {r['rules']} | - | - | **does not fit** "

@@ -138,7 +138,8 @@ def test_the_chip_generation_changes_the_activations_only():
       k: v for k, v in v5p.items() if k != "activations_estimate"}
   assert v5p["activations_estimate"] < 0.7 * v4["activations_estimate"]
   v5e, v6e = (plan(run_config(), xl, 4, 1, chip) for chip in ("v5e", "v6e"))
-  assert v6e["chip"] == "v6e"  # two attention buffers per layer where v5e keeps one
+  assert v6e["chip"] == "v6e"
+  # twice v5e's attention bytes per layer
   assert (v6e["per_device_bytes"]["activations_estimate"]
           > v5e["per_device_bytes"]["activations_estimate"])
   with pytest.raises(SbsError, match="chip must be one of"):

@@ -10,7 +10,7 @@ What one layer holds for its own backward pass (its working set), per token:
 
   v5e, v5p, v6e (what autodiff keeps: the normalised inputs of the attention and MLP
   blocks, query, key, value and the attention output, the attention probabilities, wi_0
-  and wi_1; v6e keeps two [heads, q, k] buffers per layer, so 2 * heads * L there):
+  and wi_1; v6e holds twice the [heads, q, k] bytes per layer, so 2 * heads * L there):
     encoder layer:  2 * emb + (4 * joined + 2 * mlp + heads * L_enc) / model
     decoder layer:  3 * emb + (6 * joined + 2 * mlp + heads * (L_dec + L_enc)) / model
   v4 (a fit: the compiled v4 step also keeps the softmax input beside the attention
@@ -108,7 +108,7 @@ V4 = Activations(encoder_emb=8, decoder_emb=12, encoder_joined=0, decoder_joined
                  attention=1.5, remat_working_sets=1)
 V5 = Activations(encoder_emb=2, decoder_emb=3, encoder_joined=4, decoder_joined=6, mlp=2,
                  attention=1, remat_working_sets=3)
-# v6e keeps two [heads, q, k] buffers per layer, as v4 does (xl, 2 + 2 layers, v6e-4 1x4).
+# v6e holds twice v5p's [heads, q, k] bytes per layer (xl, 2 + 2 layers, v6e-4 1x4).
 V6E = dataclasses.replace(V5, attention=2)
 CHIPS = {"v4": V4, "v5e": V5, "v5p": V5, "v6e": V6E}
 
