@@ -35,7 +35,13 @@ BF16 = "--gin.student_config.dtype='bfloat16'"
 RULES_2D = "--gin.TrainConfig.partitioning_dims=(1,2)"
 
 
-def _row(size, topology, mesh, *, rules_2d=False, accum=1, optimizer="adamw", remat="none"):
+# libtpu's choice of the slower, leaner collective matmuls (docs/scale.md, "Remat with 2-D
+# rules"): rows compiled with it set LIBTPU_INIT_ARGS to this.
+LEAN = "--xla_tpu_choose_faster_windowed_einsum_over_mem=false"
+
+
+def _row(size, topology, mesh, *, rules_2d=False, accum=1, optimizer="adamw", remat="none",
+         libtpu=""):
   args = [f"--topology={topology}", "--programs=train_step",
           "--gin_file=experiments/cqa_distill_llm.gin", f"--gin_file=models/{size}.gin",
           f"--mesh={mesh}", BF16]
@@ -48,7 +54,8 @@ def _row(size, topology, mesh, *, rules_2d=False, accum=1, optimizer="adamw", re
   if remat != "none":
     args.append(f"--gin.student_config.remat_policy='{remat}'")
   return {"size": size, "topology": topology, "mesh": mesh, "rules": "2-D" if rules_2d else
-          "1-D", "accum": accum, "optimizer": optimizer, "remat": remat, "args": args}
+          "1-D", "accum": accum, "optimizer": optimizer, "remat": remat, "args": args,
+          "libtpu": libtpu}
 
 
 # name -> settings. The first four are the rows of the first table (2026-12-01 morning).
@@ -79,6 +86,23 @@ ROWS = {
                                    remat="full"),
     "xxl-v5p-8-1x4-a4-full": _row("xxl", "v5p-8", "1x4", rules_2d=True, accum=4,
                                   remat="full"),
+    # Remat with 2-D rules (docs/scale.md, "Remat with 2-D rules"): the first two were
+    # predicted by a trial formula term before they were compiled (it failed); the -lean
+    # rows compile with libtpu's lean collective matmuls. Listed, not compiled yet:
+    # xl-v5p-16-2x4-full and large-v5e-4-2x2-a4-dots.
+    "large-v5e-8-4x2-a4-full": _row("large", "v5e-8", "4x2", rules_2d=True, accum=4,
+                                    remat="full"),
+    "large-v5e-4-2x2-a4-dots": _row("large", "v5e-4", "2x2", rules_2d=True, accum=4,
+                                    remat="dots"),
+    "large-v4-8-2x2-a4-full": _row("large", "v4-8", "2x2", rules_2d=True, accum=4,
+                                   remat="full"),
+    "xl-v5p-16-2x4-full": _row("xl", "v5p-16", "2x4", rules_2d=True, remat="full"),
+    "xxl-v5e-32-8x4-a4-full-lean": _row("xxl", "v5e-32", "8x4", rules_2d=True, accum=4,
+                                        remat="full", libtpu=LEAN),
+    "large-v4-8-2x2-a4-full-lean": _row("large", "v4-8", "2x2", rules_2d=True, accum=4,
+                                        remat="full", libtpu=LEAN),
+    "large-v5e-8-4x2-a4-full-lean": _row("large", "v5e-8", "4x2", rules_2d=True, accum=4,
+                                         remat="full", libtpu=LEAN),
 }
 
 
@@ -89,7 +113,8 @@ def command_text(row: dict) -> str:
       return arg
     key, _, value = arg.partition("=")
     return f'{key}="{value}"'
-  return "sbs plan " + " ".join(quote(a) for a in row["args"])
+  env = f"LIBTPU_INIT_ARGS={row['libtpu']} " if row["libtpu"] else ""
+  return env + "sbs plan " + " ".join(quote(a) for a in row["args"])
 
 
 def load() -> dict:
@@ -118,8 +143,11 @@ def run_row(name: str) -> dict:
   sbs = pathlib.Path(sys.executable).with_name("sbs")
   with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
     tic = time.time()
+    env = {k: v for k, v in os.environ.items() if k != "LIBTPU_INIT_ARGS"}
+    if row["libtpu"]:
+      env["LIBTPU_INIT_ARGS"] = row["libtpu"]
     proc = subprocess.Popen([str(sbs), "plan", *row["args"]], stdout=out, stderr=err,
-                            cwd=ROOT)
+                            cwd=ROOT, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.time() - tic
@@ -137,13 +165,17 @@ def run_row(name: str) -> dict:
           "size": row["size"], **json.loads(lines[0])}
 
 
-def formula_gib(record: dict) -> float:
+def formula_gib(record: dict) -> float | None:
   """`sbs plan --mesh`'s estimate for the record's run, by today's formula (the record's
-  own `estimate_gib` is the formula of the day it was compiled)."""
+  own `estimate_gib` is the formula of the day it was compiled); None where it refuses."""
   sys.path.insert(0, str(ROOT))
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no libtpu start-up for arithmetic
+  from sbs_jax.errors import SbsError  # pylint: disable=import-outside-toplevel
   from sbs_jax.train.plan import plan_of_compiled  # pylint: disable=import-outside-toplevel
-  return plan_of_compiled(record, record["size"])["per_device_total_gib"]
+  try:
+    return plan_of_compiled(record, record["size"])["per_device_total_gib"]
+  except SbsError:
+    return None
 
 
 def markdown(records: dict) -> str:
@@ -157,18 +189,24 @@ def markdown(records: dict) -> str:
       continue
     r = {**r, "estimate_gib": formula_gib(r), "accum": r["grad_accum_steps"],
          "rules": "2-D" if r["partitioning_dims"][1] == 2 else "1-D"}
+    if r["estimate_gib"] is None:
+      formula = "no estimate"
+    elif "per_chip_gib" not in r:
+      formula = f"{r['estimate_gib']:.2f}"
+    else:
+      dev = 100 * (r["estimate_gib"] / r["per_chip_gib"] - 1)
+      formula = f"{r['estimate_gib']:.2f} ({dev:+.1f}%)"
     if r["fits"] is False and "per_chip_gib" not in r:
       lines.append(f"| {r['size']} | {r['optimizer']} | {r['remat_policy']} | {r['accum']} | "
                    f"{r['topology']} | {r['mesh']}, {r['rules']} | - | - | **does not fit** "
-                   f"| {r['hbm_gib']:g} | no | {r['estimate_gib']:.2f} | - |")
+                   f"| {r['hbm_gib']:g} | no | {formula} | - |")
       continue
-    dev = 100 * (r["estimate_gib"] / r["per_chip_gib"] - 1)
+    lean = " (lean)" if r.get("libtpu_init_args") else ""
     lines.append(
         f"| {r['size']} | {r['optimizer']} | {r['remat_policy']} | {r['accum']} | "
-        f"{r['topology']} | {r['mesh']}, {r['rules']} | {r['xla_argument_gib']:.3f} | "
+        f"{r['topology']}{lean} | {r['mesh']}, {r['rules']} | {r['xla_argument_gib']:.3f} | "
         f"{r['xla_temp_gib']:.3f} | **{r['per_chip_gib']:.3f}** | {r['hbm_gib']:g} | "
-        f"{'yes' if r['fits'] else 'no'} | {r['estimate_gib']:.2f} ({dev:+.1f}%) | "
-        f"{r['compile_s']:.0f} |")
+        f"{'yes' if r['fits'] else 'no'} | {formula} | {r['compile_s']:.0f} |")
   return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ also fit with its code; `fits` compares `per_chip` with the chip's HBM.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import re
 import time
@@ -203,7 +204,9 @@ def check(cfg: TrainConfig, model_config: T5Config, tpu: tpu_slices.TpuSlice,
          "optimizer": cfg.optimizer.name, "remat_policy": model_config.remat_policy,
          "grad_accum_steps": cfg.optimizer.grad_accum_steps,
          "batch_size": cfg.data.batch_size,
-         "task_feature_lengths": dict(cfg.data.task_feature_lengths)}
+         "task_feature_lengths": dict(cfg.data.task_feature_lengths),
+         # libtpu's compiler flags change what the compiled step holds (docs/scale.md)
+         "libtpu_init_args": os.environ.get("LIBTPU_INIT_ARGS", "")}
   records = []
   for name in programs:
     record = {**run, **PROGRAMS[name](student, cfg, hbm_gib or tpu.hbm_gib, hlo_dir)}
