@@ -53,6 +53,9 @@ _NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REMOTE_PATH = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./-]*")
 _PYTHON = re.compile(r"python3\.[0-9]+")
+# LIBTPU_INIT_ARGS: space-separated --flag or --flag=value
+_LIBTPU_FLAG = r"--[A-Za-z0-9_]+(=[A-Za-z0-9_.,:+-]*)?"
+_LIBTPU_ARGS = re.compile(rf"{_LIBTPU_FLAG}( {_LIBTPU_FLAG})*")
 
 
 class LaunchError(Exception):
@@ -219,8 +222,13 @@ def train_argv(args, bindings: list[str]) -> list[str]:
   --multihost (jax.distributed.initialize()) unless the slice is known to be one host.
   """
   multihost = [] if hosts_of(args.accelerator_type) == 1 else ["--multihost"]
-  return [venv_python(args), "-m", "sbs_jax.cli", "train", *multihost,
+  return [*libtpu_env(args), venv_python(args), "-m", "sbs_jax.cli", "train", *multihost,
           *[f"--gin_file={f}" for f in args.gin_file], *bindings]
+
+
+def libtpu_env(args) -> list[str]:
+  """`env LIBTPU_INIT_ARGS=...` for the workers, when --libtpu_init_args is given."""
+  return ["env", f"LIBTPU_INIT_ARGS={args.libtpu_init_args}"] if args.libtpu_init_args else []
 
 
 def t5x_source(args) -> str:
@@ -232,7 +240,8 @@ def t5x_argv(args, bindings: list[str]) -> list[str]:
   """What each worker runs for `t5x`: T5X's trainer on our mixtures (run from ~)."""
   gin_files = [f"t5x/examples/t5/t5_1_1/{args.size}.gin", args.run_gin,
                f"gin_configs/t5x/{args.family}.gin", *args.gin_file]
-  return ["env", f"PYTHONPATH={args.remote_dir}", venv_python(args), "-m", "t5x.train",
+  return [*(libtpu_env(args) or ["env"]), f"PYTHONPATH={args.remote_dir}", venv_python(args),
+          "-m", "t5x.train",
           f"--gin_search_paths=.,{t5x_source(args)},{args.remote_dir}",
           *[f"--gin_file={f}" for f in gin_files], *bindings]
 
@@ -248,13 +257,20 @@ def check_fit_argv(args, bindings: list[str]) -> list[str]:
 def check_fit(args, bindings: list[str], out) -> None:
   """Compiles the run for the slice on this machine; refuses it when it does not fit."""
   argv = check_fit_argv(args, bindings)
+  # The compile here gets the run's libtpu flags and no others: they change what the
+  # compiled step holds (docs/scale.md, "Remat with 2-D rules").
+  env = {k: v for k, v in os.environ.items() if k != "LIBTPU_INIT_ARGS"}
+  shown = shlex.join(argv)
+  if args.libtpu_init_args:
+    env["LIBTPU_INIT_ARGS"] = args.libtpu_init_args
+    shown = f"LIBTPU_INIT_ARGS={shlex.quote(args.libtpu_init_args)} {shown}"
   if args.dry_run:
-    print(shlex.join(argv), file=out)
+    print(shown, file=out)
     return
-  print(f"+ {shlex.join(argv)}", file=sys.stderr, flush=True)
+  print(f"+ {shown}", file=sys.stderr, flush=True)
   try:
     proc = subprocess.run(argv, check=False, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, env=env)
   except FileNotFoundError:
     raise LaunchError(f"{args.sbs!r} not found: give --sbs (the sbs of a local venv with "
                       "the tpu extra)") from None
@@ -329,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(sbs plan --topology, minutes on a laptop); stop if it does not fit")
   fit.add_argument("--sbs", default=str(LOCAL_SBS) if LOCAL_SBS.exists() else "sbs",
                    help="the local sbs for --check_fit (default: this checkout's .venv)")
+  libtpu = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  libtpu.add_argument("--libtpu_init_args", type=_matching(_LIBTPU_ARGS, "LIBTPU_INIT_ARGS"),
+                      help="libtpu compiler flags for the run (LIBTPU_INIT_ARGS on every "
+                      "worker) and for --check_fit's compile, which otherwise gets none, e.g. "
+                      "--libtpu_init_args="
+                      "--xla_tpu_choose_faster_windowed_einsum_over_mem=false")
 
   parser = argparse.ArgumentParser(prog="launch/tpu.py", allow_abbrev=False,
                                    description=__doc__.split("\n")[0])
@@ -337,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
   def add(name, **kwargs):
     return sub.add_parser(name, allow_abbrev=False, **kwargs)
 
-  p = add("create", parents=[common, fit], help="create a TPU VM or pod slice")
+  p = add("create", parents=[common, fit, libtpu], help="create a TPU VM or pod slice")
   p.add_argument("--accelerator_type", required=True, type=_matching(_TOKEN, "type"))
   p.add_argument("--runtime_version", type=_matching(_TOKEN, "runtime version"),
                  help=f"default: {DEFAULT_RUNTIME} (v4 and older), or v5e/v5p/v6e's own")
@@ -352,9 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="also install T5X (launch/install_t5x.sh: pinned commits from GitHub)")
   p.add_argument("--base_python", default="python3.11", type=_matching(_PYTHON, "python"))
   p.add_argument("--jax_spec", default="jax[tpu]", help="pip requirement for JAX on TPU")
-  p = add("train", parents=[common, remote, accel, fit],
+  p = add("train", parents=[common, remote, accel, fit, libtpu],
           help="sbs train --multihost on all workers (+ --gin.KEY=VALUE ...)")
-  p = add("t5x", parents=[common, remote, accel],
+  p = add("t5x", parents=[common, remote, accel, libtpu],
           help="T5X's trainer on our mixtures (+ --gin.KEY=VALUE ...)")
   p.add_argument("--family", choices=T5X_FAMILIES, default="distill_llm")
   p.add_argument("--size", choices=T5X_SIZES, default="base", help="T5 v1.1 size")

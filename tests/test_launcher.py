@@ -355,3 +355,33 @@ def test_check_fit_before_training_and_in_a_dry_run(tmp_path, monkeypatch):
                                    f"--gin_file={HOSTILE_FILE}", *HOSTILE]
   assert lines[1].startswith(shlex.quote(gcloud) + " compute tpus tpu-vm ssh")
   assert not calls.exists()
+
+
+def test_libtpu_flags_reach_the_workers_and_the_check_and_nothing_else(tmp_path, monkeypatch):
+  """--check_fit compiles with the run's libtpu flags only: a LIBTPU_INIT_ARGS left in this
+  shell would check another program than the workers run (docs/scale.md)."""
+  gcloud, calls = _fake_gcloud(tmp_path, monkeypatch)
+  monkeypatch.setenv("FAKE_SBS_CALLS", str(tmp_path / "sbs_calls.jsonl"))
+  sbs = tmp_path / "env sbs"
+  sbs.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                 "with open(os.environ['FAKE_SBS_CALLS'], 'a') as f:\n"
+                 "  f.write(json.dumps(os.environ.get('LIBTPU_INIT_ARGS')) + '\\n')\n")
+  sbs.chmod(0o755)
+  lean = "--xla_tpu_choose_faster_windowed_einsum_over_mem=false"
+  monkeypatch.setenv("LIBTPU_INIT_ARGS", "--xla_left_over_here=1")
+  train = ["train", "--name", "sbs-pod", "--zone", "us-central2-b", "--accelerator_type",
+           "v4-64", "--gcloud", gcloud, "--sbs", str(sbs), "--check_fit",
+           "--gin.MODEL_DIR='gs://b/runs/x'", "--state_dir", str(tmp_path / "state")]
+  assert tpu.main(train) == 0
+  assert tpu.main([*train, f"--libtpu_init_args={lean}"]) == 0
+  seen = [json.loads(l) for l in (tmp_path / "sbs_calls.jsonl").read_text().splitlines()]
+  assert seen == [None, lean]
+  ssh = [json.loads(l) for l in calls.read_text().splitlines()]
+  assert "LIBTPU_INIT_ARGS" not in " ".join(ssh[0])
+  assert f"env LIBTPU_INIT_ARGS={lean} sbs_venv/bin/python -m sbs_jax.cli train" in " ".join(
+      ssh[1])
+  code, lines = launch(tmp_path / "state", *train[:-2], f"--libtpu_init_args={lean}")
+  assert code == 0 and shlex.split(lines[0])[:3] == [f"LIBTPU_INIT_ARGS={lean}", str(sbs),
+                                                      "plan"]
+  with pytest.raises(SystemExit):  # not flags: refused before anything runs
+    tpu.main([*train, "--libtpu_init_args=--a=1; rm -rf ~"])
