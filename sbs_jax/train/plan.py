@@ -30,9 +30,9 @@ configuration without remat (docs/scale_compiled.jsonl), +13% on v6e's one row.
 
 With `student_config.remat_policy = "none"` every layer keeps its working set. With
 rematerialisation every layer keeps only what the policy saves, and the largest working
-set is rebuilt in the backward pass: one working set on v4, three on v5e/v5p (a fit to
-the four recorded v5e and v5p remat rows with one or two data shards, within 12% of each;
-not traced):
+set is rebuilt in the backward pass: one working set on v4, three on v5e/v5p (a fit to the
+v5e and v5p remat rows recorded before the refusal below, not traced; of the rows the
+formula still answers, base on v5e-1 is +3.8%, XXL on v5p-8 with one data shard -7.4%):
 
     "full", per layer:         emb per token (the layer's input)
     "dots", encoder layer:     per token 2 * emb + (3 * joined + 2 * mlp) / model
@@ -43,17 +43,14 @@ not traced):
 and wi_0, wi_1.) To all of these the float32 logits add L_dec * vocab / model per row,
 with rows per device = batch / (data * grad_accum_steps).
 
-With remat and 2-D rules over 8 data shards the compiled T5 XXL step holds much more
-than this: 17.7 GiB per chip on v4-64 (8x4, remat full, accumulation 1) where this formula
-says 8.9, and 13.3 on v5e-32 (8x4, accumulation 4) where it says 8.0. The v4 step's
-buffers at the peak (the same step with 4 + 4 layers, 4.68 GiB against 2.50) are, beside
-the layer being rebuilt, parts of every layer rebuilt before it (the inputs of their
-weight-gradient matmuls), still live: the scheduler runs those matmuls late. Tying each
-layer's recomputation to the incoming gradient (an optimization barrier, tried) left the
-4.68 GiB unchanged; libtpu's flag `xla_tpu_scheduler_percent_shared_memory_limit=10` cut
-it to 4.27. On both chips part of the gap is packing: the 4 + 4-layer steps' temporaries
-exceed what is live at their peak by 1.0-1.2 GiB. Every estimate with remat and 2-D rules
-carries a `remat_note`: compile with `--topology` for the figure to plan with.
+With remat and 2-D rules over more than one data shard the compiled step holds more than
+this formula counts, by an amount no count of tensors here predicts (docs/scale.md, "Remat
+with 2-D rules"): T5 XXL on v5e-32 (8x4, remat full, 4 micro-batches) compiles to 13.3 GiB
+per chip where it says 8.0; large on v5e-8 (4x2) to 4.84 where it says 2.69. Much of it is
+libtpu's collective matmuls (a weight's all-gather over 'data' overlapped with its
+matmul): with `--xla_tpu_choose_faster_windowed_einsum_over_mem=false` in LIBTPU_INIT_ARGS
+the XXL step holds 10.3 GiB, the formula still 22% under. So for those runs `plan` gives
+no estimate: it refuses, pointing to `--topology` (the compiler's figure).
 
 Beside parameters, gradients, optimizer state and activations, the compiled TPU step keeps
 each device's shard of the weights in the compute dtype (bfloat16 copies; float32 computes
@@ -84,12 +81,6 @@ from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import init_params
 
 GIB = 1024 ** 3
-# Remat with 2-D rules: the compiler may hold much more than the formula counts
-# (docs/scale.md, "Remat with 2-D rules").
-REMAT_NOTE = ("with remat and 2-D rules the TPU compiler may hold much more than this "
-              "estimate (T5 XXL, 8x4, remat full: 17.7 GiB compiled on v4-64 where it says "
-              "8.9, 13.3 on v5e-32 where it says 8.0); run with --topology for the "
-              "compiler's figure")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,9 +165,16 @@ def _layer_activations(c: T5Config, l_enc: int, l_dec: int, model: int,
 def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
          chip: str = "v4") -> dict:
   """Per-device bytes of parameters, gradients, optimizer state and activations, on a
-  `chip` of that TPU generation (`CHIPS`)."""
+  `chip` of that TPU generation (`CHIPS`). Refuses (SbsError) remat with 2-D rules over
+  several data shards, which the formula does not follow (module docstring)."""
   if chip not in CHIPS:
     raise SbsError(f"chip must be one of {sorted(CHIPS)}, got {chip!r}")
+  if model_config.remat_policy != "none" and cfg.partitioning_dims[1] == 2 and data > 1:
+    raise SbsError(
+        f"no estimate for remat with 2-D rules over {data} data shards: the TPU compiler "
+        "holds up to twice what the formula counts here (T5 XXL, v4-64 8x4, remat full: "
+        "17.7 GiB per chip, 8.9 on paper); run with --topology SLICE for the compiler's "
+        "figure")
   mesh_shape = {"data": data, "model": model}
   rules = partitioning.standard_logical_axis_rules(*cfg.partitioning_dims)
   network = Transformer(model_config)
@@ -222,8 +220,6 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
           "per_device_bytes": {k: int(v) for k, v in parts.items()},
           "per_device_gib": {k: round(v / GIB, 3) for k, v in parts.items()},
           "per_device_total_gib": round(sum(parts.values()) / GIB, 3)}
-  if model_config.remat_policy != "none" and cfg.partitioning_dims[1] == 2:
-    out["remat_note"] = REMAT_NOTE
   return out
 
 
@@ -259,7 +255,11 @@ def compiled_plan(args, cfg: TrainConfig, model_config: T5Config, tpu) -> int:
   mesh = parse_mesh(args.mesh) if args.mesh else tuple(cfg.mesh)
   programs = [p for p in args.programs.split(",") if p]
   data, model = tpu_compile.mesh_shape(mesh, tpu.chips)
-  estimate = plan(cfg, model_config, data, model, tpu.generation)["per_device_total_gib"]
+  try:
+    estimate = plan(cfg, model_config, data, model,
+                    tpu.generation)["per_device_total_gib"]
+  except SbsError:  # no estimate on paper for this run: the compiler's figure alone
+    estimate = None
   records = tpu_compile.check(cfg, model_config, tpu, mesh, programs, args.hbm_gib,
                               estimate, args.hlo_dir)
   for record in records:
