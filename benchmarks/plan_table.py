@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,9 @@ ROWS = {
     "large-v4-8-2x2-a4-full": _row("large", "v4-8", "2x2", rules_2d=True, accum=4,
                                    remat="full"),
     "xl-v5p-16-2x4-full": _row("xl", "v5p-16", "2x4", rules_2d=True, remat="full"),
+    # The smallest v5p slice for base and large (predicted first, as the remat rows above).
+    "base-v5p-8-4x1": _row("base", "v5p-8", "4x1"),
+    "large-v5p-8-4x1": _row("large", "v5p-8", "4x1"),
     "xxl-v5e-32-8x4-a4-full-lean": _row("xxl", "v5e-32", "8x4", rules_2d=True, accum=4,
                                         remat="full", libtpu=LEAN),
     "large-v4-8-2x2-a4-full-lean": _row("large", "v4-8", "2x2", rules_2d=True, accum=4,
@@ -113,7 +117,7 @@ def command_text(row: dict) -> str:
       return arg
     key, _, value = arg.partition("=")
     return f'{key}="{value}"'
-  env = f"LIBTPU_INIT_ARGS={row['libtpu']} " if row["libtpu"] else ""
+  env = f"LIBTPU_INIT_ARGS={shlex.quote(row['libtpu'])} " if row["libtpu"] else ""
   return env + "sbs plan " + " ".join(quote(a) for a in row["args"])
 
 
@@ -201,7 +205,8 @@ def markdown(records: dict) -> str:
                    f"{r['topology']} | {r['mesh']}, {r['rules']} | - | - | **does not fit** "
                    f"| {r['hbm_gib']:g} | no | {formula} | - |")
       continue
-    lean = " (lean)" if r.get("libtpu_init_args") else ""
+    flags = r.get("libtpu_init_args", "")
+    lean = " (lean)" if flags == LEAN else (" (libtpu flags)" if flags else "")
     lines.append(
         f"| {r['size']} | {r['optimizer']} | {r['remat_policy']} | {r['accum']} | "
         f"{r['topology']}{lean} | {r['mesh']}, {r['rules']} | {r['xla_argument_gib']:.3f} | "
