@@ -122,7 +122,7 @@ def test_formula_is_within_15_percent_of_the_compiler_or_refuses(record):
   assert got["per_device_total_gib"] == pytest.approx(record["per_chip_gib"], rel=0.15)
 
 
-def test_refused_runs_are_the_rows_the_formula_missed_and_all_of_them():
+def test_recorded_remat_2d_rows_include_refused_answered_and_lean_ones():
   """Every recorded row with remat and 2-D rules over several data shards is refused,
   compiled with libtpu's defaults or with its lean collective matmuls; one data shard
   (XXL on v5p-8, 1x4) still gets an estimate."""
