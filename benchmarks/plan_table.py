@@ -88,9 +88,8 @@ ROWS = {
     "xxl-v5p-8-1x4-a4-full": _row("xxl", "v5p-8", "1x4", rules_2d=True, accum=4,
                                   remat="full"),
     # Remat with 2-D rules (docs/scale.md, "Remat with 2-D rules"): the first two were
-    # predicted by a trial formula term before they were compiled (it failed); the -lean
-    # rows compile with libtpu's lean collective matmuls. Listed, not compiled yet:
-    # xl-v5p-16-2x4-full and large-v5e-4-2x2-a4-dots.
+    # predicted by a trial formula term before they were compiled (it failed). Listed,
+    # not compiled yet: xl-v5p-16-2x4-full and large-v5e-4-2x2-a4-dots.
     "large-v5e-8-4x2-a4-full": _row("large", "v5e-8", "4x2", rules_2d=True, accum=4,
                                     remat="full"),
     "large-v5e-4-2x2-a4-dots": _row("large", "v5e-4", "2x2", rules_2d=True, accum=4,
@@ -101,13 +100,10 @@ ROWS = {
     # The smallest v5p slice for base and large (predicted first, as the remat rows above).
     "base-v5p-8-4x1": _row("base", "v5p-8", "4x1"),
     "large-v5p-8-4x1": _row("large", "v5p-8", "4x1"),
-    "xxl-v5e-32-8x4-a4-full-lean": _row("xxl", "v5e-32", "8x4", rules_2d=True, accum=4,
-                                        remat="full", libtpu=LEAN),
-    "large-v4-8-2x2-a4-full-lean": _row("large", "v4-8", "2x2", rules_2d=True, accum=4,
-                                        remat="full", libtpu=LEAN),
-    "large-v5e-8-4x2-a4-full-lean": _row("large", "v5e-8", "4x2", rules_2d=True, accum=4,
-                                         remat="full", libtpu=LEAN),
 }
+# NAME-lean: row NAME compiled with libtpu's lean collective matmuls.
+ROWS.update({f"{name}-lean": {**ROWS[name], "libtpu": LEAN} for name in (
+    "xxl-v5e-32-8x4-a4-full", "large-v4-8-2x2-a4-full", "large-v5e-8-4x2-a4-full")})
 
 
 def command_text(row: dict) -> str:

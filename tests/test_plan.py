@@ -123,9 +123,9 @@ def test_formula_is_within_15_percent_of_the_compiler_or_refuses(record):
 
 
 def test_recorded_remat_2d_rows_include_refused_answered_and_lean_ones():
-  """Every recorded row with remat and 2-D rules over several data shards is refused,
-  compiled with libtpu's defaults or with its lean collective matmuls; one data shard
-  (XXL on v5p-8, 1x4) still gets an estimate."""
+  """The records hold both sides of the refusal among remat rows with 2-D rules (several
+  data shards: refused; one: answered), and refused rows compiled with libtpu's lean
+  collective matmuls too, so the test above checks the refusal on both compiles."""
   remat_2d = [r for r in COMPILED if r["remat_policy"] != "none"
               and r["partitioning_dims"][1] == 2]
   assert {refused(r) for r in remat_2d} == {True, False}

@@ -21,8 +21,8 @@ needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
 EXPERIMENT = ["--gin_file=experiments/cqa_distill_llm.gin"]
 
 
-def compile_plan(*args, timeout=900):
-  proc = run_sbs("plan", *EXPERIMENT, *args, timeout=timeout)
+def compile_plan(*args, timeout=900, env=None):
+  proc = run_sbs("plan", *EXPERIMENT, *args, timeout=timeout, env=env)
   records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
   return proc, records
 
@@ -81,13 +81,19 @@ def test_tiny_student_compiles_for_v4_8_with_the_arithmetic_of_its_shardings():
 
 @needs_libtpu
 def test_small_student_with_2d_rules_splits_its_state_over_all_chips():
+  # With remat and libtpu flags: the flags are recorded, and the formula gives no estimate
+  # for remat with 2-D rules over 2 data shards (docs/scale.md).
+  lean = "--xla_tpu_choose_faster_windowed_einsum_over_mem=false"
   proc, records = compile_plan(
       "--topology", "v4-8", "--mesh", "2x2", "--gin_file=models/small.gin",
       "--gin.TrainConfig.partitioning_dims=(1,2)", "--programs=train_step",
-      *short_rows(8, 128, 64))
+      "--gin.student_config.remat_policy='full'", *short_rows(8, 128, 64),
+      env={"LIBTPU_INIT_ARGS": lean})
   assert proc.returncode == 0, proc.stderr[-3000:]
   (train,) = records
   assert train["fits"] and train["partitioning_dims"] == [1, 2]
+  assert train["remat_policy"] == "full" and train["libtpu_init_args"] == lean
+  assert train["estimate_gib"] is None
   # Parameters, mu and nu: a quarter of them per chip (no weight replicated), up to the
   # relpos tables and scales that do not split four ways.
   state = 3 * 4 * param_count("small")

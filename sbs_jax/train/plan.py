@@ -162,14 +162,21 @@ def _layer_activations(c: T5Config, l_enc: int, l_dec: int, model: int,
           + k.remat_working_sets * max(enc_all, dec_all))
 
 
+def gives_estimate(cfg: TrainConfig, model_config: T5Config, data: int) -> bool:
+  """False for remat with 2-D rules over several data shards, which the formula does not
+  follow (module docstring)."""
+  return not (model_config.remat_policy != "none" and cfg.partitioning_dims[1] == 2
+              and data > 1)
+
+
 def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
          chip: str = "v4") -> dict:
   """Per-device bytes of parameters, gradients, optimizer state and activations, on a
-  `chip` of that TPU generation (`CHIPS`). Refuses (SbsError) remat with 2-D rules over
-  several data shards, which the formula does not follow (module docstring)."""
+  `chip` of that TPU generation (`CHIPS`). Refuses (SbsError) the runs without
+  `gives_estimate`."""
   if chip not in CHIPS:
     raise SbsError(f"chip must be one of {sorted(CHIPS)}, got {chip!r}")
-  if model_config.remat_policy != "none" and cfg.partitioning_dims[1] == 2 and data > 1:
+  if not gives_estimate(cfg, model_config, data):
     raise SbsError(
         f"no estimate for remat with 2-D rules over {data} data shards: the TPU compiler "
         "holds up to twice what the formula counts here (T5 XXL, v4-64 8x4, remat full: "
@@ -255,11 +262,9 @@ def compiled_plan(args, cfg: TrainConfig, model_config: T5Config, tpu) -> int:
   mesh = parse_mesh(args.mesh) if args.mesh else tuple(cfg.mesh)
   programs = [p for p in args.programs.split(",") if p]
   data, model = tpu_compile.mesh_shape(mesh, tpu.chips)
-  try:
-    estimate = plan(cfg, model_config, data, model,
-                    tpu.generation)["per_device_total_gib"]
-  except SbsError:  # no estimate on paper for this run: the compiler's figure alone
-    estimate = None
+  estimate = None  # where the formula gives none, the compiler's figure stands alone
+  if gives_estimate(cfg, model_config, data):
+    estimate = plan(cfg, model_config, data, model, tpu.generation)["per_device_total_gib"]
   records = tpu_compile.check(cfg, model_config, tpu, mesh, programs, args.hbm_gib,
                               estimate, args.hlo_dir)
   for record in records:
