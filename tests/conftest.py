@@ -69,3 +69,25 @@ def annotated(tmp_path_factory, data_dir):
   os.environ["SBS_ANNOTATION_DIR"] = str(out)
   os.environ["SBS_VOCAB"] = str(spm_path)
   return out
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A GCS server on 127.0.0.1 (fake-gcs-server) that TensorFlow, tensorstore and orbax in
+  this process and in `run_sbs` subprocesses reach for every gs:// path, with a bucket
+  `sbs-test`. Skips with the reason where the emulator cannot be installed or started."""
+  from sbs_jax.testing import gcs_emulator
+  try:
+    emulator = gcs_emulator.GcsEmulator().start()
+  except gcs_emulator.EmulatorUnavailable as e:
+    pytest.skip(str(e))
+  saved = {k: os.environ.get(k) for k in emulator.env()}
+  emulator.apply()
+  emulator.create_bucket("sbs-test")
+  yield emulator
+  emulator.stop()
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value

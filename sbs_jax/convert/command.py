@@ -31,13 +31,13 @@ def add_parser(subparsers) -> None:
   p.add_argument("--out", required=True)
   p.add_argument("--allow_pickle", action="store_true",
                  help="read a pickle-based pytorch_model.bin (unpickling can run code)")
-  p.set_defaults(func=import_main)
+  p.set_defaults(func=import_main, local_only=("hf_dir",))
   p = subparsers.add_parser("export-hf", help="a trained model dir -> an HF T5 folder")
   p.add_argument("--model_dir", required=True)
   p.add_argument("--out", required=True)
   p.add_argument("--overwrite", action="store_true",
                  help="write into a non-empty --out dir, replacing files of the same name")
-  p.set_defaults(func=export_main)
+  p.set_defaults(func=export_main, local_only=("out",))
 
 
 def _extra_ids(hf_dir: pathlib.Path) -> int:

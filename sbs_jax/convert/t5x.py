@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 
 import numpy as np
 
@@ -106,23 +105,36 @@ class _Delegate:
     return ("%", name)
 
 
-def _find_include(name: str, including: pathlib.Path) -> pathlib.Path | None:
+def _folders_up(path: str) -> list[str]:
+  """The folder of `path` and every folder above it (local or gs://)."""
+  scheme, rest = (path.split("://", 1)[0] + "://", path.split("://", 1)[1]) \
+      if "://" in path else ("", os.path.abspath(path))
+  parts = rest.split("/")[:-1]
+  return [scheme + "/".join(parts[:i]) for i in range(len(parts), 0, -1)
+          if scheme + "/".join(parts[:i])]
+
+
+def _find_include(name: str, including: str) -> str | None:
   """An included gin file, relative to the including file's folder or one above it."""
-  for folder in [including.parent, *including.parents]:
-    if (folder / name).is_file():
-      return folder / name
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  for folder in _folders_up(including):
+    if tf.io.gfile.exists(f"{folder}/{name}") and not tf.io.gfile.isdir(f"{folder}/{name}"):
+      return f"{folder}/{name}"
   return None
 
 
-def _gin_statements(path: pathlib.Path, seen: set | None = None):
+def _gin_statements(path: str, seen: set | None = None):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from gin import config_parser  # pylint: disable=import-outside-toplevel
   seen = set() if seen is None else seen
-  if path.resolve() in seen:
+  key = path if "://" in path else os.path.realpath(path)
+  if key in seen:
     return
-  seen.add(path.resolve())
+  seen.add(key)
+  with tf.io.gfile.GFile(path, "rb") as f:
+    text = f.read().decode("utf-8")
   try:
-    statements = list(config_parser.ConfigParser(path.read_text(encoding="utf-8"),
-                                                 _Delegate()))
+    statements = list(config_parser.ConfigParser(text, _Delegate()))
   except SyntaxError as e:
     raise ConversionError(f"{path}: not a gin file: {e}") from None
   for statement in statements:
@@ -137,11 +149,23 @@ def _gin_statements(path: pathlib.Path, seen: set | None = None):
 
 
 def read_model_gin(path) -> tuple[T5Config, str | None, int]:
-  """(network config, vocabulary path or None, extra ids) of a T5X model gin file."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise ConversionError(f"{path}: no such model gin file (`sbs export-t5x` writes "
-                          "model.gin beside the checkpoint)")
+  """(network config, vocabulary path or None, extra ids) of a T5X model gin file (local
+  or gs://)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  path = str(path)
+  try:
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+      raise ConversionError(f"{path}: no such model gin file (`sbs export-t5x` writes "
+                            "model.gin beside the checkpoint)")
+    return _read_model_gin(path)
+  except UnicodeDecodeError:
+    raise ConversionError(f"{path}: not a gin file (not UTF-8 text)") from None
+  except tf.errors.OpError as e:
+    raise ConversionError(f"{path}: cannot read the model gin: {first_line(e.message)}") \
+        from None
+
+
+def _read_model_gin(path: str) -> tuple[T5Config, str | None, int]:
   macros, fields, vocab, extra_ids = {}, {}, None, 0
   for s in _gin_statements(path):
     if not s.arg_name:
@@ -190,17 +214,37 @@ def _is_spec(node) -> bool:
 
 
 def _absolute_kvstore(spec: dict, checkpoint_dir: str) -> dict:
-  """A tensorstore spec whose relative path is resolved against the checkpoint dir."""
+  """A T5X tensorstore spec resolved against the checkpoint dir it was read from.
+
+  T5X stores each array's path relative to its checkpoint dir, whatever the driver: `file`
+  or `gfile` when it wrote to a local folder; `gcs` with the placeholder bucket
+  `t5x-dummy-bucket` when it wrote to gs:// (the public checkpoints). The path sits in
+  `kvstore` (tensorstore 0.1.14 and later) or beside it (earlier). As T5X's reader does,
+  the location is where the checkpoint is now: the bucket and prefix of a gs:// dir, or
+  the local folder of a copy, never the driver or bucket in the file.
+  """
   spec = dict(spec)
-  kvstore = dict(spec["kvstore"])
-  rel = kvstore.get("path", "")
-  if checkpoint_dir.startswith("gs://"):
-    bucket, _, prefix = checkpoint_dir[len("gs://"):].partition("/")
-    if kvstore.get("driver") != "gcs":
-      kvstore = {"driver": "gcs", "bucket": bucket, "path": f"{prefix}/{rel}"}
-  elif kvstore.get("driver") in ("file", None) and not os.path.isabs(rel):
-    kvstore = {"driver": "file", "path": os.path.join(checkpoint_dir, rel)}
-  spec["kvstore"] = kvstore
+  kvstore = dict(spec["kvstore"]) if isinstance(spec["kvstore"], dict) else {}
+  if "path" in kvstore:
+    rel = kvstore["path"]
+    spec.pop("path", None)
+  elif "path" in spec:  # tensorstore < 0.1.14
+    rel = spec.pop("path")
+  else:
+    raise ConversionError(f"{checkpoint_dir}: a tensorstore spec with no path: {spec}")
+  driver = kvstore.get("driver")
+  if driver not in ("file", "gfile", "gcs"):
+    raise ConversionError(f"{checkpoint_dir}: a tensorstore spec with the kvstore driver "
+                          f"{driver!r} (T5X writes file, gfile or gcs)")
+  if driver in ("file", "gfile") and rel.startswith(("/", "gs://")):
+    location = rel  # an absolute path, as os.path.join in T5X's reader keeps it
+  else:
+    location = f"{checkpoint_dir}/{rel.lstrip('/')}"
+  if location.startswith("gs://"):
+    bucket, _, prefix = location[len("gs://"):].partition("/")
+    spec["kvstore"] = {"driver": "gcs", "bucket": bucket, "path": prefix}
+  else:
+    spec["kvstore"] = {"driver": "file", "path": os.path.abspath(location)}
   return spec
 
 
@@ -261,15 +305,27 @@ def _read_orbax_checkpoint(checkpoint_dir: str) -> tuple[dict, int, int]:
 
 def read_checkpoint(checkpoint_dir: str) -> tuple[dict, int, int]:
   """(params tree as float32 numpy, step, optimizer-state arrays skipped) of a T5X
-  checkpoint dir in either format."""
+  checkpoint in either format: its `checkpoint_<step>` dir, or (as T5X accepts) the
+  msgpack file `checkpoint_<step>/checkpoint` itself; local or gs://."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   checkpoint_dir = str(checkpoint_dir).rstrip("/")
-  if tf.io.gfile.exists(f"{checkpoint_dir}/{CHECKPOINT_FILE}"):
-    return _read_msgpack_checkpoint(checkpoint_dir)
-  if tf.io.gfile.isdir(f"{checkpoint_dir}/{ORBAX_ITEM}"):
-    return _read_orbax_checkpoint(checkpoint_dir)
+  try:
+    if (checkpoint_dir.rsplit("/", 1)[-1] == CHECKPOINT_FILE
+        and not tf.io.gfile.isdir(checkpoint_dir) and tf.io.gfile.exists(checkpoint_dir)):
+      checkpoint_dir = checkpoint_dir.rsplit("/", 1)[0]
+    if tf.io.gfile.exists(f"{checkpoint_dir}/{CHECKPOINT_FILE}"):
+      return _read_msgpack_checkpoint(checkpoint_dir)
+    if tf.io.gfile.isdir(f"{checkpoint_dir}/{ORBAX_ITEM}"):
+      return _read_orbax_checkpoint(checkpoint_dir)
+  except tf.errors.OpError as e:
+    raise ConversionError(f"{checkpoint_dir}: cannot read the checkpoint: "
+                          f"{first_line(e.message)}") from None
   raise ConversionError(f"{checkpoint_dir}: not a T5X checkpoint dir (no `{CHECKPOINT_FILE}` "
                         f"file, no `{ORBAX_ITEM}/` folder); give checkpoint_<step>/")
+
+
+def first_line(text: str) -> str:
+  return str(text).strip().splitlines()[0] if str(text).strip() else str(text)
 
 
 def check_params(params: dict, config: T5Config, what: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 
+from sbs_jax.convert import replace
 from sbs_jax.convert import t5x as t5x_format
 from sbs_jax.errors import SbsError
 
@@ -28,6 +29,8 @@ def add_parser(subparsers) -> None:
   p = subparsers.add_parser("export-t5x", help="a trained model dir -> a T5X checkpoint")
   p.add_argument("--model_dir", required=True)
   p.add_argument("--out", required=True, help="gets checkpoint_<step>/, model.gin, spm.model")
+  p.add_argument("--overwrite", action="store_true",
+                 help="write into a non-empty --out (files of the same name are replaced)")
   p.set_defaults(func=export_main)
   p = subparsers.add_parser("import-t5x", help="a T5X checkpoint -> a model dir to train from")
   p.add_argument("--checkpoint", required=True, help="a T5X checkpoint_<step> folder")
@@ -37,12 +40,16 @@ def add_parser(subparsers) -> None:
   p.add_argument("--vocab", help="its SentencePiece model (default: the model gin's)")
   p.add_argument("--extra_ids", type=int,
                  help="sentinels added to the vocabulary (default: the model gin's, else 0)")
-  p.add_argument("--out", required=True)
+  p.add_argument("--out", required=True, help="the model dir to write (must be new or empty)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a non-empty --out whole (the old folder or the new one, "
+                 "never a mix, if the import is interrupted)")
   p.set_defaults(func=import_main)
 
 
-def export_t5x(model_dir: str, out: str) -> dict:
-  """Writes a model dir's best parameters as a T5X checkpoint, model gin and vocabulary."""
+def export_t5x(model_dir: str, out: str, overwrite: bool = False) -> dict:
+  """Writes a model dir's best parameters as a T5X checkpoint, model gin and vocabulary;
+  a non-empty `out` is refused unless `overwrite`."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -51,6 +58,8 @@ def export_t5x(model_dir: str, out: str) -> dict:
   if importlib.util.find_spec("t5x") is None:
     raise SbsError("export-t5x writes with T5X's own code: install it with "
                    "`bash launch/install_t5x.sh` (docs/t5x.md)")
+  if not overwrite:
+    replace.refuse_nonempty(out)
   student, params, info = ckpt.load_student(model_dir)
   step = _params_step(model_dir)
   params = jax.tree.map(np.asarray, jax.device_get(params))
@@ -63,6 +72,8 @@ def export_t5x(model_dir: str, out: str) -> dict:
                            model_dir)
   _check_vocabulary(f"{model_dir}/{info['vocabulary']}", int(info.get("extra_ids", 0)),
                     student.config)
+  if tf.io.gfile.exists(f"{out}/checkpoint_{step}"):
+    tf.io.gfile.rmtree(f"{out}/checkpoint_{step}")  # --overwrite: T5X refuses a step it has
   checkpoint = t5x_format.write_checkpoint(out, student.config, params, step)
   tf.io.gfile.copy(f"{model_dir}/{info['vocabulary']}", vocab_file, overwrite=True)
   with tf.io.gfile.GFile(f"{out}/{MODEL_GIN}", "w") as f:
@@ -72,26 +83,42 @@ def export_t5x(model_dir: str, out: str) -> dict:
 
 
 def _params_step(model_dir: str) -> int:
-  """The step of a model dir's kept parameters (`params/<step>`)."""
+  """The step of a model dir's kept parameters: `params/<step>`, or for a dir imported
+  from T5X and not trained since, the T5X checkpoint's step (kept in the params' meta)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   steps = [int(p.rstrip("/").rsplit("/", 1)[-1]) for p in
            tf.io.gfile.glob(f"{model_dir}/params/*") if p.rstrip("/").rsplit("/", 1)[-1]
            .isdigit()]
-  return max(steps) if steps else 0
+  if not steps:
+    return 0
+  step = max(steps)
+  meta = f"{model_dir}/params/{step}/meta/metadata"
+  if step == 0 and tf.io.gfile.exists(meta):
+    with tf.io.gfile.GFile(meta) as f:
+      try:
+        return int(json.load(f).get("t5x_step", 0))
+      except (ValueError, TypeError, AttributeError):
+        return 0
+  return step
 
 
 def _check_vocabulary(path: str, extra_ids: int, config) -> None:
   """The vocabulary must exist and fit the network's embedding."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  if not tf.io.gfile.exists(path):
-    raise SbsError(f"{path}: no such SentencePiece model")
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  try:
+    if not tf.io.gfile.exists(path):
+      raise SbsError(f"{path}: no such SentencePiece model")
+    with tf.io.gfile.GFile(path, "rb") as f:
+      proto = f.read()
+  except tf.errors.OpError as e:
+    raise SbsError(f"{path}: cannot read the vocabulary ({t5x_format.first_line(e.message)}); "
+                   "pass --vocab with a copy you can reach") from None
   sp = spm.SentencePieceProcessor()
-  with tf.io.gfile.GFile(path, "rb") as f:
-    try:
-      sp.LoadFromSerializedProto(f.read())
-    except RuntimeError:
-      raise SbsError(f"{path}: not a SentencePiece model") from None
+  try:
+    sp.LoadFromSerializedProto(proto)
+  except RuntimeError:
+    raise SbsError(f"{path}: not a SentencePiece model") from None
   size = sp.get_piece_size() + extra_ids
   if size > config.vocab_size:
     raise SbsError(f"{path}: {sp.get_piece_size()} pieces + {extra_ids} extra ids = {size} "
@@ -101,11 +128,14 @@ def _check_vocabulary(path: str, extra_ids: int, config) -> None:
 
 def import_t5x(checkpoint: str, out: str, model_gin: str | None = None,
                size: str | None = None, vocab: str | None = None,
-               extra_ids: int | None = None) -> dict:
-  """Writes a T5X checkpoint's parameters as a model dir; returns a summary."""
+               extra_ids: int | None = None, overwrite: bool = False) -> dict:
+  """Writes a T5X checkpoint's parameters as a model dir; returns a summary. A non-empty
+  `out` is refused unless `overwrite`, and then replaced whole (replace.write_whole_dir)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from sbs_jax.model.config import SIZES, config_for  # pylint: disable=import-outside-toplevel
   from sbs_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  if not overwrite:
+    replace.refuse_nonempty(out)
   gin_vocab, gin_extra_ids = None, 0
   if model_gin:
     config, gin_vocab, gin_extra_ids = t5x_format.read_model_gin(model_gin)
@@ -120,12 +150,54 @@ def import_t5x(checkpoint: str, out: str, model_gin: str | None = None,
   extra_ids = gin_extra_ids if extra_ids is None else extra_ids
   _check_vocabulary(vocab, extra_ids, config)
   params, step, skipped = t5x_format.read_checkpoint(checkpoint)
+  if size:
+    _check_size(params, size, checkpoint)
   t5x_format.check_params(params, config, f"the T5X checkpoint {checkpoint}")
-  ckpt.write_model_info(out, config, vocab, extra_ids)
-  ckpt.save_params(out, 0, params, {"step": 0, "source": checkpoint, "t5x_step": step})
+
+  def write(folder: str) -> None:
+    ckpt.write_model_info(folder, config, vocab, extra_ids)
+    ckpt.save_params(folder, 0, params, {"step": 0, "source": checkpoint, "t5x_step": step})
+
+  replace.write_whole_dir(out, overwrite, write)
   return {"model_dir": out, "t5x_step": step,
           "parameters": int(sum(np.size(x) for x in _leaves(params))),
           "skipped_optimizer_arrays": skipped, "extra_ids": extra_ids}
+
+
+def _shape_summary(params: dict) -> dict:
+  """The network dimensions a T5 v1.1 parameter tree has."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  def layers(stack):
+    return sum(1 for k in params.get(stack, {}) if str(k).startswith("layers_"))
+  first = params.get("encoder", {}).get("layers_0", {})
+  emb = np.shape(params.get("token_embedder", {}).get("embedding", ()))
+  mlp = np.shape(first.get("mlp", {}).get("wi_0", {}).get("kernel", ()))
+  query = np.shape(first.get("attention", {}).get("query", {}).get("kernel", ()))
+  return {"emb_dim": emb[1] if len(emb) == 2 else None,
+          "num_encoder_layers": layers("encoder"), "num_decoder_layers": layers("decoder"),
+          "mlp_dim": mlp[1] if len(mlp) == 2 else None,
+          "joined_heads": query[1] if len(query) == 2 else None}
+
+
+def _check_size(params: dict, size: str, checkpoint: str) -> None:
+  """One line when the checkpoint is not the `--size` asked for, naming the size it is."""
+  from sbs_jax.model.config import SIZES  # pylint: disable=import-outside-toplevel
+  have = _shape_summary(params)
+
+  def dims(c):
+    return {"emb_dim": c.emb_dim, "num_encoder_layers": c.num_encoder_layers,
+            "num_decoder_layers": c.num_decoder_layers, "mlp_dim": c.mlp_dim,
+            "joined_heads": c.num_heads * c.head_dim}
+  if have == dims(SIZES[size]):
+    return
+  described = (f"emb_dim {have['emb_dim']}, {have['num_encoder_layers']} + "
+               f"{have['num_decoder_layers']} layers, mlp_dim {have['mlp_dim']}")
+  matches = [name for name, c in SIZES.items() if name != "tiny" and dims(c) == have]
+  if matches:
+    raise SbsError(f"{checkpoint} is T5 v1.1 {matches[0]} ({described}), not {size}: pass "
+                   f"--size {matches[0]}")
+  raise SbsError(f"{checkpoint} is no published T5 v1.1 size ({described}), not {size}: "
+                 "pass --model_gin with its network's gin file")
 
 
 def _leaves(tree):
@@ -137,13 +209,13 @@ def _leaves(tree):
 
 
 def export_main(args) -> int:
-  print(json.dumps(export_t5x(args.model_dir, args.out)))
+  print(json.dumps(export_t5x(args.model_dir, args.out, args.overwrite)))
   return 0
 
 
 def import_main(args) -> int:
   summary = import_t5x(args.checkpoint, args.out, args.model_gin, args.size, args.vocab,
-                       args.extra_ids)
+                       args.extra_ids, args.overwrite)
   if summary["skipped_optimizer_arrays"]:
     print(f"sbs import-t5x: imported the parameters; skipped the checkpoint's "
           f"{summary['skipped_optimizer_arrays']} optimizer-state arrays (training starts "
