@@ -67,6 +67,20 @@ def _command_of(argv: list[str]) -> str | None:
   return None
 
 
+def _refuse_remote_paths(args) -> None:
+  """One line for a gs:// (or other URL) value of a flag that the command reads or writes
+  with local-only calls (a journal, a lock, renames): pathlib would turn `gs://b/x` into a
+  local folder `gs:/b/x` and the run would look fine."""
+  from sbs_jax.errors import SbsError  # pylint: disable=import-outside-toplevel
+  for name in getattr(args, "local_only", ()):
+    value = getattr(args, name, None)
+    if value and "://" in str(value):
+      raise SbsError(f"--{name} {value}: `sbs {args.command}` works on local files only "
+                     f"(cloud storage is for model dirs, annotation dirs, vocabularies and "
+                     f"T5X checkpoints); use a local path, then copy the result with "
+                     f"`gcloud storage cp -r`")
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -96,6 +110,7 @@ def main(argv=None) -> int:
   for noisy in ("absl", "tensorflow", "h5py", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
+    _refuse_remote_paths(args)
     return args.func(args)
   except Preempted as e:  # a checkpoint was saved: not a failure, but not finished either
     print(f"sbs {args.command}: {e}", file=sys.stderr)

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
   p.add_argument("--seeds", default="0", help="comma-separated; one run per method and seed")
   p.epilog = (f"Bindings for the controlled runs, after {OVERLAY}: --gin.KEY=VALUE "
               "(repeatable), e.g. --gin.TRAIN_STEPS=200")
-  p.set_defaults(func=main, accepts_gin_bindings=True)
+  p.set_defaults(func=main, accepts_gin_bindings=True, local_only=("out_dir", "data_dir"))
 
 
 def cqa_part(args, out: pathlib.Path) -> dict:

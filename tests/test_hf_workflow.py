@@ -111,3 +111,22 @@ def test_trained_student_exported_serves_the_same_greedy_outputs(imported, tmp_p
     generated = model.generate(**batch, max_new_tokens=16, do_sample=False, num_beams=1)
   theirs = [detokenize(vocab, row[1:]) for row in generated.numpy()]  # drop the start token
   assert theirs == ours
+
+
+def test_import_into_an_existing_dir_is_refused_unless_overwrite(imported, tmp_path, gcs):
+  """A trained or imported dir is never rewritten in part: refused, or replaced whole (also
+  on gs://, the emulator)."""
+  hf_dir, _, _ = imported
+  other_hf = hf_folder(tmp_path / "hf", hf_dir / "spiece.model", d_ff=96)
+  for out in (str(tmp_path / "out"), f"gs://sbs-test/hf_import/{tmp_path.name}"):
+    convert.import_hf(hf_dir, out)
+    config_before, _ = ckpt.read_model_info(out)
+    with pytest.raises(SbsError, match="exists and is not empty: choose a new --out, or pass "
+                       "--overwrite"):
+      convert.import_hf(other_hf, out)
+    assert ckpt.read_model_info(out)[0] == config_before  # untouched
+    convert.import_hf(other_hf, out, overwrite=True)
+    config_after, _ = ckpt.read_model_info(out)
+    assert (config_before.mlp_dim, config_after.mlp_dim) == (128, 96)
+    student, params, _ = ckpt.load_student(out)
+    assert params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].shape == (64, 96)

@@ -64,7 +64,7 @@ def add_parser(subparsers) -> None:
   g.add_argument("--retry_max_delay", type=float, default=30.0)
   g.add_argument("--max_tokens", type=int, default=256)
   g.add_argument("--temperature", type=float, default=0.0)
-  p.set_defaults(func=main)
+  p.set_defaults(func=main, local_only=("out_dir", "data_dir", "prompt_file"))
 
 
 def _load(args) -> readers.LoadedSplit:

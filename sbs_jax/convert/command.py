@@ -18,7 +18,7 @@ import pathlib
 import jax
 import numpy as np
 
-from sbs_jax.convert import hf
+from sbs_jax.convert import hf, replace
 from sbs_jax.errors import SbsError
 from sbs_jax.train import checkpoint as ckpt
 
@@ -31,6 +31,9 @@ def add_parser(subparsers) -> None:
   p.add_argument("--out", required=True)
   p.add_argument("--allow_pickle", action="store_true",
                  help="read a pickle-based pytorch_model.bin (unpickling can run code)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a non-empty --out whole (the old dir or the new one, never a "
+                 "mix, if the import is interrupted)")
   p.set_defaults(func=import_main, local_only=("hf_dir",))
   p = subparsers.add_parser("export-hf", help="a trained model dir -> an HF T5 folder")
   p.add_argument("--model_dir", required=True)
@@ -48,16 +51,23 @@ def _extra_ids(hf_dir: pathlib.Path) -> int:
   return 0
 
 
-def import_hf(hf_dir, out: str, allow_pickle: bool = False) -> dict:
-  """Writes an HF T5 checkpoint as a model dir; returns a summary."""
+def import_hf(hf_dir, out: str, allow_pickle: bool = False, overwrite: bool = False) -> dict:
+  """Writes an HF T5 checkpoint as a model dir; returns a summary. A non-empty `out` is
+  refused unless `overwrite`, and then replaced whole (replace.write_whole_dir)."""
+  if not overwrite:
+    replace.refuse_nonempty(out)
   hf_dir = pathlib.Path(hf_dir)
   config, params, spiece = hf.read_hf_dir(hf_dir, allow_pickle=allow_pickle)
   if spiece is None:
     raise SbsError(f"{hf_dir} has no spiece.model: the student needs its vocabulary")
   hf.check_spiece(spiece, config)
   extra_ids = _extra_ids(hf_dir)
-  ckpt.write_model_info(out, config, spiece, extra_ids)
-  ckpt.save_params(out, 0, params, {"step": 0, "source": str(hf_dir)})
+
+  def write(folder: str) -> None:
+    ckpt.write_model_info(folder, config, spiece, extra_ids)
+    ckpt.save_params(folder, 0, params, {"step": 0, "source": str(hf_dir)})
+
+  replace.write_whole_dir(out, overwrite, write)
   return {"model_dir": out, "parameters": int(sum(np.size(x) for x in
                                                    jax.tree.leaves(params))),
           "extra_ids": extra_ids, "config": config.__dict__}
@@ -80,7 +90,7 @@ def export_hf(model_dir: str, out: str, overwrite: bool = False) -> pathlib.Path
 
 
 def import_main(args) -> int:
-  summary = import_hf(args.hf_dir, args.out, args.allow_pickle)
+  summary = import_hf(args.hf_dir, args.out, args.allow_pickle, args.overwrite)
   print(json.dumps({k: summary[k] for k in ("model_dir", "parameters", "extra_ids")}))
   return 0
 

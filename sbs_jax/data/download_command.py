@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
   p.add_argument("--timeout", type=float, default=60.0)
   p.add_argument("--check_only", action="store_true",
                  help="only check what the data dir holds")
-  p.set_defaults(func=main)
+  p.set_defaults(func=main, local_only=("data_dir",))
 
 
 def main(args) -> int:

@@ -110,10 +110,12 @@ def _comparable_state(vocabulary: seqio.SentencePieceVocabulary) -> dict:
 
 def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
                      model_type: str = "unigram") -> pathlib.Path:
-  """Trains a SentencePiece model with T5's special ids; returns the .model path."""
+  """Trains a SentencePiece model with T5's special ids; returns the .model path (local, or
+  gs://: one object, which appears whole or not at all)."""
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-  out_path = pathlib.Path(out_path)
-  if out_path.suffix != ".model":
+  remote = "://" in str(out_path)
+  out_path = str(out_path) if remote else pathlib.Path(out_path)
+  if not str(out_path).endswith(".model"):
     raise DataError(out_path, "the vocabulary path must end in .model")
   with tempfile.TemporaryDirectory() as tmp:
     corpus = pathlib.Path(tmp) / "corpus.txt"
@@ -136,6 +138,11 @@ def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
           input_sentence_size=2_000_000, shuffle_input_sentence=False)
     except RuntimeError as e:  # e.g. a vocab_size below the 256 byte pieces + characters
       raise DataError(out_path, f"SentencePiece training failed: {e}") from None
+    if remote:
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      with tf.io.gfile.GFile(out_path, "wb") as f:
+        f.write(prefix.with_suffix(".model").read_bytes())
+      return out_path
     out_path.parent.mkdir(parents=True, exist_ok=True)  # only now: a failure leaves no dir
     tmp_model = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     tmp_model.write_bytes(prefix.with_suffix(".model").read_bytes())

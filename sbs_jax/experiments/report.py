@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
   p.add_argument("sweep_dir")
   p.add_argument("--metric", default="accuracy",
                  help="the label metric to tabulate and plot (e.g. equation_accuracy)")
-  p.set_defaults(func=main)
+  p.set_defaults(func=main, local_only=("sweep_dir",))
 
 
 @dataclasses.dataclass

@@ -73,7 +73,8 @@ def add_parser(subparsers) -> None:
                  help="read by every cell after the experiment's files (repeatable)")
   p.add_argument("--print_commands", action="store_true",
                  help="print one `sbs train` command per cell and run nothing")
-  p.set_defaults(func=main, accepts_gin_bindings=True)
+  p.set_defaults(func=main, accepts_gin_bindings=True,
+                 local_only=("out_dir", "annotation_dir", "gin_file"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -143,7 +143,7 @@ def add_parser(subparsers) -> None:
                          help="generate, annotate through the live teacher, build the vocab")
   r.add_argument("--out_dir", required=True)
   r.add_argument("--error_rate", type=float, default=0.0)
-  p.set_defaults(func=main)
+  p.set_defaults(func=main, local_only=("out_dir",))
 
 
 def main(args) -> int:

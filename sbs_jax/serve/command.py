@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
   p.add_argument("--process_id", type=int)
   p.add_argument("--multihost", action="store_true",
                  help="call jax.distributed.initialize() with automatic detection (TPU VMs)")
-  p.set_defaults(func=main)
+  p.set_defaults(func=main, local_only=("input_file", "output_file"))
 
 
 def _report_truncated(count: int, total: int, max_input_length: int) -> None:

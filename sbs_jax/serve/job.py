@@ -93,11 +93,16 @@ def file_sha256(path: pathlib.Path) -> str:
 
 def manifest(job: FileJob, predictor: Predictor, rows: int) -> dict:
   """What decides the output: a partial run is only continued with exactly these."""
-  params_dir = pathlib.Path(job.model_dir) / "params"
-  steps = sorted(p.name for p in params_dir.iterdir()) if params_dir.is_dir() else []
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  model_dir = str(job.model_dir).rstrip("/")
+  if "://" not in model_dir:
+    model_dir = str(pathlib.Path(model_dir).resolve())
+  params_dir = f"{model_dir}/params"
+  steps = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(params_dir)) \
+      if tf.io.gfile.isdir(params_dir) else []
   s = predictor.settings
   return {"input_file": str(job.input_file.resolve()), "input_sha256": file_sha256(
-      job.input_file), "rows": rows, "model_dir": str(pathlib.Path(job.model_dir).resolve()),
+      job.input_file), "rows": rows, "model_dir": model_dir,
           "params_steps": steps, "input_key": job.input_key, "label_key": job.label_key,
           "id_key": job.id_key, "rationale": job.rationale, "window": job.window,
           "batch_size": predictor.batch_size, "max_input_length": predictor.max_input_length,

@@ -76,6 +76,15 @@ def _guard_gin_readers() -> None:
   our own `runs/` output dir) makes it raise TypeError before the search path is tried.
   """
   readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  if not any(getattr(exists, "_sbs_remote", False) for _, exists in readers):
+    # gs:// gin files (a model dir's config.gin for `sbs eval`) through TensorFlow's gfile,
+    # as gin.tf registers it; only for URLs, so that local files read as before.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    def remote_exists(path):
+      return "://" in str(path) and tf.io.gfile.exists(str(path))
+    remote_exists._sbs_remote = True  # pylint: disable=protected-access
+    gin.config.register_file_reader(tf.io.gfile.GFile, remote_exists)
   for i, (reader, exists) in enumerate(readers):
     if getattr(exists, "_sbs_guarded", False):
       continue

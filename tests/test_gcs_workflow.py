@@ -1,0 +1,186 @@
+"""The workflow with gs:// paths on the GCS emulator (tests/conftest.py `gcs`).
+
+Annotations made locally are copied up with the real `gcloud storage cp -r`; `sbs vocab`
+writes to gs://; `sbs train` runs as two processes (as two hosts of a slice) with the
+annotation dir, vocabulary, INITIAL_CHECKPOINT and MODEL_DIR on gs://, is SIGKILLed after
+its first checkpoint and resumed, and ends with the losses and results of an uninterrupted
+two-process run; `sbs eval` and `sbs predict` read the gs:// model dir. Commands that work
+on local files only refuse a gs:// path in one line and write nothing (pathlib once turned
+`gs://b/x` into a local folder `gs:/b/x`).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from sbs_jax.train.metric_log import read_metrics
+from tests.conftest import REPO, run_sbs
+from tests.test_multihost import _free_port, _tail, _wait_all, _wait_for
+
+BUCKET = "sbs-test"
+ROOT = f"gs://{BUCKET}/workflow"
+STEPS = 10  # room after the first checkpoint, so the SIGKILL lands mid-run
+
+
+def _train_flags(model_dir, *more) -> list[str]:
+  return ["--gin_file=experiments/svamp_distill_llm.gin", "--gin_file=overlays/tiny_cpu.gin",
+          f"--gin.MODEL_DIR='{model_dir}'", f"--gin.annotation_dir.path='{ROOT}/ann'",
+          f"--gin.vocabulary_settings.path='{ROOT}/vocab/spm.model'",
+          "--gin.student_config.vocab_size=1024", f"--gin.TRAIN_STEPS={STEPS}",
+          "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.checkpoint_every=2",
+          f"--gin.EvalConfig.every={STEPS}", "--gin.EvalConfig.max_examples=8",
+          "--gin.EvalConfig.max_test_examples=8", "--gin.EvalConfig.batch_size=8",
+          "--gin.EvalConfig.rationale_samples=0", "--gin.BATCH_SIZE=8",
+          "--gin.OptimizerConfig.warmup_steps=0",
+          "--gin.DataConfig.task_feature_lengths={'inputs': 128, 'targets': 64}", *more]
+
+
+def _env() -> dict:
+  """For the two hosts; `run_sbs` adds its env to os.environ (the emulator's settings)."""
+  return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+def _two_hosts(flags, logs):
+  address = f"127.0.0.1:{_free_port()}"
+  procs = []
+  for i, log in enumerate(logs):
+    with open(log, "w", encoding="utf-8") as out:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "sbs_jax.cli", "train", "--coordinator_address", address,
+           "--num_processes", "2", "--process_id", str(i), *flags],
+          cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **_env()), stdout=out,
+          stderr=subprocess.STDOUT))
+  return procs
+
+
+def _kill(procs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
+@pytest.fixture(scope="module")
+def setup(gcs, data_dir, tmp_path_factory):
+  root = tmp_path_factory.mktemp("gcs_workflow")
+  for split in ("train", "test"):
+    proc = run_sbs("annotate", "--dataset", "svamp", "--split", split, "--teacher", "replay",
+                   "--out_dir", root / "ann", "--data_dir", data_dir, "--no_progress")
+    assert proc.returncode == 0, proc.stderr
+  copy = subprocess.run(["gcloud", "storage", "cp", "-r", str(root / "ann"), f"{ROOT}/"],
+                        capture_output=True, text=True, env=os.environ, timeout=300)
+  assert copy.returncode == 0, copy.stderr[-2000:]
+  proc = run_sbs("vocab", "--annotation_dir", f"{ROOT}/ann", "--datasets", "svamp", "--out",
+                 f"{ROOT}/vocab/spm.model", "--vocab_size", "1000")
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads(proc.stdout.splitlines()[-1])["vocabulary"] == f"{ROOT}/vocab/spm.model"
+  # A model dir on gs:// to start from (what `sbs import-hf/import-t5x --out gs://` make).
+  proc = run_sbs("train", *_train_flags(f"{ROOT}/init", "--gin.TRAIN_STEPS=1",
+                                        "--gin.EvalConfig.every=1"), env=_env(), timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return root
+
+
+def test_sbs_vocab_and_the_copied_annotations_are_on_gs(setup, gcs):
+  names = gcs.list_objects(BUCKET, "workflow/")
+  assert "workflow/vocab/spm.model" in names
+  assert "workflow/ann/svamp/train.tfrecord-00000-of-00001" in names
+  assert not (REPO / "gs:").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(setup, gcs):
+  """An uninterrupted two-process run, and one SIGKILLed after its step-2 checkpoint and
+  rerun, both from INITIAL_CHECKPOINT on gs:// into a gs:// MODEL_DIR."""
+  init = [f"--gin.INITIAL_CHECKPOINT='{ROOT}/init'"]
+  logs = {name: [setup / f"{name}{i}.log" for i in range(2)] for name in
+          ("whole", "killed", "resumed")}
+  procs = _two_hosts(_train_flags(f"{ROOT}/whole", *init), logs["whole"])
+  try:
+    whole_codes = _wait_all(procs)
+  finally:
+    _kill(procs)
+  marker = "workflow/killed/checkpoints/2/commit_success.txt"
+  procs = _two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["killed"])
+  try:
+    _wait_for(lambda: marker in gcs.list_objects(BUCKET, "workflow/killed/checkpoints/"),
+              procs, "the step-2 checkpoint on gs://", logs["killed"])
+    for p in procs:
+      p.send_signal(signal.SIGKILL)
+  finally:
+    _kill(procs)
+  procs = _two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["resumed"])
+  try:
+    resumed_codes = _wait_all(procs)
+  finally:
+    _kill(procs)
+  return dict(logs=logs, whole_codes=whole_codes, resumed_codes=resumed_codes)
+
+
+def test_two_hosts_on_gs_resume_a_killed_run_exactly(trained, gcs):
+  logs = trained["logs"]
+  assert trained["whole_codes"] == [0, 0], "\n".join(_tail(l) for l in logs["whole"])
+  assert trained["resumed_codes"] == [0, 0], "\n".join(_tail(l) for l in logs["resumed"])
+  assert "starting from gs://sbs-test/workflow/init" in logs["whole"][0].read_text()
+  resumed_log = logs["resumed"][0].read_text()
+  assert "resumed from step" in resumed_log
+  resumed_from = int(resumed_log.split("resumed from step ")[1].split()[0])
+  assert 2 <= resumed_from < STEPS  # killed mid-run, resumed from a checkpoint
+  whole = read_metrics(f"{ROOT}/whole")
+  killed = read_metrics(f"{ROOT}/killed")
+  assert [m["step"] for m in whole] == [m["step"] for m in killed] == list(range(1, STEPS + 1))
+  for a, b in zip(whole, killed):
+    for key in ("loss", "label_loss", "rationale_loss"):
+      assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  results = [json.loads(tf.io.gfile.GFile(f"{ROOT}/{name}/results.json").read())
+             for name in ("whole", "killed")]
+  assert results[0]["test"] == results[1]["test"]
+  assert results[0]["best_step"] == results[1]["best_step"]
+
+
+def test_eval_and_predict_read_the_gs_model_dir(trained, tmp_path):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  results = json.loads(tf.io.gfile.GFile(f"{ROOT}/killed/results.json").read())
+  proc = run_sbs("eval", "--model_dir", f"{ROOT}/killed", "--split", "test", env=_env())
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  scored = json.loads(proc.stdout.splitlines()[-1])
+  assert scored["step"] == results["best_step"]
+  assert scored["examples"] == results["test"]["examples"]
+  assert scored["accuracy_pct"] == pytest.approx(results["test"]["accuracy"])
+  rows = tmp_path / "in.jsonl"
+  rows.write_text("".join(json.dumps({"input": f"Jack has {i} apples and buys 4 more. How "
+                                      "many apples does he have?"}) + "\n" for i in range(3)))
+  proc = run_sbs("predict", "--model_dir", f"{ROOT}/killed", "--input_file", rows,
+                 "--output_file", tmp_path / "out.jsonl", env=_env())
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 3
+  again = run_sbs("predict", "--model_dir", f"{ROOT}/killed", "--input_file", rows,
+                  "--output_file", tmp_path / "out.jsonl", env=_env())
+  assert again.returncode == 0 and "already" in (again.stdout + again.stderr)
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["annotate", "--dataset", "svamp", "--split", "test", "--teacher", "replay",
+      "--out_dir", f"{ROOT}/ann2"], "out_dir"),
+    (["predict", "--model_dir", "m", "--input_file", f"{ROOT}/in.jsonl", "--output_file",
+      "out.jsonl"], "input_file"),
+    (["sweep", "--annotation_dir", "ann", "--vocab", "v.model", "--dataset", "svamp",
+      "--out_dir", f"{ROOT}/sweep"], "out_dir"),
+    (["report", f"{ROOT}/sweep"], "sweep_dir"),
+    (["export-hf", "--model_dir", "m", "--out", f"{ROOT}/hf"], "out"),
+    (["synthetic", "generate", "--out_dir", f"{ROOT}/synthetic"], "out_dir"),
+])
+def test_local_only_commands_refuse_gs_paths_in_one_line(tmp_path, args, flag):
+  proc = subprocess.run([sys.executable, "-m", "sbs_jax.cli", *args], capture_output=True,
+                        text=True, cwd=tmp_path, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                        timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  [line] = proc.stderr.strip().splitlines()
+  assert line.startswith(f"sbs {args[0]}: error: --{flag} gs://"), line
+  assert "works on local files only" in line and "gcloud storage cp -r" in line
+  assert list(tmp_path.iterdir()) == []  # no local `gs:` folder, nothing else either
