@@ -111,6 +111,10 @@ def save_with_t5x(model, directory: str, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def public(gcs, tmp_path_factory):
+  import shutil  # pylint: disable=import-outside-toplevel
+  if shutil.which("gcloud") is None:
+    pytest.skip("T5X's checkpointer moves a finished gs:// checkpoint with `gcloud storage "
+                "mv`, and gcloud is not installed")
   root = tmp_path_factory.mktemp("public")
   spm_path = vocab.train_vocabulary(
       [f"question {i}: which of these is a fruit? apple, stone, train {i * 7}" for i in
