@@ -19,7 +19,7 @@ import pytest
 
 from sbs_jax.train.metric_log import read_metrics
 from tests.conftest import REPO, run_sbs
-from tests.test_multihost import _free_port, _tail, _wait_all, _wait_for
+from tests.test_multihost import _tail, _two_hosts, _wait_all, _wait_for
 
 BUCKET = "sbs-test"
 ROOT = f"gs://{BUCKET}/workflow"
@@ -40,28 +40,8 @@ def _train_flags(model_dir, *more) -> list[str]:
 
 
 def _env() -> dict:
-  """For the two hosts; `run_sbs` adds its env to os.environ (the emulator's settings)."""
+  """For `run_sbs`, which adds it to os.environ (where the emulator's settings are)."""
   return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-
-
-def _two_hosts(flags, logs):
-  address = f"127.0.0.1:{_free_port()}"
-  procs = []
-  for i, log in enumerate(logs):
-    with open(log, "w", encoding="utf-8") as out:
-      procs.append(subprocess.Popen(
-          [sys.executable, "-m", "sbs_jax.cli", "train", "--coordinator_address", address,
-           "--num_processes", "2", "--process_id", str(i), *flags],
-          cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **_env()), stdout=out,
-          stderr=subprocess.STDOUT))
-  return procs
-
-
-def _kill(procs):
-  for p in procs:
-    if p.poll() is None:
-      p.kill()
-      p.wait()
 
 
 @pytest.fixture(scope="module")
@@ -103,25 +83,16 @@ def trained(setup, gcs):
   init = [f"--gin.INITIAL_CHECKPOINT='{ROOT}/init'"]
   logs = {name: [setup / f"{name}{i}.log" for i in range(2)] for name in
           ("whole", "killed", "resumed")}
-  procs = _two_hosts(_train_flags(f"{ROOT}/whole", *init), logs["whole"])
-  try:
+  with _two_hosts(_train_flags(f"{ROOT}/whole", *init), logs["whole"]) as procs:
     whole_codes = _wait_all(procs)
-  finally:
-    _kill(procs)
   marker = "workflow/killed/checkpoints/2/commit_success.txt"
-  procs = _two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["killed"])
-  try:
+  with _two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["killed"]) as procs:
     _wait_for(lambda: marker in gcs.list_objects(BUCKET, "workflow/killed/checkpoints/"),
               procs, "the step-2 checkpoint on gs://", logs["killed"])
     for p in procs:
       p.send_signal(signal.SIGKILL)
-  finally:
-    _kill(procs)
-  procs = _two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["resumed"])
-  try:
+  with _two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["resumed"]) as procs:
     resumed_codes = _wait_all(procs)
-  finally:
-    _kill(procs)
   return dict(logs=logs, whole_codes=whole_codes, resumed_codes=resumed_codes)
 
 

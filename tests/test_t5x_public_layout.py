@@ -300,16 +300,25 @@ def test_reimport_into_an_existing_dir(public, tmp_path, monkeypatch):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "other.model"]
 
 
-def test_reimport_into_an_existing_gs_dir(public):
-  out = f"gs://{BUCKET}/imported/overwrite"
+def test_reimport_into_an_existing_gs_dir(public, gcs):
+  """Refused, then replaced whole: the same objects as a first import (the marker copied
+  last, no staging prefix left), and the parameters read back as T5X's."""
+  import re  # pylint: disable=import-outside-toplevel
+  prefix = "imported/overwrite"
+  out = f"gs://{BUCKET}/{prefix}"
+
+  def objects():  # orbax names its data files by a random hash
+    return sorted(re.sub(r"/d/[0-9a-f]+$", "/d/*", n) for n in gcs.list_objects(BUCKET,
+                                                                                  prefix))
   t5x_command.import_t5x(GS_CHECKPOINT, out, model_gin=str(public["model_gin"]))
+  first = objects()
   with pytest.raises(SbsError, match="exists and is not empty"):
     t5x_command.import_t5x(GS_CHECKPOINT, out, model_gin=str(public["model_gin"]))
   t5x_command.import_t5x(GS_CHECKPOINT, out, model_gin=str(public["model_gin"]),
                          overwrite=True)
-  _, params, _ = ckpt.load_student(out)
-  assert jax.tree.leaves(params)
-  assert not tf.io.gfile.glob(f"{out}.sbs-staging-*")
+  assert objects() == first
+  assert f"{prefix}/model.json" in first
+  _check_equals_t5x(public, out, _t5x_params(GS_CHECKPOINT))
 
 
 def test_wrong_size_is_one_line_naming_the_size(public, tmp_path):
@@ -349,7 +358,7 @@ def test_unreachable_gs_vocabulary_is_one_line(public, tmp_path):
   [line] = proc.stderr.strip().splitlines()
   assert line.startswith(f"sbs import-t5x: error: {public['gs_vocab']}: cannot read the "
                          "vocabulary (")
-  assert line.endswith("pass --vocab with a copy you can reach")
+  assert line.endswith("point to a copy you can reach")
 
 
 def test_export_keeps_the_step_and_round_trips_through_gs(public, tmp_path):

@@ -67,7 +67,7 @@ def import_hf(hf_dir, out: str, allow_pickle: bool = False, overwrite: bool = Fa
     ckpt.write_model_info(folder, config, spiece, extra_ids)
     ckpt.save_params(folder, 0, params, {"step": 0, "source": str(hf_dir)})
 
-  replace.write_whole_dir(out, overwrite, write)
+  replace.write_whole_dir(out, write)
   return {"model_dir": out, "parameters": int(sum(np.size(x) for x in
                                                    jax.tree.leaves(params))),
           "extra_ids": extra_ids, "config": config.__dict__}

@@ -1,8 +1,9 @@
 """Writing a whole output folder so that a crash leaves the old one or the new one.
 
 Imports write a model dir whose files belong together (model.json, spm.model, params/).
-`write_whole_dir` refuses an existing non-empty folder unless `overwrite`, writes the new
-contents to a staging folder beside it, and only then puts them in place:
+Callers refuse an existing non-empty folder (`refuse_nonempty`) before their expensive
+reads unless told to overwrite; `write_whole_dir` then writes the new contents to a staging
+folder beside it, and only then puts them in place:
 
 - On a local disk the staging folder and the old one are swapped in one `renameat2`
   (RENAME_EXCHANGE) call, so the path holds the old folder or the new one at every
@@ -58,14 +59,11 @@ def _swap(a: str, b: str) -> bool:
   return result == 0
 
 
-def write_whole_dir(out: str, overwrite: bool, write: Callable[[str], object],
-                    marker: str = "model.json"):
-  """Calls `write(staging_dir)`, then puts the staging dir's contents at `out` (see the
-  module docstring); returns what `write` returned."""
+def write_whole_dir(out: str, write: Callable[[str], object], marker: str = "model.json"):
+  """Calls `write(staging_dir)`, then puts the staging dir's contents at `out`, replacing
+  what is there (see the module docstring); returns what `write` returned."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   out = str(out).rstrip("/")
-  if not overwrite:
-    refuse_nonempty(out)
   if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
     raise SbsError(f"{out} is a file, not a folder: choose another --out")
   staging = f"{out}.sbs-staging-{uuid.uuid4().hex[:8]}"

@@ -161,7 +161,7 @@ def read_model_gin(path) -> tuple[T5Config, str | None, int]:
   except UnicodeDecodeError:
     raise ConversionError(f"{path}: not a gin file (not UTF-8 text)") from None
   except tf.errors.OpError as e:
-    raise ConversionError(f"{path}: cannot read the model gin: {first_line(e.message)}") \
+    raise ConversionError(f"{path}: cannot read the model gin: {_first_line(e.message)}") \
         from None
 
 
@@ -319,12 +319,12 @@ def read_checkpoint(checkpoint_dir: str) -> tuple[dict, int, int]:
       return _read_orbax_checkpoint(checkpoint_dir)
   except tf.errors.OpError as e:
     raise ConversionError(f"{checkpoint_dir}: cannot read the checkpoint: "
-                          f"{first_line(e.message)}") from None
+                          f"{_first_line(e.message)}") from None
   raise ConversionError(f"{checkpoint_dir}: not a T5X checkpoint dir (no `{CHECKPOINT_FILE}` "
                         f"file, no `{ORBAX_ITEM}/` folder); give checkpoint_<step>/")
 
 
-def first_line(text: str) -> str:
+def _first_line(text: str) -> str:
   return str(text).strip().splitlines()[0] if str(text).strip() else str(text)
 
 

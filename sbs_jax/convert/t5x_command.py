@@ -104,21 +104,8 @@ def _params_step(model_dir: str) -> int:
 
 def _check_vocabulary(path: str, extra_ids: int, config) -> None:
   """The vocabulary must exist and fit the network's embedding."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-  try:
-    if not tf.io.gfile.exists(path):
-      raise SbsError(f"{path}: no such SentencePiece model")
-    with tf.io.gfile.GFile(path, "rb") as f:
-      proto = f.read()
-  except tf.errors.OpError as e:
-    raise SbsError(f"{path}: cannot read the vocabulary ({t5x_format.first_line(e.message)}); "
-                   "pass --vocab with a copy you can reach") from None
-  sp = spm.SentencePieceProcessor()
-  try:
-    sp.LoadFromSerializedProto(proto)
-  except RuntimeError:
-    raise SbsError(f"{path}: not a SentencePiece model") from None
+  from sbs_jax.data import vocab  # pylint: disable=import-outside-toplevel
+  sp = vocab.sentencepiece_processor(path)
   size = sp.get_piece_size() + extra_ids
   if size > config.vocab_size:
     raise SbsError(f"{path}: {sp.get_piece_size()} pieces + {extra_ids} extra ids = {size} "
@@ -158,7 +145,7 @@ def import_t5x(checkpoint: str, out: str, model_gin: str | None = None,
     ckpt.write_model_info(folder, config, vocab, extra_ids)
     ckpt.save_params(folder, 0, params, {"step": 0, "source": checkpoint, "t5x_step": step})
 
-  replace.write_whole_dir(out, overwrite, write)
+  replace.write_whole_dir(out, write)
   return {"model_dir": out, "t5x_step": step,
           "parameters": int(sum(np.size(x) for x in _leaves(params))),
           "skipped_optimizer_arrays": skipped, "extra_ids": extra_ids}

@@ -39,10 +39,15 @@ def sentencepiece_processor(path):
   """The SentencePiece model at `path` (local or gs://), or one DataError naming the file."""
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  if not tf.io.gfile.exists(str(path)):
-    raise DataError(path, "no such SentencePiece model file")
-  with tf.io.gfile.GFile(str(path), "rb") as f:
-    proto = f.read()
+  try:
+    if not tf.io.gfile.exists(str(path)):
+      raise DataError(path, "no such SentencePiece model file")
+    with tf.io.gfile.GFile(str(path), "rb") as f:
+      proto = f.read()
+  except tf.errors.OpError as e:  # e.g. gs:// unreachable, after TensorFlow's retries
+    first = str(e.message).strip().splitlines()[0][:200] if str(e.message).strip() else ""
+    raise DataError(path, f"cannot read the vocabulary ({first}); point to a copy you can "
+                    "reach") from None
   try:
     return spm.SentencePieceProcessor(model_proto=proto)
   except Exception as e:  # pylint: disable=broad-except  # protobuf DecodeError, RuntimeError

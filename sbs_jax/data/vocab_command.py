@@ -37,7 +37,6 @@ def main(args) -> int:
   datasets = [d for d in args.datasets.split(",") if d]
   path = vocab.train_vocabulary(train_texts(args.annotation_dir, datasets), args.out,
                                 vocab_size=args.vocab_size)
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
   size = vocab.sentencepiece_processor(str(path)).get_piece_size()
   print(json.dumps({"vocabulary": str(path), "pieces": size, "datasets": datasets}))
   return 0
