@@ -122,6 +122,13 @@ def main(argv=None) -> int:
     print(f"sbs {args.command}: interrupted; rerun the same command to resume",
           file=sys.stderr)
     return 130
+  except Exception as e:  # pylint: disable=broad-except
+    from sbs_jax.errors import storage_error_line  # pylint: disable=import-outside-toplevel
+    line = storage_error_line(e)
+    if line is None or args.verbose:  # a bug, or asked for the traceback: not hidden
+      raise
+    print(f"sbs {args.command}: error: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -101,3 +101,25 @@ def test_failed_vocab_leaves_no_dir(tmp_path):
   with pytest.raises(SbsError):
     vocab.train_vocabulary(["the cat sat"] * 10, tmp_path / "new2" / "spm.model", 50)
   assert not (tmp_path / "new").exists() and not (tmp_path / "new2").exists()
+
+
+def _tree_bytes(root):
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+          if p.is_file()}
+
+
+def test_import_onto_a_trained_run_is_refused_before_anything_is_read(tmp_path, model_dir):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from tests.conftest import run_sbs  # pylint: disable=import-outside-toplevel
+  run = tmp_path / "run"
+  shutil.copytree(model_dir, run)
+  (run / "run.json").write_text('{"train_steps": 10}')
+  (run / "results.json").write_text('{"test": {"accuracy": 0.5}}')
+  before = _tree_bytes(run)
+  # the HF folder does not even exist: the refusal comes first, one line, nothing changed
+  result = run_sbs("import-hf", "--hf_dir", tmp_path / "no-such-hf", "--out", run)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"sbs import-hf: error: {run} exists and is not empty: choose a new --out, or pass "
+      "--overwrite to replace it whole"]
+  assert _tree_bytes(run) == before

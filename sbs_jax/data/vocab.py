@@ -16,6 +16,7 @@ import gin
 import seqio
 
 from sbs_jax.errors import DataError
+from sbs_jax.paths import check_output_path
 
 VOCAB_ENV = "SBS_VOCAB"
 ANNOTATION_DIR_ENV = "SBS_ANNOTATION_DIR"
@@ -122,6 +123,7 @@ def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
   out_path = str(out_path) if remote else pathlib.Path(out_path)
   if not str(out_path).endswith(".model"):
     raise DataError(out_path, "the vocabulary path must end in .model")
+  check_output_path(out_path, "the vocabulary path")
   with tempfile.TemporaryDirectory() as tmp:
     corpus = pathlib.Path(tmp) / "corpus.txt"
     n = 0
@@ -150,6 +152,9 @@ def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
       return out_path
     out_path.parent.mkdir(parents=True, exist_ok=True)  # only now: a failure leaves no dir
     tmp_model = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    tmp_model.write_bytes(prefix.with_suffix(".model").read_bytes())
-    os.replace(tmp_model, out_path)
+    try:
+      tmp_model.write_bytes(prefix.with_suffix(".model").read_bytes())
+      os.replace(tmp_model, out_path)
+    finally:  # a full disk or a size limit leaves no partial file behind
+      tmp_model.unlink(missing_ok=True)
   return out_path
