@@ -252,3 +252,18 @@ def test_check_data_dir_errors(tmp_path):
   (tmp_path / "cqa" / "llm" / "test_CoT_1.json").write_text("[]")
   with pytest.raises(SbsError, match="gap"):
     check_data_dir(tmp_path)
+
+
+def test_secrets_in_the_url_are_not_shown(server, tmp_path):
+  secret, token = "pa55-dl-secret", "tok-dl-7777"
+  url = server.base.replace("http://", f"http://me:{secret}@") + f"/missing.zip?token={token}"
+  with pytest.raises(DownloadError) as e:
+    download_release(tmp_path / "data", url=url)
+  assert secret not in str(e.value) and token not in str(e.value)
+  assert "me:***@" in str(e.value) and "credentials in the URL are not supported" in str(
+      e.value)
+  url = f"{server.base}/missing.zip?api_key={token}"
+  with pytest.raises(DownloadError, match="404") as e:
+    download_release(tmp_path / "data", url=url)
+  assert token not in str(e.value) and "api_key=***" in str(e.value)
+  assert no_temps_left(tmp_path)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 
 from sbs_jax.annotate import job as job_lib
-from sbs_jax.annotate import answer_formats, parsers, prompts
+from sbs_jax.annotate import answer_formats, endpoint, parsers, prompts
 from sbs_jax.annotate.teachers import OpenAITeacher, ReplayTeacher
 from sbs_jax.data import readers
 from sbs_jax.errors import SbsError
@@ -54,8 +53,12 @@ def add_parser(subparsers) -> None:
   g = p.add_argument_group("--teacher openai")
   g.add_argument("--base_url", help="e.g. http://127.0.0.1:8000/v1")
   g.add_argument("--model")
-  g.add_argument("--api_key_env", default="OPENAI_API_KEY",
-                 help="environment variable holding the API key (unset: no key sent)")
+  g.add_argument("--api_key_env",
+                 help="the environment variable holding this endpoint's API key (default: "
+                 "$OPENAI_API_KEY for https://api.openai.com only; other endpoints get no "
+                 "key without this flag)")
+  g.add_argument("--allow_http_key", action="store_true",
+                 help="send the key over plain http to a host other than this machine")
   g.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
   g.add_argument("--concurrency", type=int, default=16)
   g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
@@ -69,6 +72,9 @@ def add_parser(subparsers) -> None:
 
 def _load(args) -> readers.LoadedSplit:
   if args.dataset.startswith("jsonl:"):
+    if not args.dataset[len("jsonl:"):].strip():
+      raise SbsError("--dataset jsonl: needs the file's path, e.g. --dataset "
+                     "jsonl:my_data.jsonl")
     if args.teacher == "replay" and not args.completion_key:
       raise SbsError("--teacher replay on custom data needs --completion_key")
     return readers.load_jsonl(args.dataset[len("jsonl:"):], split=args.split,
@@ -80,20 +86,46 @@ def _load(args) -> readers.LoadedSplit:
 
 
 # SeqIO task names allow these characters; a dataset's name is part of its task names.
-_DATASET_NAME = re.compile(r"[A-Za-z0-9_.]+")
+# A leading '.' is refused: "." or ".." (from files named `..jsonl`, `...jsonl`) would be a
+# folder outside the dataset's own.
+_DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")
+# A split name is part of file names: no path separators, no hidden or dot-only names.
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _check_numbers(args) -> None:
+  """One line for numeric flags out of their range (before anything is read or written)."""
+  rules = [("num_shards", args.num_shards >= 1, "at least 1"),
+           ("concurrency", args.concurrency >= 1, "at least 1"),
+           ("timeout", args.timeout > 0, "more than 0 seconds"),
+           ("max_retries", args.max_retries >= 0, "0 or more"),
+           ("retry_base_delay", args.retry_base_delay >= 0, "0 or more seconds"),
+           ("retry_max_delay", args.retry_max_delay >= 0, "0 or more seconds"),
+           ("max_tokens", args.max_tokens >= 1, "at least 1"),
+           ("temperature", args.temperature >= 0, "0 or more")]
+  for name, ok, expected in rules:
+    value = getattr(args, name)
+    if not ok or value != value:  # NaN compares false with everything
+      shown = f"{value:g}" if isinstance(value, float) else value
+      raise SbsError(f"--{name} {shown}: must be {expected}")
 
 
 def build_job(args) -> job_lib.Job:
   """Reads and checks all input first, so that bad input writes nothing."""
   custom = args.dataset.startswith("jsonl:")
+  _check_numbers(args)
+  if custom and not _SPLIT_NAME.fullmatch(args.split):
+    raise SbsError(f"--split {args.split!r}: a split name goes into file names: use "
+                   "letters, digits, '_', '.' and '-' only, not starting with '.' (e.g. "
+                   "train, test)")
   if not custom and args.answer_format != "auto":
     raise SbsError(f"--answer_format is for custom data (jsonl:PATH); {args.dataset} is read "
                    "by its own parser: leave --answer_format out")
   data = _load(args)
   if custom and not _DATASET_NAME.fullmatch(data.dataset):
     raise SbsError(f"the dataset name {data.dataset!r} (the file's stem) may only hold "
-                   "letters, digits, '_' and '.', as the task names made from it "
-                   "(sbs_<name>_...): rename the file")
+                   "letters, digits, '_' and '.' (not first), as the task names made "
+                   "from it (sbs_<name>_...): rename the file")
   if args.prompt_file:
     prompt = prompts.prompt_from_file(args.prompt_file)
   else:
@@ -122,8 +154,10 @@ def build_job(args) -> job_lib.Job:
   else:
     if not args.base_url or not args.model:
       raise SbsError("--teacher openai needs --base_url and --model")
+    api_key = endpoint.choose_api_key(args.base_url, args.api_key_env,
+                                      args.allow_http_key)
     teacher = OpenAITeacher(
-        args.base_url, args.model, api_key=os.environ.get(args.api_key_env) or None,
+        args.base_url, args.model, api_key=api_key,
         endpoint=args.endpoint, concurrency=args.concurrency, timeout=args.timeout,
         max_retries=args.max_retries, max_tokens=args.max_tokens,
         temperature=args.temperature, stop=prompt.stop,

@@ -21,7 +21,9 @@ Exactly-once, resumable design:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -150,7 +152,8 @@ class Journal:
 
   def __init__(self, path: pathlib.Path):
     self.path = path
-    self._file = None
+    self._fd = None
+    self._broken: OSError | None = None
 
   def load(self) -> dict[int, dict]:
     """Entries by example index; truncates a half-written last line off the file."""
@@ -173,20 +176,41 @@ class Journal:
     return entries
 
   def append(self, index: int, phash: str, completion: Completion) -> None:
-    if self._file is None:
-      self._file = open(self.path, "a", encoding="utf-8")
-    self._file.write(json.dumps({"i": index, "h": phash, "c": completion.text,
-                                 "pt": completion.prompt_tokens,
-                                 "ct": completion.completion_tokens},
-                                ensure_ascii=False) + "\n")
-    self._file.flush()  # in the OS after each answer: a killed process loses none
+    """Appends one entry with a single write; on a failed write (disk full, file size
+    limit) cuts the file back to its last whole entry, and refuses later appends."""
+    if self._broken is not None:
+      raise self._broken
+    if self._fd is None:
+      self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    line = (json.dumps({"i": index, "h": phash, "c": completion.text,
+                        "pt": completion.prompt_tokens, "ct": completion.completion_tokens},
+                       ensure_ascii=False) + "\n").encode("utf-8")
+    start = os.fstat(self._fd).st_size
+    try:
+      written = 0
+      while written < len(line):  # in the OS after each answer: a killed process loses none
+        written += os.write(self._fd, line[written:])
+    except OSError as e:
+      if e.filename is None:
+        e.filename = str(self.path)
+      self._broken = e
+      try:
+        os.ftruncate(self._fd, start)  # no half entry left behind
+      except OSError:
+        pass  # a later load() drops a half-written last line anyway
+      raise
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.flush()
-      os.fsync(self._file.fileno())
-      self._file.close()
-      self._file = None
+    """Closes the file, synced to disk when it can be (errors here are not raised: every
+    entry is already in the OS, and a later load() checks the file)."""
+    if self._fd is not None:
+      fd, self._fd = self._fd, None
+      try:
+        os.fsync(fd)
+      except OSError as e:
+        log.debug("%s: fsync failed: %s", self.path, e)
+      finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- asking the teacher
@@ -196,8 +220,9 @@ class Progress:
   """A tqdm bar (rate, ETA) on a terminal; otherwise a log line every 10%."""
 
   def __init__(self, total: int, done: int, label: str, enabled: bool | None,
-               unit: str = "ex"):
+               unit: str = "ex", logger: logging.Logger | None = None):
     self.total, self.done = total, done
+    self._log = logger or log  # the caller's logger (`sbs predict` logs as its own)
     self._label = label
     self._bar = None
     self._next_log = 0.1
@@ -219,8 +244,8 @@ class Progress:
         return  # a fast run (e.g. replay) needs no progress lines
       rate = (self.done - self._start_done) / max(time.monotonic() - self._start, 1e-9)
       eta = (self.total - self.done) / rate if rate else float("inf")
-      log.info("%s: %d/%d (%.0f %s/s, ETA %.0fs)", self._label, self.done, self.total,
-               rate, self._unit, eta)
+      self._log.info("%s: %d/%d (%.0f %s/s, ETA %.0fs)", self._label, self.done,
+                     self.total, rate, self._unit, eta)
 
   def close(self) -> None:
     if self._bar is not None:
@@ -258,19 +283,24 @@ async def _ask(job: Job, pending: Sequence[Example], journal: Journal,
       w.cancel()
 
   loop = asyncio.get_running_loop()
-  try:
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
-    handling_sigint = True
-  except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-    handling_sigint = False
+  handled = {}  # signal -> the Python-level handler the loop's replaces
+  for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM (a kill, a scheduler) as Ctrl-C
+    try:
+      previous = signal.getsignal(sig)
+      loop.add_signal_handler(sig, on_sigint)
+      handled[sig] = previous
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+      pass
   try:
     await asyncio.gather(*workers)
   except asyncio.CancelledError:
     if not interrupted.is_set():
       raise
   finally:
-    if handling_sigint:
-      loop.remove_signal_handler(signal.SIGINT)
+    for sig, previous in handled.items():
+      loop.remove_signal_handler(sig)  # this sets SIG_DFL: put back what was there
+      if previous is not None:
+        signal.signal(sig, previous)
     for w in workers:
       w.cancel()
     await asyncio.gather(*workers, return_exceptions=True)
@@ -302,22 +332,26 @@ def _shard_stats(job: Job, rows: list[tuple[dict, Parsed]], entries: dict) -> di
 
 
 def write_json_atomically(path: pathlib.Path, obj: dict) -> None:
-  """Writes JSON to a temporary file renamed over `path`: readers see all of it or none."""
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-  os.replace(tmp, path)
+  """Writes JSON to a temporary file renamed over `path`: readers see all of it or none.
+  The temporary file is removed on every way out (an error, Ctrl-C)."""
+  tmp = records_lib.temp_path(path)
+  try:
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+  finally:
+    records_lib.discard(tmp)
 
 
 def _maybe_merge(job: Job) -> dict | None:
   """Writes `<split>.stats.json` once every shard of the split is done."""
   if job.num_shards == 1:
-    return json.loads(job.stats_path.read_text())
+    return _read_stats(job.stats_path)
   parts = []
   for i in range(job.num_shards):
     other = dataclasses.replace(job, shard_index=i)
     if not (other.records_path.exists() and other.stats_path.exists()):
       return None
-    parts.append(json.loads(other.stats_path.read_text()))
+    parts.append(_read_stats(other.stats_path))
   ours = job.manifest()
   for i, part in enumerate(parts):
     diff = describe_difference(part.get("manifest") or {}, ours, SHARD_KEYS)
@@ -345,9 +379,73 @@ class Result:
 
 
 def run(job: Job) -> Result:
-  """Annotates one shard; resumes a partial run; returns its stats."""
+  """Annotates one shard; resumes a partial run; returns its stats.
+
+  A file system that refuses a write (no permission, a file where a folder must be, a full
+  disk, the file size limit) is an SbsError saying so; the journal keeps every answer
+  received, so rerunning the same command resumes. SIGTERM stops the run as Ctrl-C does
+  (KeyboardInterrupt), and temporary files are removed on the way out.
+  """
+  with _sigterm_as_interrupt():
+    try:
+      return _run(job)
+    except OSError as e:
+      raise SbsError(describe_os_error(e, job.out_dir)) from None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt
+  try:
+    previous = signal.signal(signal.SIGTERM, interrupt)
+  except ValueError:  # not the main thread: leave signals alone
+    yield
+    return
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def describe_os_error(e: OSError, out_dir: pathlib.Path) -> str:
+  """One line for a failed write under `out_dir`: what happened and what to do."""
+  where = e.filename or out_dir
+  reason = e.strerror or str(e)
+  full = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+          errno.EFBIG: "a file is too large (over the file size limit, `ulimit -f`, or "
+          "the file system's)"}
+  if e.errno in full:
+    return (f"cannot write {where}: {full[e.errno]} ({reason}); every answer received so "
+            "far is kept: free space (or raise the limit) and rerun the same command to "
+            "resume")
+  if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    return (f"--out_dir {out_dir}: cannot write {where} ({reason}): choose a writable "
+            "--out_dir, or fix its permissions")
+  if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+    return (f"--out_dir {out_dir}: cannot create {where} ({reason}): a file stands where "
+            "a folder must be (or the reverse); choose another --out_dir")
+  return (f"--out_dir {out_dir}: cannot write {where} ({reason}); answers received so far "
+          "are kept: fix this and rerun the same command to resume")
+
+
+def _read_stats(path: pathlib.Path) -> dict:
+  try:
+    stats = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(stats, dict):
+      raise ValueError("not a JSON object")
+    return stats
+  except ValueError as e:
+    raise SbsError(f"{path}: unreadable stats file ({e}): pass --restart to annotate this "
+                   "shard again") from None
+
+
+def _run(job: Job) -> Result:
+  if job.out_dir.exists() and not job.out_dir.is_dir():
+    raise SbsError(f"--out_dir {job.out_dir} is a file, not a folder: choose another "
+                   "--out_dir")
   if job.records_path.exists() and job.stats_path.exists() and not job.restart:
-    stats = json.loads(job.stats_path.read_text())
+    stats = _read_stats(job.stats_path)
     if "manifest" not in stats:
       raise SbsError(f"{job.records_path} was made by an earlier sbs that did not record its "
                      "settings: pass --restart to annotate it again (its records and stats "
@@ -385,10 +483,19 @@ def _run_locked(job: Job) -> Result:
   manifest_path = job.work_dir / "manifest.json"
   journal = Journal(job.work_dir / "journal.jsonl")
   manifest = job.manifest()
+  for stale in records_lib.remove_stale_temps(
+      [job.records_path, job.stats_path, job.dataset_dir / f"{job.split}.stats.json",
+       manifest_path]):
+    log.info("removed %s, left by an earlier run that was killed", stale)
   if job.restart:
     journal.path.unlink(missing_ok=True)
   elif manifest_path.exists():
-    diff = describe_difference(json.loads(manifest_path.read_text()), manifest, OUTPUT_KEYS)
+    try:
+      old_manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except ValueError:
+      raise SbsError(f"{manifest_path}: unreadable: pass --restart to discard this partial "
+                     "run") from None
+    diff = describe_difference(old_manifest, manifest, OUTPUT_KEYS)
     if diff:
       raise SbsError(f"{job.work_dir} holds a partial run with other settings ({diff}): "
                      "rerun with the original arguments, or pass --restart to discard it")

@@ -148,7 +148,7 @@ PROMPTS: dict[str, Prompt] = {
 def prompt_from_file(path) -> Prompt:
   """A user's own template: any text with one `{input}` where the example goes."""
   try:
-    template = pathlib.Path(path).read_text(encoding="utf-8")
+    template = pathlib.Path(path).read_text(encoding="utf-8-sig")  # a leading BOM dropped
   except (OSError, UnicodeDecodeError) as e:
     raise DataError(path, f"cannot read the prompt template: {e}") from None
   if template.count(QUERY_FIELD) != 1:

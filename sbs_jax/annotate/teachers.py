@@ -14,6 +14,7 @@ import json
 import random
 from typing import Protocol, Sequence
 
+from sbs_jax.annotate.endpoint import redact_text, redact_url
 from sbs_jax.data.readers import Example
 from sbs_jax.errors import TeacherError
 
@@ -80,7 +81,8 @@ class OpenAITeacher:
       path is appended).
     model: the model name the server expects.
     api_key: the key, or None for servers without authentication. Only ever sent in the
-      Authorization header; never logged or written.
+      Authorization header; never logged or written. Which endpoint may get which key is
+      decided by the caller (`endpoint.choose_api_key` for the command).
     endpoint: "completions" (the prompt as text) or "chat" (the prompt as one user turn).
     concurrency: the connection pool size (the job runs as many requests at once).
     timeout: seconds for one request, from connecting to the last byte of the body.
@@ -97,10 +99,19 @@ class OpenAITeacher:
     if endpoint not in ("completions", "chat"):
       raise ValueError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
     self.name = f"openai:{model}"
+    self._base_url = base_url
     self._url = base_url.rstrip("/") + ("/completions" if endpoint == "completions"
                                         else "/chat/completions")
+    self.shown_url = redact_url(self._url)  # the only form of the URL that is printed
+    api_key = api_key.strip() if api_key else None
+    if api_key and any(ord(c) <= 32 or ord(c) >= 127 for c in api_key):
+      raise TeacherError("the API key holds whitespace, control or non-ASCII characters "
+                         "inside it: pass the key alone")
+    if api_key and "@" in base_url.split("://", 1)[-1].split("/", 1)[0]:
+      raise TeacherError(f"{redact_url(base_url)} holds credentials and an API key is "
+                         "given too: use one or the other")
     self._model = model
-    self._api_key = api_key
+    self._api_key = api_key or None
     self._endpoint = endpoint
     self._concurrency = concurrency
     self._timeout = timeout
@@ -117,7 +128,7 @@ class OpenAITeacher:
                      "temperature": temperature, "stop": self._stop}
 
   def _redact(self, text: str) -> str:
-    return text.replace(self._api_key, "<redacted>") if self._api_key else text
+    return redact_text(text, self._base_url, self._api_key)
 
   async def _get_session(self):
     import aiohttp  # pylint: disable=import-outside-toplevel
@@ -170,7 +181,7 @@ class OpenAITeacher:
         if status != 200:
           snippet = self._redact(body[:300].decode("utf-8", "replace"))
           raise TeacherError(f"the teacher server refused the request: HTTP {status} "
-                             f"from {self._url}: {snippet}")
+                             f"from {self.shown_url}: {snippet}")
     except asyncio.TimeoutError:
       self.counters.timeouts += 1
       raise _Retryable(f"no answer within {self._timeout:g}s") from None
@@ -195,7 +206,7 @@ class OpenAITeacher:
       try:
         return await self._attempt(session, payload)
       except _Retryable as e:
-        last = str(e)
+        last = self._redact(str(e))
         if attempt == self._max_retries:
           break
         self.counters.retries += 1
@@ -204,7 +215,7 @@ class OpenAITeacher:
         if e.retry_after is not None:
           delay = max(delay, min(e.retry_after, self._max_delay))
         await asyncio.sleep(delay)
-    raise TeacherError(f"the teacher at {self._url} failed {self._max_retries + 1} times "
+    raise TeacherError(f"the teacher at {self.shown_url} failed {self._max_retries + 1} times "
                        f"for example {example.id!r} (last: {last}); completed examples are "
                        "kept: rerun the same command to resume")
 

@@ -21,6 +21,7 @@ import urllib.request
 import zipfile
 import zlib
 
+from sbs_jax.annotate.endpoint import redact_text
 from sbs_jax.data import readers
 from sbs_jax.errors import DataError, SbsError
 
@@ -83,24 +84,33 @@ def download_release(data_dir, url: str = DEFAULT_URL, sha256: str | None = None
     raise DownloadError(f"{data_dir}: cannot create the data dir: {e.strerror}") from None
   work = _make_workspace(data_dir)
   try:
-    archive = work / "archive.zip"
-    digest = _fetch(url, archive, timeout, max_bytes)
-    if sha256 is not None and digest != sha256.strip().lower():
-      raise DownloadError(f"{url}: sha256 mismatch: expected {sha256.strip().lower()}, "
-                          f"got {digest}")
-    unpacked = work / "unpacked"
-    unpacked.mkdir()
-    _extract(url, archive, unpacked, max_unpacked_bytes)
-    try:
-      summary = check_data_dir(unpacked)
-    except DataError as e:
-      problem = str(e).replace(str(unpacked) + os.sep, "")
-      raise DownloadError(f"{url}: the archive's data does not check out, nothing was "
-                          f"installed: {problem}") from None
-    _install(unpacked, data_dir, sorted(summary), work / "old")
-    return summary
+    return _download_into(work, data_dir, url, sha256, timeout, max_bytes,
+                          max_unpacked_bytes)
+  except DownloadError as e:  # credentials or key parameters in --url are never shown
+    raise DownloadError(redact_text(str(e), url)) from None
   finally:
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _download_into(work: pathlib.Path, data_dir: pathlib.Path, url: str, sha256, timeout,
+                   max_bytes: int, max_unpacked_bytes: int) -> dict:
+  """The steps of `download_release` in the workspace `work`."""
+  archive = work / "archive.zip"
+  digest = _fetch(url, archive, timeout, max_bytes)
+  if sha256 is not None and digest != sha256.strip().lower():
+    raise DownloadError(f"{url}: sha256 mismatch: expected {sha256.strip().lower()}, "
+                        f"got {digest}")
+  unpacked = work / "unpacked"
+  unpacked.mkdir()
+  _extract(url, archive, unpacked, max_unpacked_bytes)
+  try:
+    summary = check_data_dir(unpacked)
+  except DataError as e:
+    problem = str(e).replace(str(unpacked) + os.sep, "")
+    raise DownloadError(f"{url}: the archive's data does not check out, nothing was "
+                        f"installed: {problem}") from None
+  _install(unpacked, data_dir, sorted(summary), work / "old")
+  return summary
 
 
 def _make_workspace(data_dir: pathlib.Path) -> pathlib.Path:
@@ -117,6 +127,10 @@ def _make_workspace(data_dir: pathlib.Path) -> pathlib.Path:
 def _fetch(url: str, dest: pathlib.Path, timeout: float, max_bytes: int) -> str:
   """Streams `url` to `dest` with a size cap; returns the sha256 hex digest."""
   digest = hashlib.sha256()
+  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@", url):
+    raise DownloadError(f"{url}: credentials in the URL are not supported: fetch the "
+                        "archive yourself (e.g. curl -u USER -o datasets.zip URL) and pass "
+                        "--url file:///full/path/datasets.zip")
   try:
     request = urllib.request.Request(url, headers={"User-Agent": "sbs_jax"})
     with urllib.request.urlopen(request, timeout=timeout) as response, \

@@ -66,13 +66,26 @@ def _decode_line(path, lineno: int, raw: bytes) -> str:
                     where=f"line {lineno}") from None
 
 
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark some editors (and Windows tools) write
+
+
+def _open_error(path, e: OSError) -> DataError:
+  if isinstance(e, FileNotFoundError):
+    return DataError(path, "file not found")
+  if isinstance(e, IsADirectoryError):
+    return DataError(path, "is a folder, not a file: name the file itself")
+  if isinstance(e, NotADirectoryError):
+    return DataError(path, "not found (a part of the path is a file, not a folder)")
+  return DataError(path, f"cannot read: {e.strerror or e}")
+
+
 def _read_bytes(path) -> bytes:
+  """The file's bytes, without a leading UTF-8 byte order mark."""
   try:
-    return pathlib.Path(path).read_bytes()
-  except FileNotFoundError:
-    raise DataError(path, "file not found") from None
+    data = pathlib.Path(path).read_bytes()
   except OSError as e:
-    raise DataError(path, f"cannot read: {e.strerror}") from None
+    raise _open_error(path, e) from None
+  return data[len(BOM):] if data.startswith(BOM) else data
 
 
 def read_json_rows(path) -> list[tuple[str, dict]]:
@@ -126,19 +139,23 @@ def iter_json_rows(path) -> Iterator[tuple[str, dict]]:
   grow with the file); a JSON array is read whole. The same (where, row) pairs and errors."""
   try:
     f = open(path, "rb")  # pylint: disable=consider-using-with
-  except FileNotFoundError:
-    raise DataError(path, "file not found") from None
   except OSError as e:
-    raise DataError(path, f"cannot read: {e.strerror}") from None
+    raise _open_error(path, e) from None
   with f:
-    chunk = f.read(4096)
-    while chunk and not chunk.strip():  # leading blank space: look further
+    try:
       chunk = f.read(4096)
+      chunk = chunk[len(BOM):] if chunk.startswith(BOM) else chunk
+      while chunk and not chunk.strip():  # leading blank space: look further
+        chunk = f.read(4096)
+    except OSError as e:
+      raise _open_error(path, e) from None
     if chunk.lstrip()[:1] == b"[":
       yield from read_json_rows(path)
       return
     f.seek(0)
     for lineno, raw in enumerate(f, start=1):
+      if lineno == 1 and raw.startswith(BOM):
+        raw = raw[len(BOM):]
       if raw.strip():
         yield f"line {lineno}", _json_line(path, lineno, raw.rstrip(b"\n"))
 
@@ -311,17 +328,44 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
-def resolve_data_dir(flag: str | None = None) -> pathlib.Path:
-  """--data_dir, else $SBS_DATA_DIR, else ../shared/datasets (beside the checkout or cwd)."""
-  if flag:
-    return pathlib.Path(flag)
+def _default_candidates() -> list[pathlib.Path]:
+  """Where the data dir is looked for without a flag or $SBS_DATA_DIR, in order:
+  ../shared/datasets beside the working directory, then beside the checkout."""
+  repo_root = pathlib.Path(__file__).resolve().parents[2]
+  return [base.parent / "shared" / "datasets" for base in (pathlib.Path.cwd(), repo_root)]
+
+
+def default_data_dir() -> pathlib.Path:
+  """The data dir that `resolve_data_dir()` (no flag) reads, whether or not it exists yet:
+  $SBS_DATA_DIR, else the first existing default candidate, else where `sbs download`
+  should put the data so that later commands find it (beside the checkout when running
+  from one, else beside the working directory)."""
   if os.environ.get(DATA_DIR_ENV):
     return pathlib.Path(os.environ[DATA_DIR_ENV])
-  repo_root = pathlib.Path(__file__).resolve().parents[2]
-  for base in (pathlib.Path.cwd(), repo_root):
-    candidate = base.parent / "shared" / "datasets"
+  candidates = _default_candidates()
+  for candidate in candidates:
     if candidate.is_dir():
       return candidate
+  repo_root = pathlib.Path(__file__).resolve().parents[2]
+  if (repo_root / "setup.py").is_file() or (repo_root / "pyproject.toml").is_file():
+    return candidates[1]  # a checkout: found from any working directory
+  return candidates[0]
+
+
+def resolve_data_dir(flag: str | None = None) -> pathlib.Path:
+  """--data_dir, else $SBS_DATA_DIR, else ../shared/datasets (beside the cwd or the checkout).
+
+  A --data_dir (or $SBS_DATA_DIR) that is not a folder is a DataError saying so."""
+  if flag or os.environ.get(DATA_DIR_ENV):
+    path = pathlib.Path(flag or os.environ[DATA_DIR_ENV])
+    source = "--data_dir" if flag else f"${DATA_DIR_ENV}"
+    if path.exists() and not path.is_dir():
+      raise DataError(path, f"{source} is a file, not a folder: give the folder that holds "
+                      "the benchmark folders (cqa, svamp, ...)")
+    return path
+  path = default_data_dir()
+  if path.is_dir():
+    return path
   raise DataError("data dir", f"not found: pass --data_dir, set ${DATA_DIR_ENV}, "
                   "or fetch the released data with `sbs download`")
 

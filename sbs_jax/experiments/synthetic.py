@@ -136,7 +136,8 @@ def add_parser(subparsers) -> None:
                          help="write <out_dir>/{train,test}/<name>.jsonl")
   g.add_argument("--out_dir", required=True)
   t = actions.add_parser("teacher", help="serve the teacher on 127.0.0.1 until Ctrl-C")
-  t.add_argument("--port", type=int, default=8000)
+  t.add_argument("--port", type=int, default=8000,
+                 help="1..65535, or 0 for any free one (default: %(default)s)")
   t.add_argument("--error_rate", type=float, default=0.0,
                  help="share of questions the teacher gets wrong (seeded by the text)")
   r = actions.add_parser("prepare", parents=[common],
@@ -151,7 +152,11 @@ def main(args) -> int:
     paths = generate(args.out_dir, args.name, args.train, args.test, args.seed, args.people)
     print(json.dumps({split: str(path) for split, path in paths.items()}))
   elif args.action == "teacher":
-    server = teacher_server(args.error_rate, args.port).start()
+    from sbs_jax.testing.fake_openai import PortError  # pylint: disable=import-outside-toplevel
+    try:
+      server = teacher_server(args.error_rate, args.port).start()
+    except PortError as e:
+      raise SbsError(str(e)) from None
     print(f"teacher at {server.url} (model {TEACHER_MODEL}); Ctrl-C stops it", flush=True)
     try:
       threading.Event().wait()

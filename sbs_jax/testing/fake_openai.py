@@ -11,7 +11,8 @@ names a fault for the attempt-th request (1-based) carrying that prompt:
     "garbage_text"         HTTP 200, well-formed, but the completion is nonsense
 
 Run it in a thread (`FakeOpenAIServer(...).start()`) or as a process:
-`python -m sbs_jax.testing.fake_openai --port 0` prints the port it listens on.
+`python -m sbs_jax.testing.fake_openai --port 0` prints the port it listens on. A port out
+of range or in use is one line and exit code 2 there (`PortError` from `start()`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import errno
 import json
+import sys
 import threading
 from typing import Callable
 
@@ -31,6 +34,25 @@ def echo_answer(prompt: str) -> str:
   query = prompt.rsplit("Q:", 1)[-1].split("\nA:", 1)[0].strip()
   return (f"The question has {len(query)} characters. So the answer is {len(query)}."
           "\n\nQ: a run-on exemplar that the parser must cut")
+
+
+class PortError(ValueError):
+  """The server cannot listen on the port asked for (out of range, in use, not allowed)."""
+
+
+def check_port(port) -> None:
+  """PortError unless `port` is 0 (any free port) or in 1..65535."""
+  if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    raise PortError(f"--port {port}: out of range: give 1..65535, or 0 for any free port")
+
+
+def port_problem(port: int, e: Exception) -> str:
+  """One line for a failure to listen on 127.0.0.1:`port`."""
+  reason = getattr(e, "strerror", None) or str(e)
+  hint = ("another program listens there: stop it, or pick another --port (0: any free one)"
+          if getattr(e, "errno", None) == errno.EADDRINUSE else
+          "pick another --port (ports below 1024 need privileges; 0: any free one)")
+  return f"--port {port}: cannot listen on 127.0.0.1:{port} ({reason}): {hint}"
 
 
 class FakeOpenAIServer:
@@ -139,13 +161,23 @@ class FakeOpenAIServer:
   # ---------------------------------------------------------------- lifecycle
 
   def start(self) -> "FakeOpenAIServer":
-    """Starts serving in a background thread; returns self (with .port set)."""
+    """Starts serving in a background thread; returns self (with .port set).
+
+    Raises PortError (a ValueError) for a port out of range or one that cannot be
+    listened on (in use, not allowed); nothing is left running then."""
+    check_port(self.port)
     self._loop = asyncio.new_event_loop()
     self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
     self._thread.start()
-    self._server = asyncio.run_coroutine_threadsafe(
-        asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=512),
-        self._loop).result()
+    try:
+      self._server = asyncio.run_coroutine_threadsafe(
+          asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=512),
+          self._loop).result()
+    except (OSError, OverflowError) as e:
+      self._loop.call_soon_threadsafe(self._loop.stop)
+      self._thread.join(timeout=5)
+      self._loop.close()
+      raise PortError(port_problem(self.port, e)) from None
     self.port = self._server.sockets[0].getsockname()[1]
     return self
 
@@ -191,10 +223,22 @@ def main() -> None:
   parser.add_argument("--port", type=int, default=0)
   parser.add_argument("--faults", default="", help="e.g. 429:7,500:11")
   args = parser.parse_args()
+  prog = "python -m sbs_jax.testing.fake_openai"
+  try:
+    check_port(args.port)
+    faults = _faults_every(args.faults)
+  except ValueError as e:  # PortError, or a --faults that is not NAME:N,...
+    message = str(e) if isinstance(e, PortError) else (
+        f"--faults {args.faults!r}: expected NAME:N[,NAME:N...], e.g. 429:7,500:11")
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
   async def serve():
-    server = FakeOpenAIServer(fault_fn=_faults_every(args.faults), port=args.port)
-    srv = await asyncio.start_server(server._handle, "127.0.0.1", args.port, backlog=1024)  # pylint: disable=protected-access
+    server = FakeOpenAIServer(fault_fn=faults, port=args.port)
+    try:
+      srv = await asyncio.start_server(server._handle, "127.0.0.1", args.port, backlog=1024)  # pylint: disable=protected-access
+    except (OSError, OverflowError) as e:
+      raise PortError(port_problem(args.port, e)) from None
     print(srv.sockets[0].getsockname()[1], flush=True)
     async with srv:
       await srv.serve_forever()
@@ -204,7 +248,13 @@ def main() -> None:
     uvloop.install()
   except ImportError:
     pass
-  asyncio.run(serve())
+  try:
+    asyncio.run(serve())
+  except PortError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    sys.exit(130)
 
 
 if __name__ == "__main__":
