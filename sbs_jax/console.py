@@ -6,6 +6,10 @@ machine, CPU-feature notices, libtpu's metadata-server complaints where there is
 `import_quietly()` imports the heavy libraries with descriptor 2 captured and writes back
 every line that is not one of those known notices, so warnings and errors still show.
 `sbs -v` skips the filter.
+
+Lines that native code prints later, when JAX starts its backends, are not filtered; the
+one source of those on a CPU machine (libtpu, installed but without chips) is kept from
+starting instead (`quiet_environment`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ def tpu_chips_present() -> bool:
   return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
+def gpu_present() -> bool:
+  """Whether this machine shows a GPU (NVIDIA: /dev/nvidia*; AMD: /dev/kfd)."""
+  return bool(glob.glob("/dev/nvidia*") or os.path.exists("/dev/kfd"))
+
+
 def quiet_environment() -> None:
   """Environment defaults that silence libraries without changing what they compute."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -51,6 +60,14 @@ def quiet_environment() -> None:
   # On a TPU VM the query is needed (worker addresses), so it is only skipped without chips.
   if importlib.util.find_spec("libtpu") is not None and not tpu_chips_present():
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # JAX still starts libtpu's client when its first computation runs (after the import
+    # filter): on a machine with neither TPU chips nor a GPU that prints "Failed to find
+    # host bounds ..." and "INVALID_ARGUMENT: ... worker hostname" and finds no device. CPU
+    # is then the only backend there can be. A JAX_PLATFORMS set by the user (even empty)
+    # and JAX_FORCE_TPU_INIT are respected; with a GPU, JAX chooses as before.
+    if ("JAX_PLATFORMS" not in os.environ and "JAX_FORCE_TPU_INIT" not in os.environ
+        and not gpu_present()):
+      os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 @contextlib.contextmanager

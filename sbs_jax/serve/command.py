@@ -2,7 +2,8 @@
 
     sbs predict --model_dir runs/cqa --input "..." [--input "..."] [--rationale]
     sbs predict --model_dir runs/cqa --input_file rows.jsonl --output_file out.jsonl \
-        [--input_key input] [--label_key label] [--id_key id] [--rationale] [--batch_size 32]
+        [--input_key input] [--label_key label] [--id_key id | --index_ids] [--rationale] \
+        [--batch_size 32]
 
 See docs/serving.md.
 """
@@ -24,7 +25,10 @@ def add_parser(subparsers) -> None:
   p.add_argument("--input_key", default="input", help="the rows' input text field")
   p.add_argument("--label_key", default="label",
                  help="the rows' gold label field, if any: accuracy is reported")
-  p.add_argument("--id_key", help="the rows' id field (default: the row's 0-based index)")
+  p.add_argument("--id_key", help="the rows' id field (default: `id` when the first row has "
+                 "that field, and then every row must; else the row's 0-based index)")
+  p.add_argument("--index_ids", action="store_true",
+                 help="ids are the rows' 0-based indices, even where rows have an `id` field")
   p.add_argument("--rationale", action="store_true", help="also decode the rationale")
   p.add_argument("--batch_size", type=int, default=32, help="rows per batch, all devices")
   p.add_argument("--max_input_length", type=int,
@@ -34,7 +38,9 @@ def add_parser(subparsers) -> None:
   p.add_argument("--rationale_decode_length", type=int, default=256)
   p.add_argument("--window", type=int, default=1024,
                  help="rows sorted by length and decoded together; the unit of resuming")
-  p.add_argument("--restart", action="store_true", help="discard a partial or finished run")
+  p.add_argument("--restart", action="store_true",
+                 help="discard a partial run, or replace a finished output (or a file this "
+                 "job did not write) at --output_file")
   p.add_argument("--no_progress", action="store_true", help="no progress bar")
   p.add_argument("--coordinator_address", help="multi-host: host:port of process 0")
   p.add_argument("--num_processes", type=int)
@@ -56,6 +62,13 @@ def main(args) -> int:
     raise SbsError("pass either --input TEXT (repeatable) or --input_file FILE")
   if args.input_file and not args.output_file:
     raise SbsError("--input_file needs --output_file")
+  if args.input and (args.output_file or args.id_key or args.index_ids):
+    raise SbsError("--output_file, --id_key and --index_ids go with --input_file; --input "
+                   "prints its answers on stdout")
+  if args.output_file and (args.output_file.endswith(("/", "/.", "/.."))
+                           or args.output_file in (".", "..")):
+    raise SbsError(f"--output_file {args.output_file} names a directory: give the path of a "
+                   "file to write, e.g. out/predictions.jsonl")
   # pylint: disable=import-outside-toplevel  (JAX and TensorFlow load only when needed)
   import jax
   from sbs_jax.serve import job as job_lib
@@ -67,7 +80,9 @@ def main(args) -> int:
   if args.input_file:
     job = job_lib.FileJob(args.input_file, args.output_file, args.model_dir, args.input_key,
                           args.label_key, args.id_key, args.rationale, args.window,
-                          args.restart, False if args.no_progress else None)
+                          args.restart, False if args.no_progress else None, args.index_ids)
+    if jax.process_index() == 0:  # host 0 writes: its paths are checked before any work
+      job.check_paths()
     total = job_lib.count_rows(job)  # a bad row is reported before the model is loaded
     predictor = Predictor.load(args.model_dir, settings)
     stats = job_lib.run(job, predictor, total)
