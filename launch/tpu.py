@@ -62,6 +62,67 @@ class LaunchError(Exception):
   """A problem with the request, reported as one line."""
 
 
+def _slices_module():
+  """`sbs_jax.train.tpu_slices` (what `sbs plan` knows of slices), from the installed
+  package or this checkout; None where neither imports (the launcher copied alone): then
+  only the name's form is checked. tpu_slices needs the standard library only."""
+  try:
+    from sbs_jax.train import tpu_slices  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    sys.path.insert(0, str(REPO))
+    try:
+      from sbs_jax.train import tpu_slices  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      return None
+    finally:
+      sys.path.remove(str(REPO))
+  return tpu_slices
+
+
+# Older generations the launcher can create but `sbs plan` does not model: TensorCores.
+_OLD_SLICES = {"v2": (8, 512), "v3": (8, 2048)}
+
+
+def check_accelerator_type(value: str | None) -> None:
+  """Refuses an accelerator type that is no Cloud TPU slice (v4-7), in one line: the
+  generations and sizes of `sbs plan` (sbs_jax/train/tpu_slices.py), and also the larger
+  slices without a default shape that Cloud TPU makes of whole 4-chip hosts (v4-1536)."""
+  if value is None:
+    return
+  m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", value)
+  if m and m.group(1) in _OLD_SLICES:
+    low, high = _OLD_SLICES[m.group(1)]
+    cores = int(m.group(2))
+    if not (low <= cores <= high and cores & (cores - 1) == 0):
+      raise LaunchError(f"--accelerator_type {value}: not a Cloud TPU slice "
+                        f"({m.group(1)}-{low} ... {m.group(1)}-{high}, powers of two)")
+    return
+  slices = _slices_module()
+  if slices is None:  # no package here: the form only
+    if not m:
+      raise LaunchError(f"--accelerator_type {value}: not an accelerator type such as v4-8")
+    return
+  known = ", ".join(f"{name}-{g.min_chips * g.cores_per_chip} ... "
+                    f"{name}-{g.max_chips * g.cores_per_chip}"
+                    for name, g in slices.GENERATIONS.items())
+  generation = slices.ALIASES.get(m.group(1), m.group(1)) if m else None
+  if generation not in slices.GENERATIONS:
+    raise LaunchError(f"--accelerator_type {value}: unknown TPU accelerator type; known: "
+                      f"{known} (v5e also as v5litepod-N), v2-8 ..., v3-8 ...")
+  try:
+    slices.parse(value)
+    return
+  except slices.SbsError:
+    spec = slices.GENERATIONS[generation]
+    chips, rest = divmod(int(m.group(2)), spec.cores_per_chip)
+    if not rest and spec.min_chips <= chips <= spec.max_chips and chips % 4 == 0:
+      return  # whole hosts of 4 chips: a slice of a custom shape
+  counts = ("TensorCores, 2 per chip" if slices.GENERATIONS[generation].cores_per_chip == 2
+            else "chips")
+  raise LaunchError(f"--accelerator_type {value}: not a Cloud TPU slice of {generation} "
+                    f"({known}; the number counts {counts})")
+
+
 def _matching(pattern: re.Pattern, what: str):
   def check(value: str) -> str:
     if not pattern.fullmatch(value) or ".." in value.split("/"):
@@ -431,6 +492,7 @@ def main(argv: list[str] | None = None, out=None) -> int:
         raise LaunchError(f"nothing recorded for {args.name!r} in {_state_path(args)}")
       return run(args, [state["command"]], out)
     resolve(args, state)
+    check_accelerator_type(getattr(args, "accelerator_type", None))
     if args.command == "create":
       if args.check_fit:  # sbs plan refuses anything that is not a --gin. binding
         check_fit(args, extra, out or sys.stdout)

@@ -43,6 +43,7 @@ from sbs_jax.bench_reference import (WARMUP, paired_examples, prepare_reference,
                                      prepare_reference_decode, reference_batches,
                                      reference_stats, torch_modules)
 from sbs_jax.errors import SbsError
+from sbs_jax.model.config import SIZES as MODEL_SIZES
 from sbs_jax.train import state as state_lib
 from sbs_jax.train.loss import LABEL
 
@@ -437,12 +438,59 @@ def bench(args, batch: int):
                                           lines[1]["examples_per_s"], 3)}
 
 
-def main(args) -> int:
+SIZES = tuple(MODEL_SIZES)
+
+
+def parse_batches(text: str) -> list[int]:
+  """--batch: comma-separated positive integers."""
+  try:
+    batches = [int(x) for x in str(text).split(",") if x.strip()]
+  except ValueError:
+    batches = []
+  if not batches or min(batches) < 1:
+    raise SbsError(f"--batch {text!r}: give rows per step as positive integers, e.g. 16 or "
+                   "8,16,32")
+  return batches
+
+
+def check_args(args) -> list[int]:
+  """Every argument checked before anything compiles; returns the batch sizes."""
   if args.inference and args.mixture:
     raise SbsError("--inference runs on synthetic inputs; drop --mixture")
+  if args.size not in SIZES:
+    raise SbsError(f"--size {args.size!r}: one of {', '.join(SIZES)}")
+  batches = parse_batches(args.batch)
+  for name in ("input_len", "label_len", "rationale_len", "steps", "rounds", "decode_len"):
+    if getattr(args, name) < 1:
+      raise SbsError(f"--{name} {getattr(args, name)}: must be 1 or more")
+  for name in ("peak_tflops", "vocab_size", "reference_batch"):
+    value = getattr(args, name)
+    if value is not None and not value > 0:
+      raise SbsError(f"--{name} {value}: must be positive")
+  if not 0.0 <= args.dropout < 1.0:
+    raise SbsError(f"--dropout {args.dropout}: a rate in [0, 1)")
+  try:
+    lengths = [int(x) for x in args.task_feature_lengths.split(",")]
+  except ValueError:
+    lengths = []
+  if len(lengths) != 2 or min(lengths) < 1:
+    raise SbsError(f"--task_feature_lengths {args.task_feature_lengths!r}: give "
+                   "INPUTS,TARGETS token counts, e.g. 1024,352")
+  if args.out:
+    try:
+      with open(args.out, "a", encoding="utf-8"):
+        pass
+    except OSError as e:
+      raise SbsError(f"--out {args.out}: cannot append to it ({e.strerror})") from None
+  return batches
+
+
+def main(args) -> int:
+  batches = check_args(args)
   if not getattr(args, "argv", None):  # for --isolate's workers: this command's flags
     args.argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
-  for batch in (int(x) for x in str(args.batch).split(",")):
+  failed = []
+  for batch in batches:
     args.current_batch = batch
     try:
       for line in bench(args, batch):
@@ -454,8 +502,18 @@ def main(args) -> int:
     except SbsError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: go on
-      print(json.dumps({"size": args.size, "dtype": args.dtype, "batch": batch,
-                        "error": f"{type(e).__name__}: {str(e)[:500]}"}), flush=True)
+      error = f"{type(e).__name__}: {str(e)[:500]}"
+      text = json.dumps({"size": args.size, "dtype": args.dtype, "batch": batch,
+                         "error": error})
+      print(text, flush=True)
+      if args.out:  # the failure is a result too: kept beside the others
+        with open(args.out, "a", encoding="utf-8") as f:
+          f.write(text + "\n")
+      failed.append((batch, error.splitlines()[0] if error else type(e).__name__))
+  if failed:
+    shown = "; ".join(f"batch {b}: {e[:200]}" for b, e in failed)
+    raise SbsError(f"{len(failed)} of {len(batches)} batch sizes failed ({shown}); "
+                   "their JSON lines hold the error")
   return 0
 
 

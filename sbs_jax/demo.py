@@ -17,6 +17,7 @@ import os
 import pathlib
 import time
 
+from sbs_jax.errors import SbsError
 from sbs_jax.experiments import prepare, report, sweep
 
 METHODS = ("standard_finetuning", "distill_llm")
@@ -44,8 +45,6 @@ def cqa_part(args, out: pathlib.Path) -> dict:
   """Annotates CQA (replay), trains its vocabulary, prints one record as the two tasks."""
   import seqio  # pylint: disable=import-outside-toplevel
   import tasks  # pylint: disable=import-outside-toplevel
-  from sbs_jax.data import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
-  from sbs_jax.data import vocab_command  # pylint: disable=import-outside-toplevel
   annotation_dir, vocab = out / "annotations", out / "vocab" / "spm.model"
   stats = {}
   for split in ("train", "test"):
@@ -53,8 +52,7 @@ def cqa_part(args, out: pathlib.Path) -> dict:
             "--out_dir", str(annotation_dir)]
     stats[split] = prepare.annotate(argv + (["--data_dir", args.data_dir]
                                             if args.data_dir else [])).split_stats
-  if not vocab.exists():
-    vocab_lib.train_vocabulary(vocab_command.train_texts(str(annotation_dir), ["cqa"]), vocab)
+  prepare.ensure_vocabulary(annotation_dir, ["cqa"], vocab, vocab_size=8000)
   names = tasks.register_dataset("cqa", annotation_dir=str(annotation_dir),
                                  vocabulary=seqio.SentencePieceVocabulary(str(vocab)))
   print(f"\n== Part 1: CommonsenseQA with the paper's PaLM 540B rationales\n"
@@ -86,7 +84,7 @@ def controlled_part(args, out: pathlib.Path) -> tuple[str, list, float]:
               "vocab": ready.vocab, "gin_files": [OVERLAY],
               "bindings": sweep.gin_binding_args(args.gin_bindings)}
   sweep_dir = str(out / "marbles" / "sweep")
-  grid = sweep.parse_grid(",".join(METHODS), f"{args.fraction:g}", "", args.seeds)
+  grid = check_args(args)
   grid = sweep.record_sweep(sweep_dir, settings, grid)
   print(f"{ready.dataset}: {ready.train_examples:,} train problems (the students get "
         f"{args.fraction:g}%), {ready.test_examples} test; the teacher's test accuracy: "
@@ -96,9 +94,20 @@ def controlled_part(args, out: pathlib.Path) -> tuple[str, list, float]:
   return sweep_dir, cells, ready.teacher_test_accuracy
 
 
+def check_args(args) -> dict:
+  """Every argument checked before minutes of work; returns the controlled runs' grid."""
+  grid = sweep.parse_grid(",".join(METHODS), f"{args.fraction:g}", "", args.seeds)
+  sweep.gin_binding_args(args.gin_bindings)
+  if args.data_dir and not os.path.isdir(args.data_dir):
+    raise SbsError(f"--data_dir {args.data_dir}: no such directory (the paper's data, "
+                   "from `sbs download`)")
+  return grid
+
+
 def main(args) -> int:
   tic = time.perf_counter()
-  out = pathlib.Path(os.path.abspath(args.out_dir))
+  check_args(args)
+  out = prepare.check_writable(os.path.abspath(args.out_dir))
   cqa_part(args, out)
   sweep_dir, cells, teacher = controlled_part(args, out)
   steps = cells[0].results["train_steps"] if cells[0].results else "?"

@@ -101,6 +101,7 @@ def test_rerun_may_add_values_but_not_change_settings(tmp_path):
   assert grid["methods"] == ["distill_llm", "standard_finetuning"]
   assert grid["seeds"] == [0, 1]
   assert sweep.load_sweep(tmp_path)["grid"] == grid
+  (tmp_path / sweep.cells(grid)[0].name).mkdir()  # once a cell has trained, they are fixed
   with pytest.raises(SbsError, match="other settings .*bindings"):
     sweep.record_sweep(tmp_path, dict(SETTINGS, bindings=["TRAIN_STEPS=4"]), grid)
 
@@ -136,9 +137,10 @@ def test_two_by_two_grid_completes_and_reruns_nothing(marbles, tmp_path):
 
 
 def test_a_failing_cell_stops_the_sweep_with_one_line(marbles, tmp_path):
-  proc = run_sbs("sweep", "--dataset", "nosuch", "--methods", "distill_llm",
+  proc = run_sbs("sweep", "--dataset", "marbles", "--methods", "distill_llm",
                  "--annotation_dir", marbles.annotation_dir, "--vocab", marbles.vocab,
-                 "--out_dir", tmp_path, "--gin_file=overlays/marbles_cpu.gin")
+                 "--out_dir", tmp_path, "--gin_file=overlays/marbles_cpu.gin",
+                 "--gin.TrainConfig.no_such_field=1")
   assert proc.returncode == 2
   assert "cell distill_llm-f100-s0 stopped (exit code " in proc.stderr
   assert "cells/distill_llm-f100-s0.log" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import matplotlib
@@ -33,7 +34,15 @@ def _save(fig, path: pathlib.Path) -> list[pathlib.Path]:
   out = []
   for ext in ("png", "svg"):
     target = path.parent / f"{path.name}.{ext}"  # not with_suffix: 'f12.5' has a dot
-    fig.savefig(target, dpi=110, bbox_inches="tight")
+    tmp = path.parent / f".{path.name}.tmp.{ext}"
+    try:
+      fig.savefig(tmp, dpi=110, bbox_inches="tight", format=ext)
+      os.replace(tmp, target)  # a figure is replaced whole or not at all
+    except BaseException:
+      plt.close(fig)
+      if tmp.exists():
+        tmp.unlink()
+      raise
     out.append(target)
   plt.close(fig)
   return out
@@ -112,14 +121,22 @@ def training_curves(out: pathlib.Path, sweep_dir: pathlib.Path, cell,
   path = sweep_dir / cell.name / "metrics.jsonl"
   if not path.exists():
     return []
-  lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-  train = [l for l in lines if l["split"] == "train"]
-  val = [l for l in lines if l["split"] == "validation" and metric in l]
+  lines = []
+  for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    try:
+      row = json.loads(line) if line.strip() else None
+    except ValueError:  # a line cut by a crash: the curves stop there
+      continue
+    if isinstance(row, dict) and "step" in row:
+      lines.append(row)
+  train = [l for l in lines if l.get("split") == "train" and "label_loss" in l]
+  val = [l for l in lines if l.get("split") == "validation" and metric in l]
   fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
   steps = [l["step"] for l in train]
   left.plot(steps, [l["label_loss"] for l in train], label="label loss")
-  if any(l.get("rationale_tokens", 0) > 0 for l in train):
-    left.plot(steps, [l["rationale_loss"] for l in train], label="rationale loss")
+  if any(l.get("rationale_tokens", 0) > 0 and "rationale_loss" in l for l in train):
+    left.plot(steps, [l.get("rationale_loss", float("nan")) for l in train],
+              label="rationale loss")
   left.set_xlabel("step")
   left.set_ylabel("cross-entropy")
   left.legend(fontsize=8)

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
+import os
 import pathlib
 
 from sbs_jax.annotate import command as annotate_command
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.data import vocab as vocab_lib
 from sbs_jax.data import vocab_command
+from sbs_jax.errors import SbsError
 from sbs_jax.experiments import synthetic
 
 # The controlled task's vocabulary: byte-pair pieces. SentencePiece's unigram model (the
@@ -31,6 +35,62 @@ def annotate(argv: list[str]) -> job_lib.Result:
   annotate_command.add_parser(parser.add_subparsers())
   args = parser.parse_args(["annotate", *argv])
   return job_lib.run(annotate_command.build_job(args))
+
+
+def _loads(path: pathlib.Path) -> bool:
+  """Whether SentencePiece reads the model file (a truncated or foreign file does not)."""
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  try:
+    spm.SentencePieceProcessor(model_proto=path.read_bytes())
+    return True
+  except (RuntimeError, OSError, TypeError):
+    return False
+
+
+def ensure_vocabulary(annotation_dir, datasets: list[str], path, **train_kwargs) -> bool:
+  """Trains the vocabulary of `datasets`' train records at `path`, unless the file there
+  was trained from the same texts with the same settings and loads.
+
+  What it was trained from is pinned beside it, `<path>.source.json` (sha256 of the
+  texts and the settings): a vocabulary of another run or dataset, one without that
+  record, or a damaged file is trained again. Returns whether it trained.
+  """
+  path = pathlib.Path(path)
+  digest = hashlib.sha256(json.dumps(train_kwargs, sort_keys=True).encode())
+  texts = []
+  for text in vocab_command.train_texts(str(annotation_dir), list(datasets)):
+    texts.append(text)
+    digest.update(text.encode("utf-8") + b"\0")
+  source = {"datasets": list(datasets), "sha256": digest.hexdigest(), **train_kwargs}
+  pin = path.with_name(path.name + ".source.json")
+  try:
+    pinned = json.loads(pin.read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    pinned = None
+  if path.exists() and pinned == source and _loads(path):
+    return False
+  if path.exists():
+    print(f"note: {path} was not trained from these annotations (or is damaged): training "
+          "it again", flush=True)
+  vocab_lib.train_vocabulary(texts, path, **train_kwargs)
+  tmp = pin.with_name(f".{pin.name}.tmp")
+  tmp.write_text(json.dumps(source, indent=2), encoding="utf-8")
+  os.replace(tmp, pin)
+  return True
+
+
+def check_writable(out_dir, flag: str = "--out_dir") -> pathlib.Path:
+  """`out_dir`, made and checked writable: one line now instead of a failure later."""
+  out = pathlib.Path(out_dir)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".write-check-{os.getpid()}"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise SbsError(f"{flag} {out_dir}: cannot write there ({e.strerror}); choose a writable "
+                   "directory") from None
+  return out
 
 
 @dataclasses.dataclass
@@ -61,8 +121,7 @@ def prepare_synthetic(out_dir, name: str = "marbles", train: int = 2000, test: i
           "--concurrency", "32"])
       stats[split] = result.split_stats
   vocab = out / "vocab" / "spm.model"
-  if not vocab.exists():
-    vocab_lib.train_vocabulary(vocab_command.train_texts(str(annotation_dir), [name]), vocab,
-                               vocab_size=SYNTHETIC_VOCAB_SIZE, model_type="bpe")
+  ensure_vocabulary(annotation_dir, [name], vocab, vocab_size=SYNTHETIC_VOCAB_SIZE,
+                    model_type="bpe")
   return Prepared(name, str(annotation_dir), str(vocab), stats["train"]["examples"],
                   stats["test"]["examples"], stats["test"]["teacher_accuracy"])

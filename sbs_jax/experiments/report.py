@@ -9,22 +9,30 @@ Writes, in the sweep dir:
     figures/curves/<cell>.{png,svg}               label and rationale loss, validation
                                                   accuracy, from metrics.jsonl
 Accuracies are percents (0-100). The standard deviation is the sample one (n - 1) and is
-left blank for a single seed. A sweep dir holding cells of another dataset or other shared
-settings is refused: one table never mixes two experiments.
+left blank for a single seed. A sweep dir holding cells of another dataset, other shared
+settings or other gin contents is refused: one table never mixes two experiments. Every
+check (the metric, damaged files) runs before anything is written, and each output replaces
+the old one whole (a temporary file renamed over it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import statistics
 
 from sbs_jax.errors import SbsError
 from sbs_jax.experiments import sweep as sweep_lib
 from sbs_jax.model.config import SIZES
+
+# The label metrics the trainer writes to results.json, percents (sbs_jax/metrics.py); a
+# task's own metric_fns may add other "*accuracy" ones, taken when the results hold them.
+KNOWN_METRICS = ("accuracy", "equation_accuracy")
 
 
 def add_parser(subparsers) -> None:
@@ -34,7 +42,8 @@ def add_parser(subparsers) -> None:
       "results.csv and results.md and draws figures/*.png and *.svg.")
   p.add_argument("sweep_dir")
   p.add_argument("--metric", default="accuracy",
-                 help="the label metric to tabulate and plot (e.g. equation_accuracy)")
+                 help="the label metric to tabulate and plot, a percent: "
+                 f"{', '.join(KNOWN_METRICS)} (or another *accuracy the cells' results hold)")
   p.set_defaults(func=main, local_only=("sweep_dir",))
 
 
@@ -59,12 +68,28 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _check_cell_file(sweep_dir: pathlib.Path, record: dict, cell_file: pathlib.Path) -> None:
-  """Refuses a cell made with another dataset or other shared settings."""
+  """Refuses a cell made with another dataset, other shared settings or other gin contents."""
   try:
-    info = json.loads(cell_file.read_text())
-  except ValueError as e:
-    raise SbsError(f"{cell_file}: not JSON ({e})") from None
+    info = json.loads(cell_file.read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError, OSError) as e:
+    raise SbsError(f"{cell_file}: not JSON ({e}); it is rewritten when the cell runs: rerun "
+                   "the same `sbs sweep` command, or delete the file if the cell never "
+                   "ran") from None
+  if not isinstance(info, dict):
+    raise SbsError(f"{cell_file}: expected a JSON object (the cell's record); rerun the "
+                   "same `sbs sweep` command, which rewrites it")
   settings = record["settings"]
+  if "gin_sha256" not in info and isinstance(info.get("settings"), dict):
+    # written before gin files were resolved and pinned: compare them resolved
+    info = dict(info, settings=dict(
+        info["settings"], gin_files=sweep_lib._old_gin_files(  # pylint: disable=protected-access
+            info["settings"].get("gin_files") or [])))
+  pinned = record.get("gin_sha256") or {}
+  for name, digest in (info.get("gin_sha256") or {}).items():
+    if name in pinned and pinned[name] != digest:
+      raise SbsError(f"{sweep_dir} mixes gin contents: {cell_file.stem} ran {name} with "
+                     f"sha256 {digest[:12]}..., {sweep_lib.SWEEP_FILE} pins "
+                     f"{pinned[name][:12]}...; rerun that cell in a fresh sweep dir")
   if info.get("dataset") != settings["dataset"]:
     raise SbsError(f"{sweep_dir} mixes datasets: {cell_file.stem} is "
                    f"{info.get('dataset')!r}, the sweep {settings['dataset']!r}; report "
@@ -84,10 +109,9 @@ def collect(sweep_dir) -> tuple[dict, list[CellResult]]:
     _check_cell_file(sweep_dir, record, cell_file)
   out = []
   for cell in sweep_lib.cells(record["grid"]):
-    cell_dir = sweep_dir / cell.name
-    results_path = cell_dir / sweep_lib.RESULTS_FILE
-    if results_path.exists():
-      out.append(CellResult(cell, "done", json.loads(results_path.read_text())))
+    results = sweep_lib.read_results(sweep_dir, cell)  # one line for a damaged file
+    if results is not None:
+      out.append(CellResult(cell, "done", results))
     else:
       started = sweep_lib.cell_file(sweep_dir, cell, ".json").exists()
       out.append(CellResult(cell, "partial" if started else "missing", None))
@@ -99,13 +123,47 @@ def teacher_accuracy(settings: dict) -> float | None:
   path = pathlib.Path(settings["annotation_dir"]) / settings["dataset"] / "test.stats.json"
   if not path.exists():
     return None
-  value = json.loads(path.read_text()).get("teacher_accuracy")
-  return None if value is None else float(value)
+  try:
+    value = json.loads(path.read_text(encoding="utf-8")).get("teacher_accuracy")
+    return None if value is None else float(value)
+  except (ValueError, TypeError, AttributeError, OSError, UnicodeDecodeError) as e:
+    raise SbsError(f"{path}: not the stats `sbs annotate` writes ({e}); annotate the test "
+                   "split again, or move the file away to report without the teacher") from None
+
+
+def check_metric(metric: str, cells: list[CellResult]) -> None:
+  """A label metric the results hold, in percent; refused (one line) before anything is
+  written, so that a typo never replaces a good table with an empty one."""
+  held = sorted({k for c in cells if c.results for split in ("validation", "test")
+                 for k in (c.results.get(split) or {})
+                 if isinstance(k, str) and k.endswith("accuracy")})
+  if metric not in KNOWN_METRICS and metric not in held:
+    raise SbsError(f"--metric {metric}: not a label accuracy; use one of "
+                   f"{', '.join(sorted(set(KNOWN_METRICS) | set(held)))}")
+  done = [c for c in cells if c.status == "done"]
+  if done and metric not in held:
+    raise SbsError(f"--metric {metric}: no finished cell's results hold it (they hold "
+                   f"{', '.join(held) or 'no accuracy'}); nothing was written")
+
+
+@contextlib.contextmanager
+def _atomic(path, mode: str = "w", **kwargs):
+  """Writes `path` whole or not at all: a temporary file beside it, renamed over it."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp")
+  try:
+    with open(tmp, mode, **kwargs) as f:
+      yield f
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      tmp.unlink()
+    raise
 
 
 def write_csv(path, cells: list[CellResult], metric: str) -> None:
   """One row per cell of the grid."""
-  with open(path, "w", newline="", encoding="utf-8") as f:
+  with _atomic(path, newline="", encoding="utf-8") as f:
     w = csv.writer(f)
     w.writerow(["cell", "method", "fraction", "size", "seed", "status", "best_step",
                 f"validation_{metric}", f"test_{metric}"])
@@ -179,7 +237,8 @@ def write_markdown(path, record: dict, cells: list[CellResult], metric: str,
   missing = [c.cell.name for c in cells if c.status != "done"]
   if missing:
     lines += ["", f"Not finished ({len(missing)}): " + ", ".join(missing)]
-  pathlib.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+  with _atomic(path, encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
 
 
 def write_report(sweep_dir, metric: str = "accuracy") -> tuple[list[CellResult], list]:
@@ -188,10 +247,16 @@ def write_report(sweep_dir, metric: str = "accuracy") -> tuple[list[CellResult],
   from sbs_jax.experiments import figures  # pylint: disable=import-outside-toplevel
   sweep_dir = pathlib.Path(sweep_dir)
   record, cells = collect(sweep_dir)
+  check_metric(metric, cells)
   teacher = teacher_accuracy(record["settings"])
-  write_csv(sweep_dir / "results.csv", cells, metric)
-  write_markdown(sweep_dir / "results.md", record, cells, metric, teacher)
-  return cells, figures.draw_all(sweep_dir, record, cells, metric, teacher)
+  try:
+    write_csv(sweep_dir / "results.csv", cells, metric)
+    write_markdown(sweep_dir / "results.md", record, cells, metric, teacher)
+    return cells, figures.draw_all(sweep_dir, record, cells, metric, teacher)
+  except OSError as e:
+    raise SbsError(f"cannot write the report in {sweep_dir}: {e.strerror} "
+                   f"({e.filename}); make the sweep dir writable, or copy it and report "
+                   "the copy") from None
 
 
 def main(args) -> int:

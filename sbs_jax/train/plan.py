@@ -176,6 +176,8 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
   `gives_estimate`."""
   if chip not in CHIPS:
     raise SbsError(f"chip must be one of {sorted(CHIPS)}, got {chip!r}")
+  if data < 1 or model < 1:
+    raise SbsError(f"a {data}x{model} mesh: DATA and MODEL must be positive device counts")
   if not gives_estimate(cfg, model_config, data):
     raise SbsError(
         f"no estimate for remat with 2-D rules over {data} data shards: the TPU compiler "
@@ -246,22 +248,43 @@ def plan_of_compiled(record: dict, size: str) -> dict:
               chip=tpu_slices.parse(record["topology"]).generation)
 
 
-def parse_mesh(text: str) -> tuple[int, int]:
-  """"8x4" -> (8, 4); -1 takes the remaining devices."""
+def parse_mesh(text: str, allow_rest: bool = False) -> tuple[int, int]:
+  """"8x4" -> (8, 4): positive sizes; with `allow_rest` (a slice whose devices are known)
+  one axis may be -1, the remaining devices, as TrainConfig.mesh takes it."""
   try:
     data, model = (int(x) for x in text.lower().split("x"))
   except ValueError:
-    raise SbsError(f"--mesh must look like 8x4, got {text!r}") from None
+    raise SbsError(f"--mesh must look like 8x4 (DATAxMODEL), got {text!r}") from None
+  one_rest = allow_rest and sorted((data, model))[0] == -1 and max(data, model) >= 1
+  if not one_rest and (data < 1 or model < 1):
+    raise SbsError(f"--mesh {text}: DATA and MODEL must be positive device counts, e.g. 8x4"
+                   + (" (or -1 for one axis: the rest of the slice)" if allow_rest else
+                      " (-1 needs --topology, which knows the devices)"))
   return data, model
+
+
+def check_batch(cfg: TrainConfig, data: int) -> None:
+  """The batch splits evenly over the data shards (jax refuses an uneven batch sharding
+  when the trainer starts) and into the micro-batches (the trainer reshapes it)."""
+  batch, accum = cfg.data.batch_size, cfg.optimizer.grad_accum_steps
+  if batch % data:
+    raise SbsError(f"DataConfig.batch_size {batch} does not split evenly over {data} data "
+                   f"shards (the trainer would fail at its first step): give a batch size "
+                   f"that is a multiple of {data}, or another --mesh DATA")
+  if batch % accum:
+    raise SbsError(f"DataConfig.batch_size {batch} does not split into "
+                   f"OptimizerConfig.grad_accum_steps = {accum} micro-batches: give a "
+                   f"multiple of {accum}")
 
 
 def compiled_plan(args, cfg: TrainConfig, model_config: T5Config, tpu) -> int:
   """`sbs plan --topology`: one JSON line per compiled program on stdout, a table on
   stderr; an error (exit 2) when a program does not fit the chip."""
   from sbs_jax.train import tpu_compile  # pylint: disable=import-outside-toplevel
-  mesh = parse_mesh(args.mesh) if args.mesh else tuple(cfg.mesh)
+  mesh = parse_mesh(args.mesh, allow_rest=True) if args.mesh else tuple(cfg.mesh)
   programs = [p for p in args.programs.split(",") if p]
   data, model = tpu_compile.mesh_shape(mesh, tpu.chips)
+  check_batch(cfg, data)
   estimate = None  # where the formula gives none, the compiler's figure stands alone
   if gives_estimate(cfg, model_config, data):
     estimate = plan(cfg, model_config, data, model, tpu.generation)["per_device_total_gib"]
@@ -292,12 +315,20 @@ def main(args) -> int:
   elif not args.mesh:
     raise SbsError("give --mesh DATAxMODEL (the estimate), or --topology SLICE (the "
                    "TPU compiler's figures)")
+  else:
+    parse_mesh(args.mesh)  # a bad mesh fails before gin and JAX start
+  if not args.gin_file:
+    raise SbsError("give the run's gin files, e.g. sbs plan --mesh 8x4 "
+                   "--gin_file=experiments/cqa_distill_llm.gin [--gin_file=models/xl.gin]")
+  if args.hbm_gib is not None and not args.hbm_gib > 0:
+    raise SbsError(f"--hbm_gib {args.hbm_gib}: memory per device must be positive")
   command.parse_gin(args.gin_file, command.gin_bindings(args.gin_bindings),
                     args.gin_search_path)
   cfg, model_config = config.TrainConfig(), config.student_config()
   if args.topology:
     return compiled_plan(args, cfg, model_config, tpu)
   data, model = parse_mesh(args.mesh)
+  check_batch(cfg, data)
   result = plan(cfg, model_config, data, model, args.chip or "v4")
   if args.hbm_gib:
     result["hbm_gib"] = args.hbm_gib
