@@ -17,6 +17,7 @@ Our trainer never imports this module; T5X's gin files do, through those gin fil
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Optional
 
 from clu import metrics as clu_metrics
@@ -27,6 +28,17 @@ from t5x import models
 from sbs_jax.data.features import DistillFeatureConverter
 from sbs_jax.errors import SbsError
 from sbs_jax.train import loss as loss_lib
+
+
+def check_alpha(alpha) -> None:
+  """Refuses an alpha outside [0, 1] (or NaN, or not a number): the loss would then
+  maximise one task's cross-entropy (alpha 50 drives it to about -766)."""
+  ok = (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+        and math.isfinite(alpha) and 0.0 <= alpha <= 1.0)
+  if not ok:
+    raise ValueError(f"DistillModel alpha = {alpha!r} is out of range: it must be a number "
+                     "between 0 and 1 (the label loss's weight; 1 - alpha weighs the "
+                     "rationale loss); fix the binding of DistillModel.alpha in the gin file")
 
 
 class FeatureConverter(DistillFeatureConverter):
@@ -49,8 +61,7 @@ class DistillModel(models.EncoderDecoderModel):
 
   def __init__(self, module, input_vocabulary, output_vocabulary, optimizer_def,
                alpha: float = 0.5, **kwargs):
-    if not 0.0 <= alpha <= 1.0:
-      raise SbsError(f"alpha must be in [0, 1], got {alpha}")
+    check_alpha(alpha)
     network_vocab = getattr(getattr(module, "config", None), "vocab_size", None)
     for name, vocabulary in (("input", input_vocabulary), ("output", output_vocabulary)):
       if network_vocab is not None and vocabulary.vocab_size > network_vocab:

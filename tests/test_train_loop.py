@@ -97,7 +97,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_loses_nothing(trained, tmp
 def test_eval_and_predict_commands(trained):
   model_dir, results = trained
   proc = run_sbs("eval", "--model_dir", model_dir, "--split", "test",
-                 "--gin.EvalConfig.max_examples=16")
+                 "--max_examples=16")
   assert proc.returncode == 0, proc.stderr[-2000:]
   got = json.loads(proc.stdout.strip().splitlines()[-1])
   assert got["step"] == results["best_step"] and got["examples"] == 16

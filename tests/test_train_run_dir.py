@@ -151,7 +151,7 @@ def test_config_gin_serves_eval_from_another_directory(run, tmp_path):
   env = {k: v for k, v in os.environ.items() if not k.startswith("SBS_")}
   env.update(PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run([sys.executable, "-m", "sbs_jax.cli", "eval", "--model_dir",
-                         str(model_dir), "--split", "test", "--gin.EvalConfig.max_examples=4"],
+                         str(model_dir), "--split", "test", "--max_examples=4"],
                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-2000:]
   got = json.loads(proc.stdout.strip().splitlines()[-1])

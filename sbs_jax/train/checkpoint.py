@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MODEL_INFO = "model.json"
 GIN_CONFIG = "config.gin"  # the gin bindings of the run, for `sbs eval`
 VOCAB_FILE = "spm.model"
+PARAMS_DIR = "params"  # the best params (what eval, predict, export and initial_checkpoint read)
 SUMS = "leaf_sums"  # meta key: each array's sum, checked on restore
 
 
@@ -134,11 +135,16 @@ def save_params(model_dir: str, step: int, params: Any, meta: dict) -> None:
 
 def load_params(model_dir: str, abstract_params: Any) -> tuple[Any, dict]:
   """Reads a model dir's parameters into the shapes and shardings of `abstract_params`."""
-  manager = _manager(f"{model_dir}/params", keep=1)
+  if not tf.io.gfile.exists(f"{model_dir}/{PARAMS_DIR}"):  # (the manager would create it)
+    raise SbsError(f"{model_dir} holds no trained parameters ({model_dir}/{PARAMS_DIR} does "
+                   "not exist): pass a model dir of sbs train, import-hf or import-t5x")
+  manager = _manager(f"{model_dir}/{PARAMS_DIR}", keep=1)
   step = manager.latest_step()
   if step is None:
     manager.close()
-    raise SbsError(f"{model_dir}/params holds no checkpoint")
+    raise SbsError(f"{model_dir} holds no trained parameters yet ({model_dir}/params is "
+                   "empty): train it until its first validation step (EvalConfig.every), "
+                   "or pass a trained model dir")
   where = f"{manager.directory}/{step}"
   try:
     _check_fits(f"{where}/params", abstract_params, model_dir)

@@ -43,9 +43,28 @@ def add_parser(subparsers) -> None:
   p.set_defaults(func=train_main, accepts_gin_bindings=True)
   p = subparsers.add_parser("eval", help="score a trained model dir's best params")
   p.add_argument("--model_dir", required=True)
-  p.add_argument("--split", default="test")
+  p.add_argument("--split", default="test",
+                  help="validation, test, train, train_50, train_25 or train_12.5")
+  p.add_argument("--max_examples", metavar="N|all",
+                 help="score the first N examples of the split ('all': every one). Default: "
+                 "validation as capped in training (EvalConfig.max_examples), test as capped "
+                 "in training (EvalConfig.max_test_examples), other splits whole")
   add_gin_flags(p)
   p.set_defaults(func=eval_main, accepts_gin_bindings=True)
+
+
+def _max_examples(text: str) -> int:
+  """--max_examples: a positive count, or 'all' (returned as 0: no cap)."""
+  if text.strip().lower() == "all":
+    return 0
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if value < 1:
+    raise SbsError(f"--max_examples {text!r} is not a positive whole number or 'all': "
+                   "e.g. --max_examples 256, or --max_examples all for the whole split")
+  return value
 
 
 def gin_bindings(extra: list[str]) -> list[str]:
@@ -140,20 +159,45 @@ def train_main(args) -> int:
 
 
 def eval_main(args) -> int:
+  import sys  # pylint: disable=import-outside-toplevel
   from sbs_jax.train import checkpoint as ckpt, config  # pylint: disable=import-outside-toplevel
   from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.data import label_examples  # pylint: disable=import-outside-toplevel
   from sbs_jax.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
   from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train.progress import labelled  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.progress import eval_line, labelled  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if args.max_examples is not None:
+    _max_examples(args.max_examples)  # a bad value: one line before anything loads
   initialize_distributed(args)
+  # Reads only (no lock): a dir that training is writing is scored at its best step so far.
   saved = f"{args.model_dir}/{ckpt.GIN_CONFIG}"
+  if not tf.io.gfile.exists(saved):
+    raise SbsError(f"--model_dir {args.model_dir} is not a model dir of `sbs train` (no "
+                   f"{ckpt.GIN_CONFIG}): pass the MODEL_DIR of a training run")
   parse_gin([saved, *args.gin_file], gin_bindings(args.gin_bindings), args.gin_search_path)
   cfg = gin_check.configured(config.TrainConfig)
   model_config = gin_check.configured(config.student_config)
+  label_task = cfg.data.label_task()
+  # The cap: the flag's; else the run's own for validation and test (so that the numbers
+  # are those of results.json); other splits whole. Shown whenever it cuts the split.
+  if args.max_examples is not None:
+    limit, capped_by = _max_examples(args.max_examples) or None, "--max_examples"
+  elif args.split == "validation":
+    limit, capped_by = cfg.eval.max_examples, "EvalConfig.max_examples"
+  elif args.split == "test":
+    limit, capped_by = cfg.eval.max_test_examples, "EvalConfig.max_test_examples"
+  else:
+    limit, capped_by = None, ""
+  examples = label_examples(label_task, args.split, limit)  # an unknown split: one line
   student = build_student(model_config, make_optimizer(cfg.optimizer, cfg.train_steps),
                           make_mesh(cfg.mesh), cfg.partitioning_dims)
   params, best = ckpt.load_params(args.model_dir, student.abstract_state["params"])
-  metrics, _ = eval_lib.evaluate(student, params, cfg.data.label_task(), args.split, cfg.eval)
-  print(json.dumps({"split": args.split, "step": best["step"], **labelled(metrics)}))
+  metrics, _ = eval_lib.evaluate(student, params, label_task, args.split, cfg.eval, examples)
+  if jax.process_index() == 0:
+    print(eval_line(best["step"], args.split, metrics, capped_by), file=sys.stderr)
+  out = {"split": args.split, "step": best["step"], **labelled(metrics)}
+  if "split_examples" in metrics:
+    out["capped_by"] = capped_by
+  print(json.dumps(out))
   return 0
-

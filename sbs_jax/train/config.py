@@ -8,12 +8,13 @@ itself (`TrainConfig`), which holds the others.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import gin
 
 from sbs_jax.model.config import T5Config, config_for
-from sbs_jax.train.gin_check import check_fields
+from sbs_jax.train.gin_check import check_fields, check_range
 
 
 @gin.configurable
@@ -48,6 +49,13 @@ class DataConfig:
 
   def __post_init__(self):
     check_fields(self)
+    check_range(self, "batch_size", self.batch_size >= 1, "at least 1")
+    lengths = self.task_feature_lengths
+    if (set(lengths) != {"inputs", "targets"} or
+        not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                for v in lengths.values())):
+      check_range(self, "task_feature_lengths", False,
+                  "{'inputs': N, 'targets': M} with N, M positive whole numbers of tokens")
 
   def label_task(self) -> str:
     """The label task scored on validation and test; both names must be registered."""
@@ -79,6 +87,16 @@ class OptimizerConfig:
 
   def __post_init__(self):
     check_fields(self)
+    check_range(self, "name", self.name in ("adamw", "adafactor"), "adamw or adafactor")
+    check_range(self, "learning_rate",
+                math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                "a positive number, e.g. 5e-5")
+    check_range(self, "schedule", self.schedule in ("linear", "constant", "rsqrt"),
+                "linear, constant or rsqrt")
+    check_range(self, "warmup_steps", self.warmup_steps >= 0, "0 or more")
+    check_range(self, "weight_decay",
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0, "0 or more")
+    check_range(self, "grad_accum_steps", self.grad_accum_steps >= 1, "at least 1")
 
 
 @gin.configurable
@@ -97,6 +115,13 @@ class EvalConfig:
 
   def __post_init__(self):
     check_fields(self)
+    for name in ("every", "batch_size", "label_decode_length", "beam_size",
+                 "rationale_decode_length"):
+      check_range(self, name, getattr(self, name) >= 1, "at least 1")
+    for name in ("max_examples", "max_test_examples"):
+      value = getattr(self, name)
+      check_range(self, name, value is None or value >= 1, "at least 1, or None for all")
+    check_range(self, "rationale_samples", self.rationale_samples >= 0, "0 or more")
 
 
 @gin.configurable
@@ -129,3 +154,19 @@ class TrainConfig:
 
   def __post_init__(self):
     check_fields(self)
+    check_range(self, "model_dir", bool(self.model_dir.strip()), "a directory path")
+    check_range(self, "train_steps", self.train_steps >= 1, "at least 1")
+    # A weight outside [0, 1] makes one of the two terms negative: training would then
+    # maximise that task's cross-entropy (ALPHA = 50 drives the loss to -766).
+    check_range(self, "alpha", math.isfinite(self.alpha) and 0.0 <= self.alpha <= 1.0,
+                "between 0 and 1 (the label loss's weight; 1 - alpha weighs the rationale "
+                "loss)")
+    for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
+      check_range(self, name, getattr(self, name) >= 1, "at least 1")
+    check_range(self, "partitioning_dims",
+                len(self.partitioning_dims) == 2 and all(d in (1, 2) for d in
+                                                         self.partitioning_dims),
+                "(activation, parameter) dims, each 1 or 2")
+    check_range(self, "mesh", len(self.mesh) == 2 and all(
+        isinstance(d, int) and (d >= 1 or d == -1) for d in self.mesh),
+                "(data, model): positive sizes, or -1 for the remaining devices")

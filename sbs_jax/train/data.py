@@ -10,6 +10,7 @@ import numpy as np
 import seqio
 
 from sbs_jax.data.features import DistillFeatureConverter
+from sbs_jax.errors import SbsError
 from sbs_jax.train.config import DataConfig
 from sbs_jax.train.state import BATCH_KEYS
 
@@ -31,6 +32,31 @@ def train_batches(cfg: DataConfig, start_step: int = 0) -> Iterator[dict]:
   ds = ds.batch(cfg.batch_size // count, drop_remainder=True).skip(start_step)
   for batch in ds.as_numpy_iterator():
     yield {k: batch[k] for k in BATCH_KEYS}
+  # Only an empty split ends a stream that repeats forever (check_train_split says which).
+  raise SbsError(f"{cfg.mixture_or_task} split {cfg.train_split!r} yields no training "
+                 "rows: " + _FIX_TRAIN)
+
+
+_FIX_TRAIN = ("annotate more examples (sbs annotate), or use a larger DataConfig.train_split "
+              "(train, train_50, train_25, train_12.5)")
+
+
+def _tasks_of(name: str) -> list:
+  """The tasks of a task or mixture."""
+  task = seqio.get_mixture_or_task(name)
+  return list(task.tasks) if isinstance(task, seqio.Mixture) else [task]
+
+
+def check_train_split(cfg: DataConfig) -> None:
+  """Refuses, before anything is written, a training split in which a task of the
+  mixture has no example (a tiny dataset, or a train_<pct> subsample that keeps none)."""
+  for task in _tasks_of(cfg.mixture_or_task):
+    ds = task.get_dataset(sequence_length=None, split=cfg.train_split, shuffle=False,
+                          num_epochs=1)
+    if not any(True for _ in ds.take(1).as_numpy_iterator()):
+      dataset = getattr(task.source, "dataset", task.name)
+      raise SbsError(f"dataset {dataset}: split {cfg.train_split!r} has no examples for "
+                     f"{task.name}: " + _FIX_TRAIN)
 
 
 @dataclasses.dataclass
@@ -40,6 +66,10 @@ class LabelExamples:
   input_texts: list[str]
   targets: list  # postprocessed targets, as the task's metric functions take them
   ids: list[str]
+  total: int = 0  # examples in the split (more than len(ids) when capped)
+
+  def __post_init__(self):
+    self.total = max(self.total, len(self.ids))
 
 
 def label_examples(task_name: str, split: str, max_examples: int | None = None,
@@ -49,18 +79,34 @@ def label_examples(task_name: str, split: str, max_examples: int | None = None,
   task = seqio.get_mixture_or_task(task_name)
   ds = task.get_dataset(sequence_length={"inputs": max_input_length, "targets": 512},
                         split=split, shuffle=False, num_epochs=1)
-  if max_examples:
-    ds = ds.take(max_examples)
   rows, texts, targets, ids = [], [], [], []
-  for ex in ds.as_numpy_iterator():
+  for ex in (ds.take(max_examples) if max_examples else ds).as_numpy_iterator():
     rows.append(ex["inputs"])
     texts.append(ex["inputs_pretokenized"].decode("utf-8"))
     targets.append(task.postprocess_fn(ex["targets_pretokenized"], example=ex,
                                        is_target=True))
     ids.append(ex["id"].decode("utf-8"))
   if not rows:
-    raise ValueError(f"{task_name} has no examples in split {split!r}")
-  return LabelExamples(pad_rows(rows, length_multiple), texts, targets, ids)
+    raise SbsError(empty_split_message(task, split))
+  total = len(rows)
+  if max_examples and total == max_examples:  # capped: how many the split holds
+    total += int(ds.skip(max_examples).reduce(0, lambda n, _: n + 1))
+  return LabelExamples(pad_rows(rows, length_multiple), texts, targets, ids, total)
+
+
+def empty_split_message(task: seqio.Task, split: str) -> str:
+  """Why `split` of a task holds no example, and how to fix it."""
+  source = task.source
+  dataset = getattr(source, "dataset", task.name)
+  if split == "validation" and hasattr(source, "has_own_validation") and \
+     not source.has_own_validation():
+    fraction = getattr(source, "validation_fraction", 0.1)
+    return (f"dataset {dataset}: the validation split is empty: with no valid records, "
+            f"validation is a {fraction:.0%} carve of the train records, and the train "
+            f"records give none; annotate more train examples, or annotate a valid split "
+            f"of its own (sbs annotate --split valid)")
+  return (f"dataset {dataset}: split {split!r} has no examples for {task.name}: annotate "
+          f"that split (sbs annotate --split ...), or score another split")
 
 
 def pad_rows(rows, length_multiple: int = 64) -> np.ndarray:

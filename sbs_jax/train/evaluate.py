@@ -73,6 +73,8 @@ def evaluate(student: Student, params, task_name: str, split: str, cfg: EvalConf
   predictions = [task.postprocess_fn(detokenize(vocabulary, row), is_target=False)
                  for row in ids]
   metrics = {"examples": len(predictions)}
+  if examples.total > len(predictions):  # capped: the split holds more
+    metrics["split_examples"] = examples.total
   for metric_fn in task.metric_fns:
     metrics.update(metric_fn(examples.targets, predictions))
   rows = [{"id": i, "input": x, "target": t, "prediction": p}

@@ -166,6 +166,15 @@ def check_fields(obj) -> None:
                      f"(set by {setting}): {QUOTING}")
 
 
+def check_range(obj, field: str, ok: bool, expected: str) -> None:
+  """Refuses a dataclass config's value that has the right type but not a valid value."""
+  if ok:
+    return
+  cls = type(obj).__name__
+  raise ConfigError(f"{cls}.{field} = {getattr(obj, field)!r} is out of range: it must be "
+                    f"{expected} (set by {_setting(cls, field)})")
+
+
 def configured(make):
   """`make()` (a gin configurable call) with gin's errors as one line each."""
   try:

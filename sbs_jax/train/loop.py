@@ -3,8 +3,12 @@ the step loop, the final test evaluation."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import re
+import sys
 import time
 from typing import Callable
 
@@ -20,7 +24,7 @@ from sbs_jax.train import evaluate as eval_lib
 from sbs_jax.train import gin_check
 from sbs_jax.train import run_dir
 from sbs_jax.train.config import TrainConfig
-from sbs_jax.train.data import label_examples, train_batches
+from sbs_jax.train.data import check_train_split, label_examples, train_batches
 from sbs_jax.train.metric_log import MetricLog
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.preemption import Preempted, PreemptionWatch
@@ -29,7 +33,9 @@ from sbs_jax.train.state import (build_student, global_batch, init_state, make_m
                                  make_train_step)
 
 log = logging.getLogger(__name__)
-UNITS = "every *accuracy is a percentage (0-100); examples is a count"
+UNITS = ("every *accuracy is a percentage (0-100); examples is a count (of split_examples, "
+         "when a cap limited it)")
+VALIDATION_CAP, TEST_CAP = "EvalConfig.max_examples", "EvalConfig.max_test_examples"
 
 
 def _vocabulary(task_name: str) -> seqio.Vocabulary:
@@ -75,41 +81,183 @@ def train(cfg: TrainConfig, model_config: T5Config,
   vocabulary_file = getattr(vocabulary, "sentencepiece_model_file", "")
   extra_ids = getattr(vocabulary, "extra_ids", 0)
 
-  # ---- Model dir: another run's dir is refused before anything in it is touched.
+  # ---- Data: an empty validation carve or training split is refused before the model
+  # dir is touched (validation is also what every evaluation below scores).
+  validation = label_examples(label_task, "validation", cfg.eval.max_examples)
+  check_train_split(cfg.data)
+  _check_selection_metric(label_task, cfg.eval.selection_metric)
+  if cfg.initial_checkpoint and not tf.io.gfile.exists(
+      f"{cfg.initial_checkpoint}/{ckpt.PARAMS_DIR}"):
+    raise SbsError(f"INITIAL_CHECKPOINT {cfg.initial_checkpoint} is not a model dir (no "
+                   f"{ckpt.PARAMS_DIR}/): pass a dir written by sbs import-hf, sbs "
+                   "import-t5x or sbs train")
+
+  # ---- Model dir: locked (one run per dir), another run's dir refused untouched.
   run = run_dir.RunDir(cfg.model_dir, run_dir.identity(
       cfg, model_config, label_task, vocabulary_file, extra_ids, vocab_lib.annotation_dir()),
       cfg.train_steps)
   checkpoints = None
+  saved_at_failure: list = []  # the newest checkpoint when the steps failed
+  quiet = _StorageNoise()
   try:
-    ckpt.write_gin_config(cfg.model_dir, absolute_paths(cfg, vocabulary_file))
-    ckpt.write_model_info(cfg.model_dir, model_config, vocabulary_file, extra_ids,
-                          label_prefix, max_input_length=cfg.data.task_feature_lengths["inputs"])
+    try:
+      ckpt.write_gin_config(cfg.model_dir, absolute_paths(cfg, vocabulary_file))
+      ckpt.write_model_info(cfg.model_dir, model_config, vocabulary_file, extra_ids,
+                            label_prefix,
+                            max_input_length=cfg.data.task_feature_lengths["inputs"])
 
-    # ---- State: resume from the newest intact checkpoint, else start (random or imported).
-    checkpoints = ckpt.StateCheckpoints(cfg.model_dir, cfg.keep_checkpoints)
-    if checkpoints.latest_step() is not None:
-      state, meta = checkpoints.restore(student.abstract_state)
-      best = meta.get("best")
-      origin = f"resumed from step {int(jax.device_get(state['step']))} of {cfg.model_dir}"
-    else:
-      params = None
-      origin = f"starting from a random init (seed {cfg.seed})"
-      if cfg.initial_checkpoint:
-        params, _ = ckpt.load_params(cfg.initial_checkpoint, student.abstract_state["params"])
-        origin = f"starting from {cfg.initial_checkpoint}"
-      state, best = init_state(student, cfg.seed, params), None
+      # ---- State: resume from the newest intact checkpoint, else start (random or
+      # imported).
+      checkpoints = ckpt.StateCheckpoints(cfg.model_dir, cfg.keep_checkpoints)
+      if checkpoints.latest_step() is not None:
+        state, meta = checkpoints.restore(student.abstract_state)
+        best = meta.get("best")
+        origin = f"resumed from step {int(jax.device_get(state['step']))} of {cfg.model_dir}"
+      else:
+        params = None
+        origin = f"starting from a random init (seed {cfg.seed})"
+        if cfg.initial_checkpoint:
+          params, _ = ckpt.load_params(cfg.initial_checkpoint,
+                                       student.abstract_state["params"])
+          origin = f"starting from {cfg.initial_checkpoint}"
+        state, best = init_state(student, cfg.seed, params), None
 
-    # ---- The loop, then the best step's params on test.
-    validation = label_examples(label_task, "validation", cfg.eval.max_examples)
-    _steps(cfg, student, state, best, label_task, validation, checkpoints, origin, on_step)
-  except BaseException:
-    if checkpoints is None or checkpoints.latest_step() is None:
-      run.abandon()  # nothing to resume from: leave no half-made run dir behind
-    raise
+      # ---- The loop, then the best step's params on test.
+      _steps(cfg, student, state, best, label_task, validation, checkpoints, origin,
+             on_step)
+    except BaseException:
+      saved_at_failure.append(_latest_step(checkpoints))
+      if saved_at_failure[0] is None:
+        run.abandon()  # nothing to resume from: leave no half-made run dir behind
+      raise
+    finally:
+      if checkpoints is not None:
+        try:
+          checkpoints.close()
+        except Exception:  # pylint: disable=broad-except  # the first error is the one to tell
+          log.debug("closing the checkpoint manager failed", exc_info=True)
+    return _final(cfg, student, label_task, vocabulary, validation)
+  except Exception as e:  # pylint: disable=broad-except  # matched by the whole chain below
+    problem = storage_problem(e)
+    if problem is None:
+      raise
+    saved = saved_at_failure[0] if saved_at_failure else _latest_step(checkpoints)
+    then = (f"it resumes from the checkpoint of step {saved}" if saved is not None
+            else "nothing was saved yet, so it starts over")
+    quiet.keep()  # late echoes of the failed write stay quiet until the process ends
+    raise SbsError(f"writing to MODEL_DIR {cfg.model_dir} failed: {problem}, then rerun "
+                   f"the same command: {then}") from None
   finally:
-    if checkpoints is not None:
-      checkpoints.close()
-  return _final(cfg, student, label_task, vocabulary, validation)
+    quiet.close()
+    run.release()
+
+
+class _StorageNoise(logging.Filter):
+  """While training: orbax's own reports of a write that the storage refused (an ERROR log
+  with a traceback per writer thread) and the 'Event loop is closed' tracebacks of
+  tensorstore callbacks that outlive orbax's event loop are dropped: the run ends with one
+  line saying what happened. Everything is shown with -v (debug logging)."""
+
+  def __init__(self):
+    super().__init__()
+    self._active = not logging.getLogger().isEnabledFor(logging.DEBUG)
+    self._keep = False
+    if not self._active:
+      return
+    self._previous_hook = sys.unraisablehook  # (how tensorstore's callbacks report)
+    sys.unraisablehook = self._hook
+    logging.getLogger("absl").addFilter(self)
+
+  def _hook(self, unraisable) -> None:
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    self._previous_hook(unraisable)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not any(pattern.search(text) for pattern, _ in _STORAGE_TEXTS)
+
+  def keep(self) -> None:
+    self._keep = True
+
+  def close(self) -> None:
+    if not self._active or self._keep:
+      return
+    self._active = False
+    sys.unraisablehook = self._previous_hook
+    logging.getLogger("absl").removeFilter(self)
+
+
+def _check_selection_metric(label_task: str, name: str) -> None:
+  """Refuses, before training, a selection metric the label task does not compute (else
+  the first validation, `EvalConfig.every` steps in, would stop the run)."""
+  known = {"examples"}
+  for metric_fn in seqio.get_mixture_or_task(label_task).metric_fns:
+    try:
+      known |= set(metric_fn([], []))
+    except Exception:  # pylint: disable=broad-except  # a metric that needs rows: unchecked
+      return
+  if name not in known:
+    raise SbsError(f"EvalConfig.selection_metric {name!r} is not a metric of {label_task} "
+                   f"(it has {', '.join(sorted(known - {'examples'}))}): set "
+                   f"--gin.{gin_check.binding_name('EvalConfig.selection_metric')}=\"'accuracy'\"")
+
+
+def _latest_step(checkpoints) -> int | None:
+  if checkpoints is None:
+    return None
+  try:
+    return checkpoints.latest_step()
+  except Exception:  # pylint: disable=broad-except  # e.g. the storage that failed
+    return None
+
+
+# What a full disk, a file size limit (ulimit -f: EFBIG, as Python ignores SIGXFSZ), a quota
+# or a storage gone read-only look like, raised directly or wrapped by orbax, tensorstore or
+# TensorFlow (whose messages keep the OS's words).
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on device; free some space",
+    errno.EFBIG: "file too large (a file size limit, e.g. ulimit -f); lift the limit",
+    errno.EDQUOT: "disk quota exceeded; free some space or raise the quota",
+    errno.EROFS: "read-only file system; make it writable again",
+    errno.EACCES: "permission denied; make the dir writable again",
+    errno.EPERM: "operation not permitted; make the dir writable again"}
+_STORAGE_TEXTS = [(re.compile(r"no space left on device|ENOSPC|os_error=28\b", re.I),
+                   errno.ENOSPC),
+                  (re.compile(r"file too large|EFBIG|os_error=27\b", re.I), errno.EFBIG),
+                  (re.compile(r"disk quota exceeded|EDQUOT", re.I), errno.EDQUOT),
+                  (re.compile(r"read-only file system|EROFS", re.I), errno.EROFS),
+                  (re.compile(r"permission denied", re.I), errno.EACCES),
+                  (re.compile(r"operation not permitted", re.I), errno.EPERM)]
+
+
+def _chain(error: BaseException):
+  """The error, its causes and contexts, and the members of exception groups."""
+  seen, todo = set(), [error]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    yield e
+    todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+
+
+def storage_problem(error: BaseException) -> str | None:
+  """What went wrong in words, when `error` (or anything in its chain) is the storage
+  refusing a write; else None."""
+  if isinstance(error, SbsError):
+    return None
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+      return _STORAGE_ERRNOS[e.errno]
+  for e in _chain(error):
+    text = f"{type(e).__name__}: {e}"
+    for pattern, code in _STORAGE_TEXTS:
+      if pattern.search(text):
+        return _STORAGE_ERRNOS[code]
+  return None
 
 
 def _steps(cfg: TrainConfig, student, state, best: dict | None, label_task: str,
@@ -146,7 +294,7 @@ def _steps(cfg: TrainConfig, student, state, best: dict | None, label_task: str,
         val_metrics, _ = eval_lib.evaluate(student, state["params"], label_task, "validation",
                                            cfg.eval, validation)
         metric_log.write(step, "validation", val_metrics)
-        progress.note(eval_line(step, "validation", val_metrics))
+        progress.note(eval_line(step, "validation", val_metrics, VALIDATION_CAP))
         if _better(val_metrics, best, cfg.eval.selection_metric):
           best = {"step": step, "metrics": val_metrics}
           ckpt.save_params(cfg.model_dir, step, state["params"], best)
@@ -178,12 +326,30 @@ def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation) -
   except (SbsError, ValueError) as e:  # e.g. custom data without a test split
     results["test"] = None
     log.warning("no test evaluation: %s", e)
+  results["caps"] = {split: (f"{name} = {limit}" if metrics and "split_examples" in metrics
+                             else None)
+                     for split, name, limit, metrics in (
+                         ("validation", VALIDATION_CAP, cfg.eval.max_examples,
+                          results["validation"]),
+                         ("test", TEST_CAP, cfg.eval.max_test_examples, results["test"]))}
+  if results["test"] is not None and jax.process_index() == 0:
+    print(eval_line(best["step"], "test", results["test"], TEST_CAP), file=sys.stderr)
   samples = validation.input_texts[:cfg.eval.rationale_samples]
   raw = [eval_lib.raw_input(t) for t in samples]
   rationales = eval_lib.explain(student, params, vocabulary, raw, cfg.eval)
   results["rationale_samples"] = [{"input": x, "rationale": r} for x, r in zip(raw,
                                                                              rationales)]
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(f"{cfg.model_dir}/results.json", "w") as f:
-      f.write(json.dumps(results, indent=2))
+    # Whole or not at all: a sweep or `sbs report` may read it while this run ends, and a
+    # crash mid-write must not leave a truncated file that looks finished. (On gs:// an
+    # object appears only when its upload completes; the rename is for local disks.)
+    final = f"{cfg.model_dir}/results.json"
+    staging = f"{final}.tmp-{os.getpid()}"
+    try:
+      with tf.io.gfile.GFile(staging, "w") as f:
+        f.write(json.dumps(results, indent=2))
+      tf.io.gfile.rename(staging, final, overwrite=True)
+    finally:
+      if tf.io.gfile.exists(staging):
+        tf.io.gfile.remove(staging)
   return results

@@ -34,13 +34,21 @@ def _percent_keys(metrics: dict) -> dict:
   return {(f"{k}_pct" if k.endswith("accuracy") else k): v for k, v in metrics.items()}
 
 
-def eval_line(step: int, split: str, metrics: dict) -> str:
-  """'step 100: validation accuracy 41.20% (256 examples)'."""
+def eval_line(step: int | None, split: str, metrics: dict, capped_by: str = "") -> str:
+  """'step 100: validation accuracy 41.20% (256 examples)', or when only part of the split
+  was scored 'step 100: validation accuracy 41.20% on 256 of 1,221 examples (capped by
+  EvalConfig.max_examples)'; without a step: 'test accuracy ...'."""
   shown = [f"{k} {v:.2f}%" for k, v in metrics.items() if k.endswith("accuracy")]
   shown += [f"{k} {v:.4g}" for k, v in metrics.items()
-            if not k.endswith("accuracy") and k != "examples"]
-  count = f" ({metrics['examples']} examples)" if "examples" in metrics else ""
-  return f"step {step}: {split} {', '.join(shown)}{count}"
+            if not k.endswith("accuracy") and k not in ("examples", "split_examples")]
+  count = ""
+  if "split_examples" in metrics:
+    count = (f" on {metrics['examples']:,} of {metrics['split_examples']:,} examples"
+             f" (capped by {capped_by or 'a limit'})")
+  elif "examples" in metrics:
+    count = f" ({metrics['examples']:,} examples)"
+  head = f"step {step}: " if step is not None else ""
+  return f"{head}{split} {', '.join(shown)}{count}"
 
 
 def labelled(metrics: dict | None) -> dict | None:

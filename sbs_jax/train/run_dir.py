@@ -26,6 +26,7 @@ import jax
 import tensorflow as tf
 
 from sbs_jax.errors import SbsError
+from sbs_jax.train import dir_lock
 
 log = logging.getLogger(__name__)
 
@@ -104,31 +105,66 @@ def _refuse(model_dir: str, what: str) -> SbsError:
 
 
 class RunDir:
-  """Claims a model dir for a run; `abandon()` removes what a failed fresh run created.
+  """Claims a model dir for a run: locks it (dir_lock.py), refuses another run's dir, writes
+  run.json; `abandon()` removes what a failed fresh run created; `release()` unlocks.
 
-  Every host checks (all read the same files, so all refuse together); host 0 writes and
-  removes.
+  Host 0 alone locks, checks and writes; its outcome (go on, or the one-line refusal) is
+  broadcast to every host before any other collective work, so that all hosts refuse
+  together and none waits for a host that stopped.
   """
 
   def __init__(self, model_dir: str, fingerprint: dict, train_steps: int):
     self.model_dir = model_dir
     self._writer = jax.process_index() == 0
-    self._created = _missing_ancestors(model_dir)  # dirs this run makes, deepest first
-    self._before = self._check(fingerprint, train_steps)
+    self._created: list[str] = []
+    self._before: set[str] = set()
+    self._lock = None
+    error = None
     if self._writer:
-      tf.io.gfile.makedirs(model_dir)
-      tmp = f"{model_dir}/.{RUN_FILE}.tmp"  # renamed whole: other hosts never read half
+      try:
+        self._claim(fingerprint, train_steps)
+      except SbsError as e:
+        error = str(e)
+    error = _broadcast_error(error)
+    if error is not None:
+      raise SbsError(error)
+
+  def _claim(self, fingerprint: dict, train_steps: int) -> None:
+    self._created = _missing_ancestors(self.model_dir)  # dirs this run makes, deepest first
+    check_writable(self.model_dir)
+    try:
+      try:
+        tf.io.gfile.makedirs(self.model_dir)
+      except (OSError, tf.errors.OpError) as e:
+        raise SbsError(f"MODEL_DIR {self.model_dir} cannot be created ({_reason(e)}): use "
+                       "a MODEL_DIR you can write to") from None
+      self._lock = dir_lock.acquire(self.model_dir)
+      self._before = self._check(fingerprint, train_steps)
+      tmp = f"{self.model_dir}/.{RUN_FILE}.tmp"  # renamed whole: other hosts never read half
       with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(json.dumps({"format": FORMAT, "identity": fingerprint,
                             "train_steps": train_steps}, indent=2, sort_keys=True))
-      tf.io.gfile.rename(tmp, f"{model_dir}/{RUN_FILE}", overwrite=True)
+      tf.io.gfile.rename(tmp, f"{self.model_dir}/{RUN_FILE}", overwrite=True)
+    except BaseException as e:
+      # Nothing of a dir that was there is touched; dirs this run made go when empty.
+      self._remove_created = bool(self._created)
+      if self._remove_created:
+        try:
+          tf.io.gfile.remove(f"{self.model_dir}/{RUN_FILE}")
+        except (OSError, tf.errors.OpError):
+          pass
+      self.release()
+      if isinstance(e, (OSError, tf.errors.OpError)):
+        raise SbsError(f"MODEL_DIR {self.model_dir} cannot be written ({_reason(e)}): use "
+                       "a MODEL_DIR you can write to") from None
+      raise
 
   def _check(self, fingerprint: dict, train_steps: int) -> set[str]:
     """The dir's entries before this run; refuses another run's dir."""
     if not tf.io.gfile.exists(self.model_dir):
       return set()
     before = {name.rstrip("/") for name in tf.io.gfile.listdir(self.model_dir)
-              if not name.startswith(f".{RUN_FILE}")}
+              if not name.startswith(f".{RUN_FILE}") and name not in dir_lock.NAMES}
     if RUN_FILE not in before:
       if before:
         names = sorted(before)
@@ -157,21 +193,90 @@ class RunDir:
     return RUN_FILE not in self._before
 
   def abandon(self) -> None:
-    """After a fresh run failed before its first checkpoint: removes what it made."""
-    if not self._writer or not self.fresh or not tf.io.gfile.exists(self.model_dir):
+    """After a fresh run failed before its first checkpoint: removes what it made (the
+    lock's own file stays until `release()`)."""
+    if not self._writer or not self.fresh:
       return
-    for name in tf.io.gfile.listdir(self.model_dir):
-      name = name.rstrip("/")
-      if name not in self._before:
-        path = f"{self.model_dir}/{name}"
-        if tf.io.gfile.isdir(path):
-          tf.io.gfile.rmtree(path)
-        else:
-          tf.io.gfile.remove(path)
-    for path in self._created:  # made by this run; removed only when left empty
-      if tf.io.gfile.isdir(path) and not tf.io.gfile.listdir(path):
-        tf.io.gfile.rmtree(path)
+    try:
+      if not tf.io.gfile.exists(self.model_dir):
+        return
+      for name in tf.io.gfile.listdir(self.model_dir):
+        name = name.rstrip("/")
+        if name not in self._before and name not in dir_lock.NAMES:
+          path = f"{self.model_dir}/{name}"
+          if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+          else:
+            tf.io.gfile.remove(path)
+    except (OSError, tf.errors.OpError) as e:
+      log.warning("could not remove what this failed run created in %s (%s)",
+                  self.model_dir, _reason(e))
+      return
+    self._remove_created = True
     log.info("removed what this failed run had created in %s", self.model_dir)
+
+  def release(self) -> None:
+    """Unlocks the dir (host 0); after `abandon()`, also removes the dirs this run made,
+    when left empty."""
+    if self._lock is not None:
+      self._lock.release()
+      self._lock = None
+    if getattr(self, "_remove_created", False):
+      for path in self._created:  # made by this run; removed only when left empty
+        try:
+          if tf.io.gfile.isdir(path) and not tf.io.gfile.listdir(path):
+            tf.io.gfile.rmtree(path)
+        except (OSError, tf.errors.OpError):
+          pass
+
+
+def _reason(error: BaseException) -> str:
+  """'Permission denied' and the like: an OSError's strerror, else the first line."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  text = str(getattr(error, "message", None) or error).strip().splitlines()
+  return text[0][:200] if text else type(error).__name__
+
+
+def check_writable(model_dir: str) -> None:
+  """Refuses a local MODEL_DIR that is a file, lies under a file, or cannot be written."""
+  if "://" in model_dir:
+    return
+  import os  # pylint: disable=import-outside-toplevel
+  path = os.path.abspath(model_dir)
+  existing = path
+  while not os.path.exists(existing):
+    parent = os.path.dirname(existing)
+    if parent == existing:
+      break
+    existing = parent
+  if not os.path.isdir(existing):
+    where = "is a file" if existing == path else f"lies under the file {existing}"
+    raise SbsError(f"MODEL_DIR {model_dir} {where}, not a directory: use another MODEL_DIR")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    what = "is not writable" if existing == path else f"cannot be created: {existing} is " \
+                                                      "not writable"
+    raise SbsError(f"MODEL_DIR {model_dir} {what} (permission denied): use a MODEL_DIR "
+                   "you can write to")
+
+
+def _broadcast_error(error: str | None) -> str | None:
+  """Host 0's refusal (or None) on every host; one process: as given."""
+  if jax.process_count() == 1:
+    return error
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  size = 2048
+  buf = np.zeros(size + 1, np.int32)
+  if error is not None:
+    data = error.encode("utf-8")[:size]
+    buf[0] = len(data) + 1
+    buf[1:len(data) + 1] = np.frombuffer(data, np.uint8)
+  got = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  if int(got[0]) == 0:
+    return None
+  n = int(got[0]) - 1
+  return bytes(got[1:n + 1].astype(np.uint8)).decode("utf-8", "replace")
 
 
 def _missing_ancestors(path: str) -> list[str]:
