@@ -120,3 +120,16 @@ def test_a_file_size_limit_is_one_line_and_leaves_nothing_behind(tmp_path, small
                "--out", out, "--vocab_size", "600"])
   assert fine.returncode == 0, fine.stderr
   assert sorted(p.name for p in out.parent.iterdir()) == ["spm.model"]
+
+
+def test_generated_data_cut_by_a_size_limit_is_not_left_behind(tmp_path):
+  # A cut marbles.jsonl would be annotated later as a smaller dataset, with no error.
+  out = tmp_path / "syn"
+  limited = _sbs(["synthetic", "generate", "--out_dir", out], limit_blocks=5)
+  assert limited.returncode == 2
+  assert len(limited.stderr.strip().splitlines()) == 1
+  assert os.strerror(errno.EFBIG) in limited.stderr
+  assert [p for p in out.rglob("*") if p.is_file()] == []
+  fine = _sbs(["synthetic", "generate", "--out_dir", out])
+  assert fine.returncode == 0, fine.stderr
+  assert len((out / "train" / "marbles.jsonl").read_text().splitlines()) == 2000

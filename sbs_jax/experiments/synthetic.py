@@ -28,6 +28,7 @@ import random
 import re
 import threading
 
+from sbs_jax import paths as paths_lib
 from sbs_jax.errors import SbsError
 from sbs_jax.testing.fake_openai import FakeOpenAIServer
 
@@ -77,7 +78,7 @@ def generate(out_dir, name: str = "marbles", train: int = 2000, test: int = 500,
       rows.append({"id": f"{split}-{len(rows)}", **problem})
     path = pathlib.Path(out_dir) / split / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    paths_lib.write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
     paths[split] = path
   return paths
 
