@@ -89,3 +89,30 @@ def test_unquoted_path_on_the_command_line_is_one_line():
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "sbs train: error: gin: cannot read the value 'runs' (in --gin.MODEL_DIR=runs/x)")
+
+
+def test_a_gin_file_with_a_byte_order_mark_reads_like_one_without(tmp_path):
+  plain = tmp_path / "plain.gin"
+  bom = tmp_path / "bom.gin"
+  text = 'include "experiments/cqa_distill_llm.gin"\nTRAIN_STEPS = 7\nnot_a_thing.x = 1\n'
+  plain.write_text(text, encoding="utf-8")
+  bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+  # the same complaint, about line 3: the mark neither breaks line 1 nor shifts the lines
+  assert configure([], [str(plain)]) == configure([], [str(bom)]).replace("bom.gin",
+                                                                           "plain.gin")
+  assert "not_a_thing" in configure([], [str(bom)])
+  bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8").replace(b"not_a_thing.x = 1\n", b""))
+  gin.clear_config()
+  try:
+    command.parse_gin([str(bom)], ["MODEL_DIR = '/tmp/x'"])
+    assert gin_check.configured(config.TrainConfig).train_steps == 7
+  finally:
+    gin.clear_config()
+
+
+def test_plan_with_only_a_model_gin_says_what_is_missing():
+  result = run_sbs("plan", "--mesh", "1x1", "--gin_file", "models/tiny.gin")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "sbs plan: error: TrainConfig needs ['model_dir', 'train_steps', 'data']: include an "
+      "experiment gin file, e.g. --gin_file=experiments/cqa_distill_llm.gin"]

@@ -10,6 +10,7 @@ Gin files are looked up as given, then under the repository's `gin_configs/`.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pathlib
@@ -114,8 +115,19 @@ def _guard_gin_readers() -> None:
       except (TypeError, ValueError, ImportError):
         return False
 
+    def without_bom(path, reader=reader):
+      """The file's text with a leading UTF-8 byte order mark dropped (editors on Windows
+      write one; gin's tokenizer takes it for a token)."""
+      with reader(path) as f:
+        text = f.read()
+      if isinstance(text, bytes):
+        text = text.decode("utf-8")
+      buffer = io.StringIO(text[1:] if text.startswith("\ufeff") else text)
+      buffer.name = path  # gin names the file in its errors
+      return buffer
+
     safe._sbs_guarded = True  # pylint: disable=protected-access
-    readers[i] = (reader, safe)
+    readers[i] = (without_bom, safe)
 
 
 def parse_gin(files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:

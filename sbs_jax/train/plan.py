@@ -324,7 +324,9 @@ def main(args) -> int:
     raise SbsError(f"--hbm_gib {args.hbm_gib}: memory per device must be positive")
   command.parse_gin(args.gin_file, command.gin_bindings(args.gin_bindings),
                     args.gin_search_path)
-  cfg, model_config = config.TrainConfig(), config.student_config()
+  from sbs_jax.train import gin_check  # pylint: disable=import-outside-toplevel
+  cfg = gin_check.configured(config.TrainConfig)
+  model_config = gin_check.configured(config.student_config)
   if args.topology:
     return compiled_plan(args, cfg, model_config, tpu)
   data, model = parse_mesh(args.mesh)
