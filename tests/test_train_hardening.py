@@ -70,8 +70,8 @@ def snapshot(model_dir) -> dict:
     ("EvalConfig.every = 0", "EvalConfig.every = 0 is out of range: it must be at least 1"),
     ("EvalConfig.max_examples = 0", "EvalConfig.max_examples = 0 is out of range: it must "
      "be at least 1, or None for all"),
-    ("OptimizerConfig.learning_rate = 0.0", "OptimizerConfig.learning_rate = 0.0 is out of "
-     "range: it must be a positive number"),
+    ("OptimizerConfig.learning_rate = 1e400", "OptimizerConfig.learning_rate = inf "
+     "is out of range: it must be 0 or more"),
     ("OptimizerConfig.learning_rate = -1e-4", "OptimizerConfig.learning_rate = -0.0001 is "
      "out of range"),
     ("OptimizerConfig.name = 'sgd'", "OptimizerConfig.name = 'sgd' is out of range: it must "

@@ -131,7 +131,9 @@ def _guard_gin_readers() -> None:
 
 
 def parse_gin(files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
-  """Parses gin files and bindings; every mistake is one SbsError line (gin_check.py)."""
+  """Parses gin files and bindings into a clean config (nothing from an earlier parse in
+  this process is kept); every mistake is one SbsError line (gin_check.py)."""
+  gin.clear_config()
   _guard_gin_readers()
   import tasks  # pylint: disable=import-outside-toplevel,unused-import  (registers tasks)
   from sbs_jax.train import config  # pylint: disable=import-outside-toplevel,unused-import

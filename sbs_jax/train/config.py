@@ -89,8 +89,8 @@ class OptimizerConfig:
     check_fields(self)
     check_range(self, "name", self.name in ("adamw", "adafactor"), "adamw or adafactor")
     check_range(self, "learning_rate",
-                math.isfinite(self.learning_rate) and self.learning_rate > 0,
-                "a positive number, e.g. 5e-5")
+                math.isfinite(self.learning_rate) and self.learning_rate >= 0,
+                "0 or more, e.g. 5e-5 (0 keeps the parameters as they are)")
     check_range(self, "schedule", self.schedule in ("linear", "constant", "rsqrt"),
                 "linear, constant or rsqrt")
     check_range(self, "warmup_steps", self.warmup_steps >= 0, "0 or more")

@@ -158,6 +158,10 @@ class _StorageNoise(logging.Filter):
   tensorstore callbacks that outlive orbax's event loop are dropped: the run ends with one
   line saying what happened. Everything is shown with -v (debug logging)."""
 
+  # absl: orbax's ERROR logs; asyncio: "Task exception was never retrieved" for orbax's
+  # writer tasks, logged when they are collected, which may be after the one line.
+  _LOGGERS = ("absl", "asyncio")
+
   def __init__(self):
     super().__init__()
     self._active = not logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -166,7 +170,8 @@ class _StorageNoise(logging.Filter):
       return
     self._previous_hook = sys.unraisablehook  # (how tensorstore's callbacks report)
     sys.unraisablehook = self._hook
-    logging.getLogger("absl").addFilter(self)
+    for name in self._LOGGERS:
+      logging.getLogger(name).addFilter(self)
 
   def _hook(self, unraisable) -> None:
     value = unraisable.exc_value
@@ -186,7 +191,8 @@ class _StorageNoise(logging.Filter):
       return
     self._active = False
     sys.unraisablehook = self._previous_hook
-    logging.getLogger("absl").removeFilter(self)
+    for name in self._LOGGERS:
+      logging.getLogger(name).removeFilter(self)
 
 
 def _check_selection_metric(label_task: str, name: str) -> None:
