@@ -317,7 +317,11 @@ def tiny_dataset(annotated, tmp_path_factory):
   records.write_atomically(ann / "tinyset" / records.shard_name("train", 0, 1),
                            [_record(i, rid) for i, rid in enumerate(ids)])
   tasks.register_annotation_dir(str(ann))
-  return ann
+  yield ann
+  import seqio  # pylint: disable=import-outside-toplevel
+  for full in tasks.task_names("tinyset").values():  # tasks are global: leave none behind
+    seqio.MixtureRegistry.remove(full)
+    seqio.TaskRegistry.remove(full)
 
 
 def test_an_empty_validation_carve_is_one_line(tiny_dataset):
