@@ -57,7 +57,7 @@ _PATH_ERRNOS = {
 }
 
 
-def _chain(exc: BaseException):
+def exception_chain(exc: BaseException):
   """The exception, its causes and contexts, and the members of exception groups."""
   seen, todo = set(), [exc]
   while todo:
@@ -79,7 +79,7 @@ def storage_error_line(exc: BaseException) -> str | None:
   codes = {getattr(errno, name): name for name in _STORAGE_ERRNOS if hasattr(errno, name)}
   hints = {getattr(errno, name): hint for name, hint in
            list(_STORAGE_ERRNOS.items()) + list(_PATH_ERRNOS.items()) if hasattr(errno, name)}
-  chain = list(_chain(exc))
+  chain = list(exception_chain(exc))
   for e in chain:
     if isinstance(e, OSError) and e.errno in hints and (e.errno in codes or e.filename):
       where = e.filename if e.filename is not None else ""

@@ -17,7 +17,7 @@ import seqio
 import tensorflow as tf
 
 from sbs_jax.data import vocab as vocab_lib
-from sbs_jax.errors import SbsError
+from sbs_jax.errors import SbsError, exception_chain
 from sbs_jax.model.config import T5Config
 from sbs_jax.train import checkpoint as ckpt
 from sbs_jax.train import evaluate as eval_lib
@@ -238,27 +238,15 @@ _STORAGE_TEXTS = [(re.compile(r"no space left on device|ENOSPC|os_error=28\b", r
                   (re.compile(r"operation not permitted", re.I), errno.EPERM)]
 
 
-def _chain(error: BaseException):
-  """The error, its causes and contexts, and the members of exception groups."""
-  seen, todo = set(), [error]
-  while todo:
-    e = todo.pop()
-    if e is None or id(e) in seen:
-      continue
-    seen.add(id(e))
-    yield e
-    todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-
-
 def storage_problem(error: BaseException) -> str | None:
   """What went wrong in words, when `error` (or anything in its chain) is the storage
   refusing a write; else None."""
   if isinstance(error, SbsError):
     return None
-  for e in _chain(error):
+  for e in exception_chain(error):
     if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
       return _STORAGE_ERRNOS[e.errno]
-  for e in _chain(error):
+  for e in exception_chain(error):
     text = f"{type(e).__name__}: {e}"
     for pattern, code in _STORAGE_TEXTS:
       if pattern.search(text):
