@@ -3,6 +3,8 @@
 import json
 import random
 
+import pytest
+
 from sbs_jax.annotate import parsers
 from sbs_jax.data.readers import Example
 from sbs_jax.experiments import prepare, synthetic
@@ -28,7 +30,7 @@ def test_labels_are_the_sum_of_the_two_asked_counts():
   rng = random.Random(0)
   for _ in range(200):
     p = synthetic.make_problem(rng, people=5)
-    counts = {n: int(c) for n, c, _ in synthetic._FACT.findall(p["input"])}
+    counts = {n: int(c) for n, c, _, _ in synthetic._FACT.findall(p["input"])}
     asked = synthetic._QUESTION.search(p["input"]).group(2, 3)
     assert len(counts) == 5 and asked[0] != asked[1]
     assert int(p["label"]) == counts[asked[0]] + counts[asked[1]]
@@ -84,3 +86,94 @@ def test_prepare_annotates_through_the_live_teacher(tmp_path):
   assert len(sp.encode(text("input"))) < 45  # word pieces, not letters
   again = prepare.prepare_synthetic(tmp_path, train=120, test=40, error_rate=0.25)
   assert again == ready  # a rerun reuses the annotations and the vocabulary
+
+
+# ---- The family: forms x operations.
+
+FORMS = [synthetic.Form(form, op) for form in synthetic.FORMS for op in synthetic.OPS]
+
+
+def _answer(completion):
+  return completion.split("So the answer is ")[1].split(".")[0]
+
+
+@pytest.mark.parametrize("form", FORMS, ids=lambda f: f"{f.form}-{f.op}")
+def test_every_form_labels_its_two_counts_and_the_teacher_agrees(form):
+  expected = {"sum": lambda a, b: a + b, "sum_last_digit": lambda a, b: (a + b) % 10,
+              "abs_diff": lambda a, b: abs(a - b),
+              "product_last_digit": lambda a, b: a * b % 10, "max": max}[form.op]
+  rng = random.Random(5)
+  parse = parsers.make_generic_parser()
+  for i in range(150):
+    p = synthetic.make_problem(rng, form=form)
+    facts = synthetic._FACT.findall(p["input"])
+    assert len(facts) == form.people
+    if form.form == "marked":
+      chosen = [int(c) for _, c, _, mark in facts if mark]
+      assert len(chosen) == 2  # two facts starred, the question the same for all problems
+      assert p["input"].endswith(synthetic._ASK[form.op].format(who="the starred counts"))
+    else:
+      counts = {n: int(c) for n, c, _, _ in facts}
+      assert not any(mark for *_, mark in facts)
+      named = [n for n in counts if n in p["input"].split(".")[-1]]
+      assert len(named) == 2
+      chosen = [counts[n] for n in named]
+    assert int(p["label"]) == expected(*chosen)
+    completion = synthetic.teacher_completion(f"Q: {p['input']}\nA:")
+    parsed = parse(completion, Example(i, str(i), p["input"], p["label"]))
+    assert parsed.ok and parsed.label == p["label"]
+    # The rationale carries both counts; an always-wrong teacher is wrong under every op.
+    for value in chosen:
+      assert str(value) in parsed.rationale
+    wrong = synthetic.teacher_completion(f"Q: {p['input']}\nA:", error_rate=1.0)
+    assert _answer(wrong) != p["label"]
+
+
+def test_marked_rationale_reads_as_documented():
+  question = ("Ann has 5 coins. Bob has 7 coins, starred. Cal has 2 coins. "
+              "Dee has 5 coins, starred. What is the last digit of the sum of the starred "
+              "counts?")
+  assert synthetic.teacher_completion(f"Q: {question}\nA:") == (
+      "7 and 5. 7 + 5 = 12. The last digit is 2. So the answer is 2.\n\nQ:")
+  diff = question.replace("the last digit of the sum of", "the difference between")
+  assert _answer(synthetic.teacher_completion(f"Q: {diff}\nA:")) == "2"
+  one_star = question.replace("7 coins, starred", "7 coins")
+  assert synthetic.teacher_completion(f"Q: {one_star}\nA:").startswith("I cannot tell")
+
+
+def test_the_lookup_sum_is_the_original_marbles_task(tmp_path):
+  """The default form writes the files the first controlled experiment ran on."""
+  a = synthetic.generate(tmp_path / "a", train=50, test=10, seed=0)
+  b = synthetic.generate(tmp_path / "b", train=50, test=10, seed=0,
+                         form=synthetic.Form("lookup", "sum"))
+  assert a["train"].read_text() == b["train"].read_text()
+  first = _rows(a["train"])[0]["input"]
+  assert "How many" in first and "have together?" in first and "starred" not in first
+
+
+def test_forms_differ_and_are_seeded(tmp_path):
+  marked = synthetic.Form("marked", "abs_diff", people=6)
+  a = synthetic.generate(tmp_path / "a", train=100, test=20, seed=1, form=marked)
+  b = synthetic.generate(tmp_path / "b", train=100, test=20, seed=1, form=marked)
+  assert a["train"].read_text() == b["train"].read_text()
+  rows = _rows(a["train"])
+  assert all(len(synthetic._FACT.findall(r["input"])) == 6 for r in rows)
+  assert all(r["input"].count("starred,") + r["input"].count("starred.") == 2 for r in rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--people", "1"], "--people must be in [2, 24], got 1"),
+    (["--max_count", "0"], "--max_count must be in [1, 99], got 0"),
+    (["--error_rate", "1.5"], "--error_rate must be in [0, 1], got 1.5"),
+])
+def test_cli_refuses_bad_settings_in_one_line(tmp_path, argv, message):
+  from tests.conftest import run_sbs
+  done = run_sbs("synthetic", "prepare", "--out_dir", str(tmp_path / "x"), *argv)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1] == f"sbs synthetic: error: {message}"
+
+
+def test_cli_refuses_an_unknown_form_or_op(tmp_path):
+  from tests.conftest import run_sbs
+  done = run_sbs("synthetic", "generate", "--out_dir", str(tmp_path), "--op", "mean")
+  assert done.returncode == 2 and "invalid choice: 'mean'" in done.stderr

@@ -105,11 +105,15 @@ class Prepared:
 
 
 def prepare_synthetic(out_dir, name: str = "marbles", train: int = 2000, test: int = 500,
-                      seed: int = 0, people: int = 4, error_rate: float = 0.0) -> Prepared:
-  """Generates, annotates (live teacher) and builds the vocabulary; reruns reuse the work."""
+                      seed: int = 0, people: int = 4, error_rate: float = 0.0,
+                      form: synthetic.Form | None = None) -> Prepared:
+  """Generates, annotates (live teacher) and builds the vocabulary; reruns reuse the work.
+
+  `form` (default: the lookup form with `people`) picks the task of the family.
+  """
   out = pathlib.Path(out_dir).resolve()
   paths = synthetic.generate(out / "data", name, train=train, test=test, seed=seed,
-                             people=people)
+                             form=form or synthetic.Form(people=people))
   annotation_dir = out / "annotations"
   stats = {}
   with synthetic.teacher_server(error_rate) as server:

@@ -1,26 +1,35 @@
-"""The controlled task: seeded word problems whose label needs steps a rationale spells out.
+"""The controlled tasks: seeded word problems whose label needs steps a rationale spells out.
 
-Each problem names a few people, each with a number of marbles, and asks how many two
-of them have together:
+Every problem lists a few people's counts of one kind of thing; the label is an operation
+(`--op`) on two of the counts. Two forms say which two:
 
-    Ann has 5 marbles. Bob has 2 marbles. Cal has 7 marbles. Dee has 4 marbles.
-    How many marbles do Bob and Dee have together?
+- `lookup` (the control, dataset `marbles` by default): the question names them.
 
-The label (6) needs three steps: find Bob's count, find Dee's count, add them. The
-programmatic teacher (`teacher_completion`) reads only the question text and writes those
-steps as its chain of thought, in the generic prompt's answer format:
+      Ann has 5 marbles. Bob has 2 marbles. Cal has 7 marbles. Dee has 4 marbles.
+      How many marbles do Bob and Dee have together?
 
-    Bob has 2 marbles. Dee has 4 marbles. 2 + 4 = 6. So the answer is 6.
+  Teacher: "Bob has 2 marbles. Dee has 4 marbles. 2 + 4 = 6. So the answer is 6."
+- `marked`: two facts carry a marker and the question is the same for every problem.
 
-It is served over the OpenAI completions API by `teacher_server` (the project's
-`FakeOpenAIServer` with this answer function), so that `sbs annotate --teacher openai`
-runs its live path end to end. `error_rate` makes a seeded share of its answers wrong
-(it misreads one count), as a real teacher would.
+      Ann has 5 coins. Bob has 7 coins, starred. Cal has 2 coins. Dee has 5 coins, starred.
+      What is the last digit of the sum of the starred counts?
+
+  Teacher: "7 and 5. 7 + 5 = 12. The last digit is 2. So the answer is 2."
+
+Operations: `sum`, `sum_last_digit`, `abs_diff`, `product_last_digit`, `max`.
+
+The programmatic teacher (`teacher_completion`) reads only the question text and writes
+the steps as its chain of thought, in the generic prompt's answer format. It is served
+over the OpenAI completions API by `teacher_server` (the project's `FakeOpenAIServer`
+with this answer function), so that `sbs annotate --teacher openai` runs its live path
+end to end. `error_rate` makes a seeded share of its answers wrong (it misreads the
+second count), as a real teacher would. What each form shows: docs/experiments.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -35,30 +44,82 @@ from sbs_jax.testing.fake_openai import FakeOpenAIServer
 NAMES = ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Leo",
          "Max", "Ned", "Oli", "Pam", "Quin", "Ray", "Sue", "Tom", "Uma", "Vic", "Wes", "Zoe")
 OBJECTS = ("marbles", "apples", "coins", "stamps", "shells", "cards")
-_FACT = re.compile(r"\b([A-Z][a-z]+) has (\d+) ([a-z]+)\.")
+FORMS = ("lookup", "marked")
+OPS = ("sum", "sum_last_digit", "abs_diff", "product_last_digit", "max")
+MARKER = "starred"
 TEACHER_MODEL = "programmatic-teacher"  # the model name the teacher server is asked for
+_FACT = re.compile(r"\b([A-Z][a-z]+) has (\d+) ([a-z]+)(, " + MARKER + r")?\.")
+# The lookup form's sum keeps the original marbles wording (old sweeps stay reproducible).
 _QUESTION = re.compile(r"How many ([a-z]+) do ([A-Z][a-z]+) and ([A-Z][a-z]+) have together\?")
+# What the question asks, by operation; {who} is the two people or the marked pair.
+_ASK = {
+    "sum_last_digit": "What is the last digit of the sum of {who}?",
+    "abs_diff": "What is the difference between {who}?",
+    "product_last_digit": "What is the last digit of the product of {who}?",
+    "max": "What is the larger of {who}?",
+    "sum": "What is the sum of {who}?",
+}
+_MARKED_WHO = f"the {MARKER} counts"
+_LOOKUP_WHO = re.compile(r"([A-Z][a-z]+)'s and ([A-Z][a-z]+)'s ([a-z]+)")
 
 
-def make_problem(rng: random.Random, people: int = 4, max_count: int = 9) -> dict:
-  """One problem: `input` (the text) and `label` (the sum, as text)."""
-  names = rng.sample(NAMES, people)
-  counts = [rng.randint(1, max_count) for _ in names]
+@dataclasses.dataclass(frozen=True)
+class Form:
+  """One task of the family: how the two counts are chosen, and what is done with them."""
+  form: str = "lookup"
+  op: str = "sum"
+  people: int = 4
+  max_count: int = 9
+
+  def check(self) -> "Form":
+    if self.form not in FORMS:
+      raise SbsError(f"--form {self.form!r}: must be one of {', '.join(FORMS)}")
+    if self.op not in OPS:
+      raise SbsError(f"--op {self.op!r}: must be one of {', '.join(OPS)}")
+    if self.people < 2 or self.people > len(NAMES):
+      raise SbsError(f"--people must be in [2, {len(NAMES)}], got {self.people}")
+    if self.max_count < 1 or self.max_count > 99:
+      raise SbsError(f"--max_count must be in [1, 99], got {self.max_count}")
+    return self
+
+
+def apply(op: str, a: int, b: int) -> int:
+  """The label of two counts under `op`."""
+  return {"sum": a + b, "sum_last_digit": (a + b) % 10, "abs_diff": abs(a - b),
+          "product_last_digit": (a * b) % 10, "max": max(a, b)}[op]
+
+
+def _question(form: Form, thing: str, first: str, second: str) -> str:
+  if form.form == "marked":
+    return _ASK[form.op].format(who=_MARKED_WHO)
+  if form.op == "sum":
+    return f"How many {thing} do {first} and {second} have together?"
+  return _ASK[form.op].format(who=f"{first}'s and {second}'s {thing}")
+
+
+def make_problem(rng: random.Random, people: int = 4, max_count: int = 9,
+                 form: Form | None = None) -> dict:
+  """One problem: `input` (the text) and `label` (the answer, as text)."""
+  form = form or Form(people=people, max_count=max_count)
+  names = rng.sample(NAMES, form.people)
+  counts = [rng.randint(1, form.max_count) for _ in names]
   thing = rng.choice(OBJECTS)
-  a, b = rng.sample(range(people), 2)
-  facts = " ".join(f"{n} has {c} {thing}." for n, c in zip(names, counts))
-  question = f"How many {thing} do {names[a]} and {names[b]} have together?"
-  return {"input": f"{facts} {question}", "label": str(counts[a] + counts[b])}
+  a, b = rng.sample(range(form.people), 2)
+  marked = {a, b} if form.form == "marked" else set()
+  facts = " ".join(f"{n} has {c} {thing}{', ' + MARKER if i in marked else ''}."
+                   for i, (n, c) in enumerate(zip(names, counts)))
+  question = _question(form, thing, names[a], names[b])
+  return {"input": f"{facts} {question}", "label": str(apply(form.op, counts[a], counts[b]))}
 
 
 def generate(out_dir, name: str = "marbles", train: int = 2000, test: int = 500,
-             seed: int = 0, people: int = 4, max_count: int = 9) -> dict[str, pathlib.Path]:
+             seed: int = 0, people: int = 4, max_count: int = 9,
+             form: Form | None = None) -> dict[str, pathlib.Path]:
   """Writes `<out_dir>/<split>/<name>.jsonl` for train and test; no test input is in train.
 
   Returns the path of each split's file. The same arguments give the same files.
   """
-  if people < 2 or people > len(NAMES):
-    raise SbsError(f"--people must be in [2, {len(NAMES)}], got {people}")
+  form = (form or Form(people=people, max_count=max_count)).check()
   if train < 1 or test < 1:
     raise SbsError("--train and --test must be positive")
   rng = random.Random(seed)
@@ -69,9 +130,9 @@ def generate(out_dir, name: str = "marbles", train: int = 2000, test: int = 500,
     while len(rows) < n:
       attempts += 1
       if attempts > 50 * (n + 10):
-        raise SbsError(f"cannot draw {n} distinct {split} problems with --people {people} "
-                       f"--max_count {max_count}: the space is too small")
-      problem = make_problem(rng, people, max_count)
+        raise SbsError(f"cannot draw {n} distinct {split} problems with --people "
+                       f"{form.people} --max_count {form.max_count}: the space is too small")
+      problem = make_problem(rng, form=form)
       if problem["input"] in seen:
         continue
       seen.add(problem["input"])
@@ -83,15 +144,59 @@ def generate(out_dir, name: str = "marbles", train: int = 2000, test: int = 500,
   return paths
 
 
-def solve(question: str) -> tuple[list[str], int] | None:
-  """The steps and the answer of a problem's text; None if it is not one of ours."""
-  counts = {n: int(c) for n, c, _ in _FACT.findall(question)}
+@dataclasses.dataclass
+class Solution:
+  """What the teacher reads from a problem: the two counts in order, and what to do."""
+  op: str
+  values: list[int]
+  lookup: tuple[str, str, str] | None  # (first name, second name, thing) in the lookup form
+
+
+def solve(question: str) -> Solution | None:
+  """The problem a text poses; None if it is not one of ours."""
+  facts = _FACT.findall(question)
+  counts = {n: int(c) for n, c, _, _ in facts}
   m = _QUESTION.search(question)
-  if not m or m.group(2) not in counts or m.group(3) not in counts:
+  if m:
+    thing, a, b = m.groups()
+    if a in counts and b in counts:
+      return Solution("sum", [counts[a], counts[b]], (a, b, thing))
     return None
-  thing, a, b = m.groups()
-  steps = [f"{a} has {counts[a]} {thing}.", f"{b} has {counts[b]} {thing}."]
-  return steps, counts[a] + counts[b]
+  for op, ask in _ASK.items():
+    prefix = ask.split("{who}")[0]
+    start = question.find(prefix)
+    if start < 0:
+      continue
+    rest = question[start + len(prefix):]
+    if rest.startswith(_MARKED_WHO + "?"):
+      values = [int(c) for _, c, _, mark in facts if mark]
+      return Solution(op, values, None) if len(values) == 2 else None
+    who = _LOOKUP_WHO.match(rest)
+    if who and who.group(1) in counts and who.group(2) in counts:
+      return Solution(op, [counts[who.group(1)], counts[who.group(2)]], who.groups())
+  return None
+
+
+def explain(solution: Solution) -> tuple[str, int]:
+  """The steps (without the answer sentence) and the answer."""
+  a, b = solution.values
+  answer = apply(solution.op, a, b)
+  if solution.lookup:
+    first, second, thing = solution.lookup
+    steps = [f"{first} has {a} {thing}.", f"{second} has {b} {thing}."]
+  else:
+    steps = [f"{a} and {b}."]
+  if solution.op in ("sum", "sum_last_digit"):
+    steps.append(f"{a} + {b} = {a + b}.")
+  elif solution.op == "product_last_digit":
+    steps.append(f"{a} * {b} = {a * b}.")
+  elif solution.op == "abs_diff":
+    steps.append(f"{max(a, b)} - {min(a, b)} = {answer}.")
+  else:
+    steps.append(f"The larger is {answer}.")
+  if solution.op.endswith("_last_digit"):
+    steps.append(f"The last digit is {answer}.")
+  return " ".join(steps), answer
 
 
 def _misread(query: str, error_rate: float) -> bool:
@@ -100,20 +205,31 @@ def _misread(query: str, error_rate: float) -> bool:
   return int.from_bytes(digest[:4], "big") / 2**32 < error_rate
 
 
+def _misread_one(solution: Solution) -> None:
+  """Misreads one count by one or two, so that the answer is wrong under every operation:
+  the second count first (up, or down from 9), else the first."""
+  right = apply(solution.op, *solution.values)
+  for index in (1, 0):
+    value = solution.values[index]
+    for wrong in ((value + 1, value - 1) if value < 9 else (value - 1, value + 1)) + (
+        value + 2,):
+      values = list(solution.values)
+      values[index] = wrong
+      if wrong >= 0 and apply(solution.op, *values) != right:
+        solution.values[:] = values
+        return
+
+
 def teacher_completion(prompt: str, error_rate: float = 0.0) -> str:
   """The teacher's completion for a few-shot prompt: reasoning about its last question."""
   query = prompt.rsplit("Q:", 1)[-1].split("\nA:", 1)[0].strip()
-  solved = solve(query)
-  if solved is None:
+  solution = solve(query)
+  if solution is None:
     return "I cannot tell from the question."
-  steps, _ = solved
-  counts = [int(re.search(r"\d+", s).group()) for s in steps]
   if _misread(query, error_rate):
-    counts[1] = counts[1] + 1 if counts[1] < 9 else counts[1] - 1
-    steps[1] = re.sub(r"\d+", str(counts[1]), steps[1])
-  total = sum(counts)
-  return (f"{' '.join(steps)} {counts[0]} + {counts[1]} = {total}. "
-          f"So the answer is {total}.\n\nQ:")
+    _misread_one(solution)
+  steps, answer = explain(solution)
+  return f"{steps} So the answer is {answer}.\n\nQ:"
 
 
 def teacher_server(error_rate: float = 0.0, port: int = 0) -> FakeOpenAIServer:
@@ -121,10 +237,14 @@ def teacher_server(error_rate: float = 0.0, port: int = 0) -> FakeOpenAIServer:
   return FakeOpenAIServer(answer_fn=lambda p: teacher_completion(p, error_rate), port=port)
 
 
+def form_of(args) -> Form:
+  return Form(args.form, args.op, args.people, args.max_count).check()
+
+
 def add_parser(subparsers) -> None:
   p = subparsers.add_parser(
-      "synthetic", help="the controlled task: generate it, serve its teacher, prepare it",
-      description="The controlled experiment's task (docs/experiments.md): seeded word "
+      "synthetic", help="the controlled tasks: generate one, serve its teacher, prepare it",
+      description="The controlled experiments' tasks (docs/experiments.md): seeded word "
       "problems and a programmatic chain-of-thought teacher behind the OpenAI API.")
   actions = p.add_subparsers(dest="action", required=True)
   common = argparse.ArgumentParser(add_help=False)
@@ -132,11 +252,18 @@ def add_parser(subparsers) -> None:
   common.add_argument("--train", type=int, default=2000, help="train problems")
   common.add_argument("--test", type=int, default=500, help="test problems")
   common.add_argument("--seed", type=int, default=0)
+  common.add_argument("--form", default="lookup", choices=FORMS,
+                      help="lookup: the question names the two people (the control); "
+                      "marked: two facts are starred (default: %(default)s)")
+  common.add_argument("--op", default="sum", choices=OPS,
+                      help="what the label does with the two counts (default: %(default)s)")
   common.add_argument("--people", type=int, default=4, help="people per problem")
+  common.add_argument("--max_count", type=int, default=9, help="counts are 1..max_count")
   g = actions.add_parser("generate", parents=[common],
                          help="write <out_dir>/{train,test}/<name>.jsonl")
   g.add_argument("--out_dir", required=True)
-  t = actions.add_parser("teacher", help="serve the teacher on 127.0.0.1 until Ctrl-C")
+  t = actions.add_parser("teacher", help="serve the teacher on 127.0.0.1 until Ctrl-C "
+                         "(it answers every form)")
   t.add_argument("--port", type=int, default=8000,
                  help="1..65535, or 0 for any free one (default: %(default)s)")
   t.add_argument("--error_rate", type=float, default=0.0,
@@ -148,14 +275,21 @@ def add_parser(subparsers) -> None:
   p.set_defaults(func=main, local_only=("out_dir",))
 
 
+def check_error_rate(rate: float) -> float:
+  if not 0.0 <= rate <= 1.0:
+    raise SbsError(f"--error_rate must be in [0, 1], got {rate:g}")
+  return rate
+
+
 def main(args) -> int:
   if args.action == "generate":
-    paths = generate(args.out_dir, args.name, args.train, args.test, args.seed, args.people)
+    paths = generate(args.out_dir, args.name, args.train, args.test, args.seed,
+                     form=form_of(args))
     print(json.dumps({split: str(path) for split, path in paths.items()}))
   elif args.action == "teacher":
     from sbs_jax.testing.fake_openai import PortError  # pylint: disable=import-outside-toplevel
     try:
-      server = teacher_server(args.error_rate, args.port).start()
+      server = teacher_server(check_error_rate(args.error_rate), args.port).start()
     except PortError as e:
       raise SbsError(str(e)) from None
     print(f"teacher at {server.url} (model {TEACHER_MODEL}); Ctrl-C stops it", flush=True)
@@ -166,6 +300,7 @@ def main(args) -> int:
   else:
     from sbs_jax.experiments import prepare  # pylint: disable=import-outside-toplevel
     ready = prepare.prepare_synthetic(args.out_dir, args.name, args.train, args.test,
-                                      args.seed, args.people, args.error_rate)
+                                      args.seed, error_rate=check_error_rate(args.error_rate),
+                                      form=form_of(args))
     print(json.dumps(ready.__dict__))
   return 0
