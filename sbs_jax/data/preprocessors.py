@@ -85,8 +85,15 @@ def rationale_examples(dataset: tf.data.Dataset,
 
 def _tokens(vocabulary: seqio.Vocabulary, text: tf.Tensor, max_length: int) -> tf.Tensor:
   """Token ids of `text`, cut to max_length - 1, then EOS."""
-  ids = tf.cast(vocabulary.encode_tf(text), tf.int32)[:max_length - 1]
-  return tf.concat([ids, tf.constant([vocabulary.eos_id], tf.int32)], axis=0)
+  return _cut_tokens(vocabulary, text, max_length)[0]
+
+
+def _cut_tokens(vocabulary: seqio.Vocabulary, text: tf.Tensor, max_length: int):
+  """(token ids of `text` cut to max_length - 1 then EOS, 1 if it was cut else 0)."""
+  ids = tf.cast(vocabulary.encode_tf(text), tf.int32)
+  cut = tf.cast(tf.size(ids) > max_length - 1, tf.int32)
+  ids = ids[:max_length - 1]
+  return tf.concat([ids, tf.constant([vocabulary.eos_id], tf.int32)], axis=0), cut
 
 
 def paired_examples(dataset: tf.data.Dataset,
@@ -97,8 +104,9 @@ def paired_examples(dataset: tf.data.Dataset,
   """Records -> one tokenized example per record holding both tasks.
 
   `inputs` = predict-part + explain-part, `targets` = label-part + rationale-part, each part
-  cut to its own length and ended with EOS; `inputs_part` / `targets_part` say which task
-  each token belongs to (LABEL or RATIONALE). A record without a usable rationale gives
+  cut to its own length and ended with EOS (`parts_cut`: how many parts were cut);
+  `inputs_part` / `targets_part` say which task each token belongs to (LABEL or
+  RATIONALE). A record without a usable rationale gives
   the label part alone.
   """
   if label_field not in LABEL_FIELDS:
@@ -108,11 +116,12 @@ def paired_examples(dataset: tf.data.Dataset,
   dataset = dataset.filter(lambda r: _keep_for_label(r, label_field))
 
   def unit(r):
-    predict = _tokens(in_vocab, tf.strings.join([LABEL_PREFIX, r["input"]]), input_length)
-    label = _tokens(out_vocab, _label_target(r, label_field), label_length)
-    explain = _tokens(in_vocab, tf.strings.join([RATIONALE_PREFIX, r["input"]]),
-                      input_length)
-    rationale = _tokens(out_vocab, r["rationale"], rationale_length)
+    predict, cut_p = _cut_tokens(in_vocab, tf.strings.join([LABEL_PREFIX, r["input"]]),
+                                 input_length)
+    label, cut_l = _cut_tokens(out_vocab, _label_target(r, label_field), label_length)
+    explain, cut_e = _cut_tokens(in_vocab, tf.strings.join([RATIONALE_PREFIX, r["input"]]),
+                                 input_length)
+    rationale, cut_r = _cut_tokens(out_vocab, r["rationale"], rationale_length)
     keep = tf.cast(_has_rationale(r), tf.int32)
     explain = explain[:keep * tf.size(explain)]
     rationale = rationale[:keep * tf.size(rationale)]
@@ -126,6 +135,8 @@ def paired_examples(dataset: tf.data.Dataset,
                                 tf.fill(tf.shape(rationale), RATIONALE)], 0),
         inputs_pretokenized=tf.strings.join([LABEL_PREFIX, r["input"]]),
         targets_pretokenized=_label_target(r, label_field),
+        # Parts cut to their caps (PART_LENGTHS): counted by the trainer's length check.
+        parts_cut=cut_p + cut_l + keep * (cut_e + cut_r),
         task=tf.constant(LABEL, tf.int32))
 
   return dataset.map(unit, num_parallel_calls=tf.data.AUTOTUNE)

@@ -37,6 +37,11 @@ class DataConfig:
     pack: pack several examples per row (with segment ids).
     batch_size: rows per step, over all hosts (each row may hold several examples).
     seed: shuffling and mixing seed.
+    max_truncated_share: the share of checked training examples that task_feature_lengths
+      (or a paired example's part caps) may cut; a run over it is refused before it
+      starts. Every cut is counted and reported either way (1.0: allow any).
+    length_check_examples: how many training examples of each task the length check
+      tokenizes (the first of the split, in file order).
   """
   mixture_or_task: str = gin.REQUIRED
   train_split: str = "train"
@@ -46,10 +51,16 @@ class DataConfig:
   pack: bool = True
   batch_size: int = 64
   seed: int = 0
+  max_truncated_share: float = 0.5
+  length_check_examples: int = 20000
 
   def __post_init__(self):
     check_fields(self)
     check_range(self, "batch_size", self.batch_size >= 1, "at least 1")
+    check_range(self, "max_truncated_share", 0.0 <= self.max_truncated_share <= 1.0,
+                "between 0 and 1")
+    check_range(self, "length_check_examples", self.length_check_examples >= 1,
+                "at least 1")
     lengths = self.task_feature_lengths
     if (set(lengths) != {"inputs", "targets"} or
         not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Iterator
 
 import jax
@@ -57,6 +58,64 @@ def check_train_split(cfg: DataConfig) -> None:
       dataset = getattr(task.source, "dataset", task.name)
       raise SbsError(f"dataset {dataset}: split {cfg.train_split!r} has no examples for "
                      f"{task.name}: " + _FIX_TRAIN)
+
+
+def _fitting(length: int) -> int:
+  """A row length that holds `length` tokens, rounded up to a multiple of 8."""
+  return -(-length // 8) * 8
+
+
+def check_lengths(cfg: DataConfig) -> dict:
+  """Counts the training examples that `task_feature_lengths` (or a paired example's part
+  caps) cut, over the first `length_check_examples` of each task of the mixture.
+
+  A cut example loses its end (a paired one, its explain part's end and EOS), which the
+  student then learns; so every cut is counted (returned, and reported by the trainer),
+  and a share over `max_truncated_share` is refused with the lengths that fit.
+  """
+  lengths = cfg.task_feature_lengths
+  report = {}
+  for task in _tasks_of(cfg.mixture_or_task):
+    ds = task.get_dataset(sequence_length=None, split=cfg.train_split, shuffle=False,
+                          num_epochs=1).take(cfg.length_check_examples)
+    checked = cut = parts_cut = 0
+    longest = {"inputs": 0, "targets": 0}
+    for ex in ds.as_numpy_iterator():
+      checked += 1
+      sizes = {key: len(ex[key]) for key in longest}
+      parts = int(ex.get("parts_cut", 0))
+      parts_cut += parts > 0
+      cut += parts > 0 or any(sizes[k] > lengths[k] for k in sizes)
+      for key, size in sizes.items():
+        longest[key] = max(longest[key], size)
+    report[task.name] = {"checked": checked, "cut": cut, "parts_cut": parts_cut,
+                         "longest": longest}
+  for name, r in report.items():
+    if r["checked"] and r["cut"] / r["checked"] > cfg.max_truncated_share:
+      fit = {k: max(lengths[k], _fitting(v)) for k, v in r["longest"].items()}
+      why = (f"the lengths that fit every checked row: "
+             f"--gin.DataConfig.task_feature_lengths='{json.dumps(fit)}'"
+             if r["cut"] > r["parts_cut"] else
+             "its paired parts are longer than their caps (tasks.registry.PART_LENGTHS)")
+      raise SbsError(
+          f"DataConfig.task_feature_lengths = {json.dumps(lengths)} cut {r['cut']:,} of "
+          f"{r['checked']:,} checked training examples of {name} "
+          f"({100 * r['cut'] / r['checked']:.0f}%, over DataConfig.max_truncated_share = "
+          f"{cfg.max_truncated_share:g}; longest: inputs {r['longest']['inputs']}, targets "
+          f"{r['longest']['targets']} tokens): {why}, or allow the cut with "
+          "--gin.DataConfig.max_truncated_share=1.0")
+  return report
+
+
+def length_note(report: dict) -> str | None:
+  """One line on the cut training examples of `check_lengths`' report; None if none."""
+  cut = {name: r for name, r in report.items() if r["cut"]}
+  if not cut:
+    return None
+  parts = "; ".join(f"{name}: {r['cut']:,} of {r['checked']:,} checked "
+                    f"({100 * r['cut'] / r['checked']:.1f}%)" for name, r in cut.items())
+  return (f"note: DataConfig.task_feature_lengths (or paired part caps) cut training "
+          f"examples, which lose their ends: {parts}")
 
 
 @dataclasses.dataclass

@@ -24,7 +24,8 @@ from sbs_jax.train import evaluate as eval_lib
 from sbs_jax.train import gin_check
 from sbs_jax.train import run_dir
 from sbs_jax.train.config import TrainConfig
-from sbs_jax.train.data import check_train_split, label_examples, train_batches
+from sbs_jax.train.data import (check_lengths, check_train_split, label_examples,
+                                 length_note, train_batches)
 from sbs_jax.train.metric_log import MetricLog
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.preemption import Preempted, PreemptionWatch
@@ -85,6 +86,10 @@ def train(cfg: TrainConfig, model_config: T5Config,
   # dir is touched (validation is also what every evaluation below scores).
   validation = label_examples(label_task, "validation", cfg.eval.max_examples)
   check_train_split(cfg.data)
+  lengths = check_lengths(cfg.data)
+  note = length_note(lengths)
+  if note and jax.process_index() == 0:
+    print(note, file=sys.stderr, flush=True)
   _check_selection_metric(label_task, cfg.eval.selection_metric)
   if cfg.initial_checkpoint and not tf.io.gfile.exists(
       f"{cfg.initial_checkpoint}/{ckpt.PARAMS_DIR}"):
@@ -136,7 +141,7 @@ def train(cfg: TrainConfig, model_config: T5Config,
           checkpoints.close()
         except Exception:  # pylint: disable=broad-except  # the first error is the one to tell
           log.debug("closing the checkpoint manager failed", exc_info=True)
-    return _final(cfg, student, label_task, vocabulary, validation)
+    return _final(cfg, student, label_task, vocabulary, validation, lengths)
   except Exception as e:  # pylint: disable=broad-except  # matched by the whole chain below
     problem = storage_problem(e)
     if problem is None:
@@ -305,7 +310,8 @@ def _steps(cfg: TrainConfig, student, state, best: dict | None, label_task: str,
     metric_log.close()
 
 
-def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation) -> dict:
+def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation,
+           lengths: dict) -> dict:
   """The best step's params on test; a few rationales to look at; results.json."""
   params, best = ckpt.load_params(cfg.model_dir, student.abstract_state["params"])
   results = {"model_dir": cfg.model_dir, "mixture_or_task": cfg.data.mixture_or_task,
@@ -326,6 +332,8 @@ def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation) -
                          ("validation", VALIDATION_CAP, cfg.eval.max_examples,
                           results["validation"]),
                          ("test", TEST_CAP, cfg.eval.max_test_examples, results["test"]))}
+  results["length_check"] = {"task_feature_lengths": cfg.data.task_feature_lengths,
+                             "tasks": lengths}  # training examples cut, per task
   if results["test"] is not None and jax.process_index() == 0:
     print(eval_line(best["step"], "test", results["test"], TEST_CAP), file=sys.stderr)
   samples = validation.input_texts[:cfg.eval.rationale_samples]
