@@ -53,7 +53,7 @@ def test_loss_goes_down_and_results_are_written(trained):
   assert len(on_disk["rationale_samples"]) == 2
   checked = on_disk["length_check"]  # every training example the row lengths cut: counted
   assert checked["task_feature_lengths"] == {"inputs": 512, "targets": 176}
-  assert set(checked["tasks"]) == {"sbs_cqa_label_llm", "sbs_cqa_rationale"}
+  assert set(checked["tasks"]) == {"sbs_cqa_distill_llm_paired"}
   assert all(t["checked"] > 1000 and 0 <= t["cut"] <= t["checked"]
              for t in checked["tasks"].values())
   assert {m["step"] for m in read_metrics(str(model_dir), "validation")} == {6, 12}
