@@ -7,6 +7,7 @@ import pytest
 
 from sbs_jax.annotate import parsers
 from sbs_jax.data.readers import Example
+from sbs_jax.errors import SbsError
 from sbs_jax.experiments import prepare, synthetic
 
 
@@ -177,3 +178,49 @@ def test_cli_refuses_an_unknown_form_or_op(tmp_path):
   from tests.conftest import run_sbs
   done = run_sbs("synthetic", "generate", "--out_dir", str(tmp_path), "--op", "mean")
   assert done.returncode == 2 and "invalid choice: 'mean'" in done.stderr
+
+
+# ---- Inspecting a student's own rationales, step by step.
+
+def test_score_rationale_separates_lookup_arithmetic_and_answer():
+  q = ("Ann has 5 coins. Bob has 7 coins, starred. Cal has 2 coins. Dee has 5 coins, "
+       "starred. What is the last digit of the sum of the starred counts?")
+  score = synthetic.score_rationale
+  assert score(q, "7 and 5. 7 + 5 = 12. The last digit is 2.") == {
+      "values": True, "arithmetic": True, "answer": True}
+  assert score(q, "7 and 5. 7 + 5 = 12. The last digit is 3.") == {
+      "values": True, "arithmetic": False, "answer": False}
+  diff = q.replace("the last digit of the sum of", "the difference between")
+  assert score(diff, "5 and 7. 7 - 5 = 2.") == {"values": True, "arithmetic": True,
+                                                "answer": True}
+  assert score(diff, "2 and 7. 7 - 2 = 5.") == {"values": False, "arithmetic": True,
+                                                "answer": False}
+  assert score(diff, "5 and 7. 7 - 5 = 3.") == {"values": True, "arithmetic": False,
+                                                "answer": False}
+  assert score(diff, "") == {"values": False, "arithmetic": False, "answer": False}
+  with pytest.raises(SbsError, match="not a problem of the synthetic family"):
+    score("What is love?", "7")
+
+
+def test_inspect_scores_predictions_against_their_problems(tmp_path):
+  form = synthetic.Form("marked", "max")
+  paths = synthetic.generate(tmp_path, train=5, test=4, seed=2, form=form)
+  problems = _rows(paths["test"])
+  preds = []
+  for i, p in enumerate(problems):
+    steps, answer = synthetic.explain(synthetic.solve(p["input"]))
+    if i == 0:  # a wrong look-up, a rationale that follows from it, a label that agrees
+      steps, answer = "0 and 0. The larger is 0.", 0
+    label = str(answer) if i < 3 else "99"  # row 3: a label that ignores its rationale
+    preds.append({"id": p["id"], "label": label, "rationale": steps})
+  out = tmp_path / "preds.jsonl"
+  out.write_text("".join(json.dumps(p) + "\n" for p in preds))
+  got = synthetic.inspect(out, paths["test"])
+  assert got == {"rows": 4, "values": 75.0, "arithmetic": 100.0, "answer": 75.0,
+                 "label_agrees_with_rationale": 75.0, "label": 50.0}
+  out.write_text(json.dumps({"id": "nope", "label": "1", "rationale": "x"}) + "\n")
+  with pytest.raises(SbsError, match="id 'nope' is not in --problems"):
+    synthetic.inspect(out, paths["test"])
+  out.write_text(json.dumps({"id": problems[0]["id"], "label": "1"}) + "\n")
+  with pytest.raises(SbsError, match="run sbs predict with --rationale"):
+    synthetic.inspect(out, paths["test"])

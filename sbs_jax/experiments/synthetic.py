@@ -232,6 +232,58 @@ def teacher_completion(prompt: str, error_rate: float = 0.0) -> str:
   return f"{steps} So the answer is {answer}.\n\nQ:"
 
 
+def score_rationale(problem: str, rationale: str) -> dict[str, bool]:
+  """How far a student's rationale for `problem` gets: the two counts it states (`values`),
+  its arithmetic on its own counts (`arithmetic`), and its answer (`answer`, the last
+  number, against the right one). Raises SbsError if `problem` is not one of ours."""
+  solution = solve(problem)
+  if solution is None:
+    raise SbsError(f"not a problem of the synthetic family: {problem[:80]!r}")
+  numbers = [int(n) for n in re.findall(r"\d+", rationale)]
+  right = apply(solution.op, *solution.values)
+  stated = numbers[:2]
+  return {
+      "values": sorted(stated) == sorted(solution.values),
+      "arithmetic": len(numbers) >= 3 and apply(solution.op, *stated) == numbers[-1],
+      "answer": bool(numbers) and numbers[-1] == right,
+  }
+
+
+def inspect(predictions, problems) -> dict:
+  """Scores `sbs predict --rationale` output (JSON lines with `id`, `label`, `rationale`)
+  on the problems file it was run on (JSON lines with `id`, `input`, `label`): how many
+  rationales state the right counts, do their own arithmetic right, reach the right answer,
+  and how many labels agree with the student's own rationale and with the gold label."""
+  def rows(path, what):
+    try:
+      with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+      raise SbsError(f"{what} {path}: cannot read it as JSON lines ({e})") from None
+
+  by_id = {str(r.get("id")): r for r in rows(problems, "--problems")}
+  counts = {"values": 0, "arithmetic": 0, "answer": 0, "label_agrees_with_rationale": 0,
+            "label": 0}
+  n = 0
+  for p in rows(predictions, "--predictions"):
+    if "rationale" not in p or "label" not in p:
+      raise SbsError(f"--predictions {predictions}: rows need `label` and `rationale`: run "
+                     "sbs predict with --rationale")
+    problem = by_id.get(str(p.get("id")))
+    if problem is None:
+      raise SbsError(f"--predictions {predictions}: id {p.get('id')!r} is not in --problems "
+                     f"{problems}: give the file the predictions were made from")
+    n += 1
+    for key, ok in score_rationale(problem["input"], p["rationale"]).items():
+      counts[key] += ok
+    numbers = re.findall(r"\d+", p["rationale"])
+    counts["label_agrees_with_rationale"] += bool(numbers) and numbers[-1] == p["label"]
+    counts["label"] += p["label"].strip() == str(problem["label"])
+  if not n:
+    raise SbsError(f"--predictions {predictions}: no rows")
+  return {"rows": n, **{k: round(100 * v / n, 1) for k, v in counts.items()}}
+
+
 def teacher_server(error_rate: float = 0.0, port: int = 0) -> FakeOpenAIServer:
   """An OpenAI-compatible server on 127.0.0.1 answering with `teacher_completion`."""
   return FakeOpenAIServer(answer_fn=lambda p: teacher_completion(p, error_rate), port=port)
@@ -268,6 +320,15 @@ def add_parser(subparsers) -> None:
                  help="1..65535, or 0 for any free one (default: %(default)s)")
   t.add_argument("--error_rate", type=float, default=0.0,
                  help="share of questions the teacher gets wrong (seeded by the text)")
+  i = actions.add_parser(
+      "inspect", help="score a student's own rationales (sbs predict --rationale output) "
+      "step by step", description="Percent of rows whose rationale states the two right "
+      "counts, does its arithmetic right on its own counts, reaches the right answer; and "
+      "of labels that agree with the student's own rationale, and with the gold label.")
+  i.add_argument("--predictions", required=True,
+                 help="sbs predict --rationale --output_file of the problems")
+  i.add_argument("--problems", required=True,
+                 help="the problems file it ran on (<out_dir>/data/test/<name>.jsonl)")
   r = actions.add_parser("prepare", parents=[common],
                          help="generate, annotate through the live teacher, build the vocab")
   r.add_argument("--out_dir", required=True)
@@ -286,6 +347,8 @@ def main(args) -> int:
     paths = generate(args.out_dir, args.name, args.train, args.test, args.seed,
                      form=form_of(args))
     print(json.dumps({split: str(path) for split, path in paths.items()}))
+  elif args.action == "inspect":
+    print(json.dumps(inspect(args.predictions, args.problems)))
   elif args.action == "teacher":
     from sbs_jax.testing.fake_openai import PortError  # pylint: disable=import-outside-toplevel
     try:
