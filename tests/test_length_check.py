@@ -138,3 +138,10 @@ def test_sbs_train_refuses_before_the_model_dir_is_made(annotated, tmp_path):
   assert len(errors) == 1 and "DataConfig.task_feature_lengths" in errors[0], done.stderr
   assert "Traceback" not in done.stderr
   assert not model_dir.exists()
+
+
+def test_the_check_reads_at_most_length_check_examples(annotated):
+  task = "sbs_svamp_distill_llm_paired"
+  report = check_lengths(_data(task, 48, 16, length_check_examples=50,
+                               max_truncated_share=1.0))[task]
+  assert report["checked"] == 50 and 25 < report["cut"] <= 50

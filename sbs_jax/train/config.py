@@ -52,7 +52,7 @@ class DataConfig:
   batch_size: int = 64
   seed: int = 0
   max_truncated_share: float = 0.5
-  length_check_examples: int = 20000
+  length_check_examples: int = 5000
 
   def __post_init__(self):
     check_fields(self)

@@ -9,6 +9,7 @@ from typing import Iterator
 import jax
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from sbs_jax.data.features import DistillFeatureConverter
 from sbs_jax.errors import SbsError
@@ -78,16 +79,18 @@ def check_lengths(cfg: DataConfig) -> dict:
   for task in _tasks_of(cfg.mixture_or_task):
     ds = task.get_dataset(sequence_length=None, split=cfg.train_split, shuffle=False,
                           num_epochs=1).take(cfg.length_check_examples)
+    ds = ds.map(lambda ex: (tf.size(ex["inputs"]), tf.size(ex["targets"]),
+                            tf.cast(ex.get("parts_cut", 0), tf.int32)),
+                num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
     checked = cut = parts_cut = 0
     longest = {"inputs": 0, "targets": 0}
-    for ex in ds.as_numpy_iterator():
-      checked += 1
-      sizes = {key: len(ex[key]) for key in longest}
-      parts = int(ex.get("parts_cut", 0))
-      parts_cut += parts > 0
-      cut += parts > 0 or any(sizes[k] > lengths[k] for k in sizes)
-      for key, size in sizes.items():
-        longest[key] = max(longest[key], size)
+    for inputs, targets, parts in ds.as_numpy_iterator():
+      checked += len(inputs)
+      parts_cut += int((parts > 0).sum())
+      cut += int(((parts > 0) | (inputs > lengths["inputs"]) |
+                  (targets > lengths["targets"])).sum())
+      longest = {"inputs": max(longest["inputs"], int(inputs.max())),
+                 "targets": max(longest["targets"], int(targets.max()))}
     report[task.name] = {"checked": checked, "cut": cut, "parts_cut": parts_cut,
                          "longest": longest}
   for name, r in report.items():
