@@ -5,10 +5,11 @@ Part 1, the paper's data: annotate CommonsenseQA train and test with the replay 
 student's two tasks see it (`sbs_cqa_distill_llm_paired`). A student trained from scratch
 on this CPU does not learn CQA (it needs the paper's pretrained T5); that is said, not run.
 
-Part 2, the method where a from-scratch student can learn: the controlled task
-(`sbs synthetic`), annotated by its programmatic teacher through the live OpenAI path,
-then standard finetuning and distilling step-by-step with one budget
-(`overlays/marbles_cpu.gin`) by `sbs sweep`, and the table and figure of `sbs report`.
+Part 2, the method where a from-scratch student can learn: the marked-selection task of
+`sbs synthetic` (two of four counts are starred; the label is the last digit of their
+sum), annotated by its programmatic teacher through the live OpenAI path, then standard
+finetuning and distilling step-by-step with one budget (`overlays/demo_cpu.gin`) by
+`sbs sweep`, and the table and figure of `sbs report`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import pathlib
 import time
 
 from sbs_jax.errors import SbsError
-from sbs_jax.experiments import prepare, report, sweep
+from sbs_jax.experiments import prepare, report, sweep, synthetic
 
 METHODS = ("standard_finetuning", "distill_llm")
 NAMES = {"standard_finetuning": "standard finetuning",
          "distill_llm": "distilling step-by-step"}
-OVERLAY = "overlays/marbles_cpu.gin"
+OVERLAY = "overlays/demo_cpu.gin"
+# The controlled task: marked selection, the last digit of the two starred counts' sum.
+FORM = synthetic.Form("marked", "sum_last_digit")
+TASK_NAME = "marked_sum"
+TRAIN_PROBLEMS, TEST_PROBLEMS = 16000, 500
 
 
 def add_parser(subparsers) -> None:
@@ -36,6 +41,9 @@ def add_parser(subparsers) -> None:
   p.add_argument("--fraction", type=float, default=100.0,
                  help="percent of the controlled task's training problems both students get")
   p.add_argument("--seeds", default="0", help="comma-separated; one run per method and seed")
+  p.add_argument("--train_problems", type=int, default=TRAIN_PROBLEMS,
+                 help="the controlled task's training problems (default: %(default)s; the "
+                 "effect needs many: see docs/experiments.md)")
   p.epilog = (f"Bindings for the controlled runs, after {OVERLAY}: --gin.KEY=VALUE "
               "(repeatable), e.g. --gin.TRAIN_STEPS=200")
   p.set_defaults(func=main, accepts_gin_bindings=True, local_only=("out_dir", "data_dir"))
@@ -78,12 +86,13 @@ def controlled_part(args, out: pathlib.Path) -> tuple[str, list, float]:
 
   Returns the sweep dir, its cells and the teacher's test accuracy.
   """
-  print("\n== Part 2: the controlled task (docs/experiments.md)")
-  ready = prepare.prepare_synthetic(out / "marbles")
+  print("\n== Part 2: the controlled task, marked selection (docs/experiments.md)")
+  ready = prepare.prepare_synthetic(out / "marked", TASK_NAME, args.train_problems,
+                                    TEST_PROBLEMS, form=FORM)
   settings = {"dataset": ready.dataset, "alpha": 0.5, "annotation_dir": ready.annotation_dir,
               "vocab": ready.vocab, "gin_files": [OVERLAY],
               "bindings": sweep.gin_binding_args(args.gin_bindings)}
-  sweep_dir = str(out / "marbles" / "sweep")
+  sweep_dir = str(out / "marked" / "sweep")
   grid = check_args(args)
   grid = sweep.record_sweep(sweep_dir, settings, grid)
   print(f"{ready.dataset}: {ready.train_examples:,} train problems (the students get "
@@ -98,6 +107,8 @@ def check_args(args) -> dict:
   """Every argument checked before minutes of work; returns the controlled runs' grid."""
   grid = sweep.parse_grid(",".join(METHODS), f"{args.fraction:g}", "", args.seeds)
   sweep.gin_binding_args(args.gin_bindings)
+  if args.train_problems < 100:
+    raise SbsError(f"--train_problems must be at least 100, got {args.train_problems}")
   if args.data_dir and not os.path.isdir(args.data_dir):
     raise SbsError(f"--data_dir {args.data_dir}: no such directory (the paper's data, "
                    "from `sbs download`)")
@@ -111,10 +122,10 @@ def main(args) -> int:
   cqa_part(args, out)
   sweep_dir, cells, teacher = controlled_part(args, out)
   steps = cells[0].results["train_steps"] if cells[0].results else "?"
-  print(f"\n== Distilling step-by-step against standard finetuning: the controlled task, "
-        f"tiny student from scratch,\n{args.fraction:g}% of the training problems, "
-        f"{steps} steps, same batch and learning rate ({time.perf_counter() - tic:.0f} s in "
-        "all)\n")
+  print(f"\n== Distilling step-by-step against standard finetuning: marked selection "
+        f"(last digit of the starred counts' sum),\ntiny student from scratch, "
+        f"{args.fraction:g}% of the training problems, {steps} steps, same batch and "
+        f"learning rate ({time.perf_counter() - tic:.0f} s in all)\n")
   print(f"{'':34}{'test accuracy':>14}   seeds")
   print(f"{'teacher (programmatic)':34}{teacher:>13.1f}%")
   for group in report.group(cells, "accuracy"):

@@ -9,6 +9,7 @@ from tests.conftest import run_sbs
 
 def test_demo_ends_with_the_comparison(data_dir, tmp_path):
   proc = run_sbs("demo", "--out_dir", tmp_path, "--data_dir", data_dir,
+                 "--train_problems", 2000,
                  "--gin.TRAIN_STEPS=4", "--gin.EvalConfig.every=4",
                  "--gin.EvalConfig.max_examples=16", "--gin.EvalConfig.max_test_examples=16",
                  timeout=1800)
@@ -24,7 +25,7 @@ def test_demo_ends_with_the_comparison(data_dir, tmp_path):
                           ("distill_llm", "distilling step-by-step"))}
   assert all(rows.values()), out
   assert re.search(r"^teacher \(programmatic\) +100\.0%", out, re.M)
-  sweep_dir = tmp_path / "marbles" / "sweep"
+  sweep_dir = tmp_path / "marked" / "sweep"
   assert (sweep_dir / "figures" / "accuracy_vs_data.png").read_bytes()[:4] == b"\x89PNG"
   with open(sweep_dir / "results.csv", newline="") as f:
     table = {r["cell"]: r for r in csv.DictReader(f)}
