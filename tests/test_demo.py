@@ -27,6 +27,7 @@ def test_demo_ends_with_the_comparison(data_dir, tmp_path):
   assert re.search(r"^teacher \(programmatic\) +100\.0%", out, re.M)
   sweep_dir = tmp_path / "marked" / "sweep"
   assert (sweep_dir / "figures" / "accuracy_vs_data.png").read_bytes()[:4] == b"\x89PNG"
+  assert (sweep_dir / "figures" / "validation_vs_step.png").read_bytes()[:4] == b"\x89PNG"
   with open(sweep_dir / "results.csv", newline="") as f:
     table = {r["cell"]: r for r in csv.DictReader(f)}
   assert set(table) == {"standard_finetuning-f100-s0", "distill_llm-f100-s0"}

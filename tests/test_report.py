@@ -116,7 +116,7 @@ def test_figures_are_valid_png(sweep_dir):
   from sbs_jax.experiments import figures
   drawn = figures.draw_all(sweep_dir, record, cells, "accuracy", 77.5)
   pngs = [p for p in drawn if p.suffix == ".png"]
-  assert {p.name for p in pngs} == {"accuracy_vs_data.png"} | {
+  assert {p.name for p in pngs} == {"accuracy_vs_data.png", "validation_vs_step.png"} | {
       f"{c.name}.png" for c in sweep.cells(GRID)}
   for path in pngs:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,8 @@
   seed a dot, the band mean ± standard deviation), the teacher's test accuracy as a
   horizontal line; one figure per model size;
 - accuracy against model size (at the largest data percent), when several sizes ran;
+- validation accuracy against the step, one line per cell of the largest data percent
+  (the methods' learning curves side by side);
 - per cell, training curves from metrics.jsonl: label and rationale loss, and validation
   accuracy.
 """
@@ -115,20 +117,62 @@ def accuracy_vs_size(out: pathlib.Path, record: dict, cells, metric: str,
   return _save(fig, out / "accuracy_vs_size")
 
 
-def training_curves(out: pathlib.Path, sweep_dir: pathlib.Path, cell,
-                    metric: str) -> list[pathlib.Path]:
-  """Label and rationale loss, and validation accuracy, of one cell."""
+def _metric_rows(sweep_dir: pathlib.Path, cell) -> list[dict] | None:
+  """The rows of a cell's metrics.jsonl (None if it has none); a line cut by a crash is
+  skipped, so the curves stop there."""
   path = sweep_dir / cell.name / "metrics.jsonl"
   if not path.exists():
-    return []
-  lines = []
+    return None
+  rows = []
   for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
     try:
       row = json.loads(line) if line.strip() else None
-    except ValueError:  # a line cut by a crash: the curves stop there
+    except ValueError:
       continue
     if isinstance(row, dict) and "step" in row:
-      lines.append(row)
+      rows.append(row)
+  return rows
+
+
+def validation_vs_step(out: pathlib.Path, sweep_dir: pathlib.Path, record: dict, cells,
+                       metric: str, teacher: float | None, size: str) -> list[pathlib.Path]:
+  """Validation accuracy against the step, one line per cell (colour: method), at the
+  largest data percent: the methods' learning curves side by side."""
+  fraction = max(record["grid"]["fractions"])
+  chosen = [c for c in cells if c.cell.size == size and c.cell.fraction == fraction and
+            c.status != "missing"]
+  if not chosen:
+    return []
+  fig, ax = plt.subplots(figsize=(6, 4))
+  labelled = set()
+  for c in sorted(chosen, key=lambda c: (c.cell.method, c.cell.seed)):
+    rows = [r for r in _metric_rows(sweep_dir, c.cell) or []
+            if r.get("split") == "validation" and metric in r]
+    if not rows:
+      continue
+    method = c.cell.method
+    color, marker = _STYLE.get(method, ("black", "x"))
+    ax.plot([r["step"] for r in rows], [r[metric] for r in rows], color=color,
+            marker=marker, markersize=4, alpha=0.8,
+            label=None if method in labelled else _LABELS.get(method, method))
+    labelled.add(method)
+  _teacher_line(ax, teacher)
+  ax.set_xlabel("step")
+  ax.set_ylabel(f"validation {metric} (%)")
+  ax.set_title(f"{record['settings']['dataset']}, {fraction:g}% of the data"
+               + (f", {size}" if size else "") + " (one line per seed)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  name = "validation_vs_step" + (f"-{size}" if size else "")
+  return _save(fig, out / name)
+
+
+def training_curves(out: pathlib.Path, sweep_dir: pathlib.Path, cell,
+                    metric: str) -> list[pathlib.Path]:
+  """Label and rationale loss, and validation accuracy, of one cell."""
+  lines = _metric_rows(sweep_dir, cell)
+  if lines is None:
+    return []
   train = [l for l in lines if l.get("split") == "train" and "label_loss" in l]
   val = [l for l in lines if l.get("split") == "validation" and metric in l]
   fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -157,6 +201,7 @@ def draw_all(sweep_dir, record: dict, cells, metric: str,
   drawn = []
   for size in record["grid"]["sizes"]:
     drawn += accuracy_vs_data(out, record, cells, metric, teacher, size)
+    drawn += validation_vs_step(out, sweep_dir, record, cells, metric, teacher, size)
   if len(record["grid"]["sizes"]) > 1:
     drawn += accuracy_vs_size(out, record, cells, metric, teacher)
   for c in cells:
