@@ -133,5 +133,6 @@ def main(args) -> int:
     spread = f" ± {std:.1f}" if std is not None else ""
     print(f"{NAMES[group.method]:34}{mean:>13.1f}%{spread}   {len(group.test)}")
   print(f"\ntable:   {sweep_dir}/results.md\nfigures: {sweep_dir}/figures/ "
-        f"(validation_vs_step.png, accuracy_vs_data.png, curves/*.png)\nthe full grid: docs/experiments.md")
+        "(validation_vs_step.png, accuracy_vs_data.png, curves/*.png)\n"
+        "the full grid: docs/experiments.md")
   return 0
