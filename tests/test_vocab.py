@@ -46,3 +46,48 @@ def test_empty_corpus_and_bad_suffix(tmp_path):
 def test_too_small_vocab_size_is_a_clear_error(tmp_path):
   with pytest.raises(DataError, match="SentencePiece training failed"):
     vocab.train_vocabulary(["the cat sat"] * 10, tmp_path / "v.model", 50)
+
+
+def _synthetic_records(tmp_path, n=400):
+  """Annotation records of the marked-selection task (a small, repetitive corpus)."""
+  import random
+  from sbs_jax.annotate import records
+  from sbs_jax.experiments import synthetic
+  rng = random.Random(0)
+  form = synthetic.Form("marked", "sum_last_digit")
+  rows = []
+  for i in range(n):
+    p = synthetic.make_problem(rng, form=form)
+    steps, answer = synthetic.explain(synthetic.solve(p["input"]))
+    rows.append({"id": f"r{i}", "dataset": "marks", "split": "train", "input": p["input"],
+                 "label": p["label"], "llm_label": str(answer), "rationale": steps,
+                 "parse_error": "", "completion": "", "prompt_id": "p", "teacher": "t",
+                 "index": i, "has_label": 1, "parse_ok": 1})
+  (tmp_path / "ann" / "marks").mkdir(parents=True)
+  records.write_atomically(tmp_path / "ann" / "marks" / records.shard_name("train", 0, 1), rows)
+  return tmp_path / "ann"
+
+
+def test_vocab_notes_a_small_repetitive_corpus_and_bpe_shortens_it(tmp_path, capsys):
+  import argparse
+  import json
+  from sbs_jax.data import vocab_command
+  ann = _synthetic_records(tmp_path)
+  parser = argparse.ArgumentParser()
+  vocab_command.add_parser(parser.add_subparsers())
+  outs = {}
+  for model_type, size in (("unigram", "8000"), ("bpe", "600")):
+    args = parser.parse_args(["vocab", "--annotation_dir", str(ann), "--datasets", "marks",
+                              "--out", str(tmp_path / model_type / "spm.model"),
+                              "--vocab_size", size, "--model_type", model_type])
+    assert vocab_command.main(args) == 0
+    captured = capsys.readouterr()
+    outs[model_type] = (json.loads(captured.out.strip().splitlines()[-1]), captured.err)
+  unigram, bpe = outs["unigram"][0], outs["bpe"][0]
+  assert unigram["model_type"] == "unigram" and bpe["model_type"] == "bpe"
+  assert unigram["pieces"] < 4000 and unigram["tokens_per_word"] > 1.5
+  assert f"note: the texts gave {unigram['pieces']} pieces of the 8000 asked" in outs[
+      "unigram"][1]
+  assert "--model_type bpe" in outs["unigram"][1]
+  assert bpe["tokens_per_word"] < unigram["tokens_per_word"] - 0.5
+  assert "note:" not in outs["bpe"][1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from sbs_jax.data import vocab
 from sbs_jax.data.sources import AnnotationSource
@@ -19,6 +20,9 @@ def add_parser(subparsers) -> None:
   p.add_argument("--datasets", required=True, help="comma-separated, e.g. cqa,svamp")
   p.add_argument("--out", required=True, help="path of the .model file to write")
   p.add_argument("--vocab_size", type=int, default=8000)
+  p.add_argument("--model_type", choices=("unigram", "bpe"), default="unigram",
+                 help="SentencePiece's algorithm (default: %(default)s); bpe gives about one "
+                 "piece per word on a small, repetitive corpus such as `sbs synthetic`'s")
   p.set_defaults(func=main)
 
 
@@ -33,10 +37,30 @@ def train_texts(annotation_dir: str, datasets: list[str]):
           yield text
 
 
+# A vocabulary this much smaller than asked, at this many tokens per word, is noted.
+_SMALL_SHARE, _TOKENS_PER_WORD = 0.5, 1.5
+
+
+def tokens_per_word(processor, texts: list[str]) -> float:
+  """Mean SentencePiece tokens per whitespace-separated word over `texts`."""
+  words = sum(len(t.split()) for t in texts)
+  return sum(len(processor.encode(t)) for t in texts) / max(words, 1)
+
+
 def main(args) -> int:
   datasets = [d for d in args.datasets.split(",") if d]
-  path = vocab.train_vocabulary(train_texts(args.annotation_dir, datasets), args.out,
-                                vocab_size=args.vocab_size)
-  size = vocab.sentencepiece_processor(str(path)).get_piece_size()
-  print(json.dumps({"vocabulary": str(path), "pieces": size, "datasets": datasets}))
+  texts = list(train_texts(args.annotation_dir, datasets))
+  path = vocab.train_vocabulary(texts, args.out, vocab_size=args.vocab_size,
+                                model_type=args.model_type)
+  processor = vocab.sentencepiece_processor(str(path))
+  size = processor.get_piece_size()
+  per_word = tokens_per_word(processor, texts[2:1002])
+  print(json.dumps({"vocabulary": str(path), "pieces": size, "model_type": args.model_type,
+                    "tokens_per_word": round(per_word, 2), "datasets": datasets}))
+  if size < _SMALL_SHARE * args.vocab_size and per_word > _TOKENS_PER_WORD and \
+     args.model_type == "unigram":
+    print(f"note: the texts gave {size} pieces of the {args.vocab_size} asked, "
+          f"{per_word:.1f} tokens per word: a small, repetitive corpus, on which "
+          "--model_type bpe gives about one piece per word (shorter rows; "
+          "docs/experiments.md)", file=sys.stderr)
   return 0
