@@ -8,7 +8,7 @@ on this CPU does not learn CQA (it needs the paper's pretrained T5); that is sai
 Part 2, the method where a from-scratch student can learn: the marked-selection task of
 `sbs synthetic` (two of four counts are starred; the label is the last digit of their
 sum), annotated by its programmatic teacher through the live OpenAI path, then standard
-finetuning and distilling step-by-step with one budget (`overlays/demo_cpu.gin`) by
+finetuning and distilling step-by-step with one budget (`overlays/marked_cpu.gin`) by
 `sbs sweep`, and the table and figure of `sbs report`.
 """
 
@@ -24,7 +24,7 @@ from sbs_jax.experiments import prepare, report, sweep, synthetic
 METHODS = ("standard_finetuning", "distill_llm")
 NAMES = {"standard_finetuning": "standard finetuning",
          "distill_llm": "distilling step-by-step"}
-OVERLAY = "overlays/demo_cpu.gin"
+OVERLAY = "overlays/marked_cpu.gin"
 # The controlled task: marked selection, the last digit of the two starred counts' sum.
 FORM = synthetic.Form("marked", "sum_last_digit")
 TASK_NAME = "marked_sum"
