@@ -49,12 +49,20 @@ def tokens_per_word(processor, texts: list[str]) -> float:
 
 def main(args) -> int:
   datasets = [d for d in args.datasets.split(",") if d]
-  texts = list(train_texts(args.annotation_dir, datasets))
-  path = vocab.train_vocabulary(texts, args.out, vocab_size=args.vocab_size,
+  sample: list[str] = []  # texts for tokens_per_word, kept as training reads them
+
+  def texts():
+    for i, text in enumerate(train_texts(args.annotation_dir, datasets)):
+      if 2 <= i < 1002:  # (after the two task prefixes)
+        sample.append(text)
+      yield text
+
+  # Lazy: train_vocabulary checks the output path before the annotations are read.
+  path = vocab.train_vocabulary(texts(), args.out, vocab_size=args.vocab_size,
                                 model_type=args.model_type)
   processor = vocab.sentencepiece_processor(str(path))
   size = processor.get_piece_size()
-  per_word = tokens_per_word(processor, texts[2:1002])
+  per_word = tokens_per_word(processor, sample)
   print(json.dumps({"vocabulary": str(path), "pieces": size, "model_type": args.model_type,
                     "tokens_per_word": round(per_word, 2), "datasets": datasets}))
   if size < _SMALL_SHARE * args.vocab_size and per_word > _TOKENS_PER_WORD and \
