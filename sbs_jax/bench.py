@@ -217,6 +217,14 @@ IMPLS = ("sbs_jax", "hf_reference")
 _REPLY = "@@sbs-bench-worker "  # marks the worker's answers on its stdout
 
 
+_START = time.monotonic()
+
+
+def _progress(message: str) -> None:
+  """One stderr line with the seconds since start: where a run killed by a timeout was."""
+  print(f"[sbs bench +{time.monotonic() - _START:.0f}s] {message}", file=sys.stderr, flush=True)
+
+
 def timings(makers: list, args):
   """Yields the info of each (maker, steps) with `seconds`: the median of `rounds` rounds.
 
@@ -241,7 +249,9 @@ def timings(makers: list, args):
   elif rounds <= 1:
     results = {}
     for i in reversed(range(len(makers))):
+      _progress(f"{IMPLS[i]}, batch {args.current_batch}: preparing (compile + warmup)")
       info, run = makers[i][0]()
+      _progress(f"{IMPLS[i]}, batch {args.current_batch}: timing {makers[i][1]} steps")
       results[i] = result(info, [run(makers[i][1])])
       del run  # free this side's memory before the next one starts
       if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
@@ -326,12 +336,26 @@ def environment(impl: str) -> dict:
           "torch_threads": torch.get_num_threads()}
 
 
+# Below this share of the analytic matmul count, a measured count is not of the whole step.
+UNDERCOUNT = 0.5
+
+
 def rates(seconds: float, steps: int, stats: dict, flops: float | None, analytic: float,
           peak: float | None) -> dict:
-  """Throughputs, achieved TFLOP/s and MFU of `steps` steps that took `seconds`."""
+  """Throughputs, achieved TFLOP/s and MFU of `steps` steps that took `seconds`.
+
+  A measured count (`flops`) under UNDERCOUNT of the analytic one gives no `tflops_per_s`
+  or `mfu` but a `flops_note`: XLA:GPU's cost analysis leaves out the matmuls it hands to
+  cuBLAS (an H200 counted 2.1 of base's 13.8 TFLOP per step), and an MFU from it is wrong.
+  """
   step_s = seconds / steps
   out = {"step_s": round(step_s, 4), "examples_per_s": round(stats["examples"] / seconds, 3),
          "target_tokens_per_s": round(stats["target_tokens"] / seconds, 1)}
+  if flops and analytic and flops < UNDERCOUNT * analytic:
+    out["flops_note"] = (f"the measured FLOP count is {flops / analytic:.0%} of the analytic "
+                         "matmul count, so it misses part of the step (XLA:GPU leaves out "
+                         "cuBLAS matmuls): use tflops_per_s_analytic and mfu_analytic")
+    flops = None
   for suffix, value in (("", flops), ("_analytic", analytic)):
     if value:
       out[f"tflops_per_s{suffix}"] = round(value / step_s / 1e12, 4)

@@ -59,6 +59,17 @@ def test_xla_flops_are_close_to_the_analytic_count():
   assert analytic / 3 < got["flops_per_step_xla"] < analytic * 3
 
 
+def test_an_undercounted_flop_measure_gives_no_mfu():
+  stats = {"examples": 64, "target_tokens": 4608}
+  # As an H200 measured base: XLA:GPU counted 2.13 of 13.79 TFLOP (cuBLAS matmuls left out).
+  got = bench.rates(0.752, 10, stats, 2.13e12, 13.79e12, 989)
+  assert "mfu" not in got and "tflops_per_s" not in got and "15%" in got["flops_note"]
+  assert got["mfu_analytic"] == pytest.approx(13.79e12 / 0.0752 / 1e12 / 989, abs=1e-4)
+  whole = bench.rates(0.752, 10, stats, 14.0e12, 13.79e12, 989)  # a count of the whole step
+  assert "flops_note" not in whole
+  assert whole["mfu"] == pytest.approx(14.0e12 / 0.0752 / 1e12 / 989, abs=1e-4)
+
+
 def test_synthetic_command_prints_one_line(capsys):
   lines = run(capsys, "--size", "tiny", "--batch", "2", "--input_len", "16", "--label_len",
               "2", "--rationale_len", "8", "--steps", "1", "--peak_tflops", "1")
