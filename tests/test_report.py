@@ -25,7 +25,7 @@ def _settings(tmp_path, dataset="marbles"):
           "bindings": ["TRAIN_STEPS=10"]}
 
 
-def _write_cell(sweep_dir, settings, cell, test, finished=True):
+def _write_cell(sweep_dir, settings, cell, test, finished=True, length_check=None):
   cell_dir = sweep_dir / cell.name
   cell_dir.mkdir(parents=True)
   sweep.cell_file(sweep_dir, cell, ".json").parent.mkdir(exist_ok=True)
@@ -38,7 +38,8 @@ def _write_cell(sweep_dir, settings, cell, test, finished=True):
   if finished:
     (cell_dir / "results.json").write_text(json.dumps(
         {"best_step": 3, "validation": {"accuracy": test - 1.0},
-         "test": {"accuracy": test, "examples": 100}}))
+         "test": {"accuracy": test, "examples": 100},
+         **({"length_check": length_check} if length_check else {})}))
 
 
 @pytest.fixture
@@ -85,6 +86,28 @@ def test_mean_std():
   assert report.mean_std([10.0, 20.0, 30.0]) == (20.0, 10.0)
   assert report.mean_std([5.0]) == (5.0, None)
   assert report.mean_std([]) == (None, None)
+
+
+def test_cut_training_rows_are_shown_per_cell(tmp_path):
+  settings = _settings(tmp_path)
+  out = tmp_path / "sweep"
+  sweep.record_sweep(out, settings, GRID)
+  checks = {"distill_llm-f100-s1": {"marbles_paired": {"checked": 400, "cut": 30,
+                                                       "parts_cut": 30}},
+            "standard_finetuning-f100-s1": {"marbles_gt": {"checked": 400, "cut": 0,
+                                                           "parts_cut": 0}}}
+  for cell in sweep.cells(GRID):
+    tasks = checks.get(cell.name)
+    _write_cell(out, settings, cell, TEST_ACC[(cell.method, cell.fraction)][cell.seed],
+                length_check={"task_feature_lengths": {"inputs": 80, "targets": 32},
+                              "tasks": tasks} if tasks else None)
+  assert _report(out) == 0
+  md = (out / "results.md").read_text()
+  row = lambda name: next(l for l in md.splitlines() if l.startswith(f"| {name} |"))
+  assert row("distill_llm-f100-s1").endswith("| 30 of 400 (7.5%) |")
+  assert row("standard_finetuning-f100-s1").endswith("| 0 of 400 |")
+  assert row("distill_llm-f100-s0").endswith("| - |")  # no length check in its results
+  assert "Cells whose training rows were cut (1): distill_llm-f100-s1;" in md
 
 
 def test_half_finished_sweep_reports_what_it_has(tmp_path):

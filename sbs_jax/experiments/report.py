@@ -203,6 +203,24 @@ def group(cells: list[CellResult], metric: str) -> list[Group]:
   return list(groups.values())
 
 
+def cut_rows(results: dict | None) -> tuple[int, int] | None:
+  """(cut, checked) training examples of a cell's length check, over its tasks; None for a
+  cell without one (not finished, or trained before the check existed)."""
+  check = (results or {}).get("length_check")
+  if not check or not check.get("tasks"):
+    return None
+  tasks = check["tasks"].values()
+  return sum(t["cut"] for t in tasks), sum(t["checked"] for t in tasks)
+
+
+def _cut(results: dict | None) -> str:
+  got = cut_rows(results)
+  if got is None:
+    return "-"
+  cut, checked = got
+  return f"{cut:,} of {checked:,}" + (f" ({100 * cut / checked:.1f}%)" if cut else "")
+
+
 def _pct(mean: float | None, std: float | None) -> str:
   if mean is None:
     return "-"
@@ -228,12 +246,18 @@ def write_markdown(path, record: dict, cells: list[CellResult], metric: str,
     lines.append(f"| {g.method} | {g.fraction:g}% | {g.size or '-'} | "
                  f"{len(g.best_steps)}/{g.seeds} | {_pct(*mean_std(g.test))} | "
                  f"{_pct(*mean_std(g.validation))} | {steps} |")
-  lines += ["", "## Cells", "", "| cell | status | best step | validation | test |",
-            "|---|---|---:|---:|---:|"]
+  lines += ["", "## Cells", "", "Cut rows: training examples that the feature lengths cut "
+            "(they lose their ends, EOS included), of those the trainer checked.", "",
+            "| cell | status | best step | validation | test | cut rows |",
+            "|---|---|---:|---:|---:|---:|"]
   for c in cells:
     val, test = c.metric("validation", metric), c.metric("test", metric)
     lines.append(f"| {c.cell.name} | {c.status} | {(c.results or {}).get('best_step', '-')} "
-                 f"| {_pct(val, None)} | {_pct(test, None)} |")
+                 f"| {_pct(val, None)} | {_pct(test, None)} | {_cut(c.results)} |")
+  cut = [c.cell.name for c in cells if (cut_rows(c.results) or (0, 0))[0]]
+  if cut:
+    lines += ["", f"Cells whose training rows were cut ({len(cut)}): " + ", ".join(cut) +
+              "; their results hold `length_check` per task."]
   missing = [c.cell.name for c in cells if c.status != "done"]
   if missing:
     lines += ["", f"Not finished ({len(missing)}): " + ", ".join(missing)]
