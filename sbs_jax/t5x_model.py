@@ -17,14 +17,20 @@ Our trainer never imports this module; T5X's gin files do, through those gin fil
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
+import types
 from typing import Mapping, Optional
 
+from absl import logging
 from clu import metrics as clu_metrics
+import gin
 import jax
 import jax.numpy as jnp
 from t5x import models
 
+from sbs_jax.data import lengths as lengths_lib
 from sbs_jax.data.features import DistillFeatureConverter
 from sbs_jax.errors import SbsError
 from sbs_jax.train import loss as loss_lib
@@ -39,6 +45,57 @@ def check_alpha(alpha) -> None:
     raise ValueError(f"DistillModel alpha = {alpha!r} is out of range: it must be a number "
                      "between 0 and 1 (the label loss's weight; 1 - alpha weighs the "
                      "rationale loss); fix the binding of DistillModel.alpha in the gin file")
+
+
+T5X_FLAGS = {"lengths": "TASK_FEATURE_LENGTHS",
+             "share": "t5x_model.DistillModel.max_truncated_share"}
+
+
+def _query(name: str, default=None):
+  try:
+    return gin.query_parameter(name)
+  except (ValueError, KeyError):
+    return default
+
+
+def under_t5x_train() -> bool:
+  """True in `python -m t5x.train` (its module is __main__), where training data is read."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  return getattr(spec, "name", None) == "t5x.train"
+
+
+def check_training_lengths(max_truncated_share: float, length_check_examples: int) -> dict:
+  """`sbs train`'s length check on T5X's training data, from the gin config T5X parsed.
+
+  SeqIO trims every feature to TASK_FEATURE_LENGTHS before the converter sees it, so a
+  cut row loses its end (a paired row its explain part's EOS) without a word. This counts
+  the cut rows of %MIXTURE_OR_TASK_NAME's training split, logs the count and refuses over
+  `max_truncated_share`, naming the lengths that fit; {} where the config names no
+  mixture or lengths.
+  """
+  name = _query("%MIXTURE_OR_TASK_NAME")
+  lengths = _query("%TASK_FEATURE_LENGTHS")
+  if not isinstance(name, str) or not isinstance(lengths, Mapping):
+    return {}
+  module = _query("%MIXTURE_OR_TASK_MODULE")
+  if isinstance(module, str) and module:
+    importlib.import_module(module)
+  split = _query("train/utils.DatasetConfig.split") or "train"
+  if not (0.0 <= max_truncated_share <= 1.0 and length_check_examples >= 1):
+    raise SbsError(f"DistillModel max_truncated_share = {max_truncated_share} (a share in "
+                   f"[0, 1]) or length_check_examples = {length_check_examples} (1 or "
+                   "more) is out of range: fix its binding in the gin file")
+  cfg = types.SimpleNamespace(
+      mixture_or_task=name, train_split=split,
+      task_feature_lengths={k: int(v) for k, v in lengths.items()},
+      max_truncated_share=max_truncated_share, length_check_examples=length_check_examples)
+  report = lengths_lib.check_lengths(cfg, T5X_FLAGS)
+  note = lengths_lib.length_note(report, T5X_FLAGS) or (
+      f"length check: TASK_FEATURE_LENGTHS = {dict(cfg.task_feature_lengths)} cut none of "
+      f"{sum(r['checked'] for r in report.values()):,} checked training examples of {name}")
+  logging.info("sbs %s", note)
+  print(f"sbs {note}", file=sys.stderr, flush=True)
+  return report
 
 
 class FeatureConverter(DistillFeatureConverter):
@@ -60,8 +117,17 @@ class DistillModel(models.EncoderDecoderModel):
   FEATURE_CONVERTER_CLS = FeatureConverter
 
   def __init__(self, module, input_vocabulary, output_vocabulary, optimizer_def,
-               alpha: float = 0.5, **kwargs):
+               alpha: float = 0.5, max_truncated_share: float = 0.5,
+               length_check_examples: int = 5000, **kwargs):
+    """`max_truncated_share`, `length_check_examples`: `sbs train`'s length check
+    (DataConfig's fields of those names), run in `python -m t5x.train` only."""
     check_alpha(alpha)
+    if under_t5x_train():
+      try:
+        check_training_lengths(max_truncated_share, length_check_examples)
+      except SbsError as e:  # one line, not a traceback through gin and absl
+        print(f"sbs: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     network_vocab = getattr(getattr(module, "config", None), "vocab_size", None)
     for name, vocabulary in (("input", input_vocabulary), ("output", output_vocabulary)):
       if network_vocab is not None and vocabulary.vocab_size > network_vocab:

@@ -205,6 +205,31 @@ def test_t5x_train_continues_the_student_with_each_family_gin(chain, annotated, 
   assert (t5x_dir / "checkpoint_5").is_dir()
 
 
+def test_t5x_train_counts_cut_rows_and_refuses_lengths_that_cut_most(chain, annotated):
+  """SeqIO trims rows to TASK_FEATURE_LENGTHS before T5X sees them; our model gin counts
+  the cut training rows under t5x.train, as `sbs train` does, and refuses most cut."""
+  assert "sbs length check: TASK_FEATURE_LENGTHS" in chain["train_log"] or (
+      "sbs note: TASK_FEATURE_LENGTHS (or paired part caps) cut" in chain["train_log"])
+  t5x_dir = chain["root"] / "t5x_cut"
+  proc = subprocess.run(
+      [sys.executable, "-m", "t5x.train", f"--gin_search_paths={T5X_ROOT},{REPO}",
+       "--gin_file=t5x/configs/runs/finetune.gin",
+       "--gin_file=gin_configs/t5x/distill_llm.gin", f"--gin_file={chain['model_gin']}",
+       f"--gin.MODEL_DIR='{t5x_dir}'",
+       f"--gin.INITIAL_CHECKPOINT_PATH='{chain['exported']['checkpoint']}'",
+       "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=4",
+       "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+       f"--gin.vocab.annotation_dir.path='{annotated}'"],
+      capture_output=True, text=True, timeout=600, cwd=REPO,
+      env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("sbs: TASK_FEATURE_LENGTHS = {\"inputs\": 64, \"targets\": 16} cut ")
+  assert "--gin.TASK_FEATURE_LENGTHS='{\"inputs\": " in last
+  assert "--gin.t5x_model.DistillModel.max_truncated_share=1.0" in last
+  assert "Traceback" not in proc.stderr and not (t5x_dir / "checkpoint_1").exists()
+
+
 @gin.configurable("sbs_test_t5x_model")
 def _configured_model(model=gin.REQUIRED):
   return model

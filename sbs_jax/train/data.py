@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Iterator
 
 import jax
 import numpy as np
 import seqio
-import tensorflow as tf
 
 from sbs_jax.data.features import DistillFeatureConverter
+# The length check lives apart (no gin configurables), for T5X's process too.
+from sbs_jax.data.lengths import OUR_FLAGS, check_lengths, length_note, tasks_of  # noqa: F401
 from sbs_jax.errors import SbsError
 from sbs_jax.train.config import DataConfig
 from sbs_jax.train.state import BATCH_KEYS
@@ -43,10 +43,7 @@ _FIX_TRAIN = ("annotate more examples (sbs annotate), or use a larger DataConfig
               "(train, train_50, train_25, train_12.5)")
 
 
-def _tasks_of(name: str) -> list:
-  """The tasks of a task or mixture."""
-  task = seqio.get_mixture_or_task(name)
-  return list(task.tasks) if isinstance(task, seqio.Mixture) else [task]
+_tasks_of = tasks_of
 
 
 def check_train_split(cfg: DataConfig) -> None:
@@ -59,66 +56,6 @@ def check_train_split(cfg: DataConfig) -> None:
       dataset = getattr(task.source, "dataset", task.name)
       raise SbsError(f"dataset {dataset}: split {cfg.train_split!r} has no examples for "
                      f"{task.name}: " + _FIX_TRAIN)
-
-
-def _fitting(length: int) -> int:
-  """A row length that holds `length` tokens, rounded up to a multiple of 8."""
-  return -(-length // 8) * 8
-
-
-def check_lengths(cfg: DataConfig) -> dict:
-  """Counts the training examples that `task_feature_lengths` (or a paired example's part
-  caps) cut, over the first `length_check_examples` of each task of the mixture.
-
-  A cut example loses its end (a paired one, its explain part's end and EOS), which the
-  student then learns; so every cut is counted (returned, and reported by the trainer),
-  and a share over `max_truncated_share` is refused with the lengths that fit.
-  """
-  lengths = cfg.task_feature_lengths
-  report = {}
-  for task in _tasks_of(cfg.mixture_or_task):
-    ds = task.get_dataset(sequence_length=None, split=cfg.train_split, shuffle=False,
-                          num_epochs=1).take(cfg.length_check_examples)
-    ds = ds.map(lambda ex: (tf.size(ex["inputs"]), tf.size(ex["targets"]),
-                            tf.cast(ex.get("parts_cut", 0), tf.int32)),
-                num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
-    checked = cut = parts_cut = 0
-    longest = {"inputs": 0, "targets": 0}
-    for inputs, targets, parts in ds.as_numpy_iterator():
-      checked += len(inputs)
-      parts_cut += int((parts > 0).sum())
-      cut += int(((parts > 0) | (inputs > lengths["inputs"]) |
-                  (targets > lengths["targets"])).sum())
-      longest = {"inputs": max(longest["inputs"], int(inputs.max())),
-                 "targets": max(longest["targets"], int(targets.max()))}
-    report[task.name] = {"checked": checked, "cut": cut, "parts_cut": parts_cut,
-                         "longest": longest}
-  for name, r in report.items():
-    if r["checked"] and r["cut"] / r["checked"] > cfg.max_truncated_share:
-      fit = {k: max(lengths[k], _fitting(v)) for k, v in r["longest"].items()}
-      why = (f"the lengths that fit every checked row: "
-             f"--gin.DataConfig.task_feature_lengths='{json.dumps(fit)}'"
-             if r["cut"] > r["parts_cut"] else
-             "its paired parts are longer than their caps (tasks.registry.PART_LENGTHS)")
-      raise SbsError(
-          f"DataConfig.task_feature_lengths = {json.dumps(lengths)} cut {r['cut']:,} of "
-          f"{r['checked']:,} checked training examples of {name} "
-          f"({100 * r['cut'] / r['checked']:.0f}%, over DataConfig.max_truncated_share = "
-          f"{cfg.max_truncated_share:g}; longest: inputs {r['longest']['inputs']}, targets "
-          f"{r['longest']['targets']} tokens): {why}, or allow the cut with "
-          "--gin.DataConfig.max_truncated_share=1.0")
-  return report
-
-
-def length_note(report: dict) -> str | None:
-  """One line on the cut training examples of `check_lengths`' report; None if none."""
-  cut = {name: r for name, r in report.items() if r["cut"]}
-  if not cut:
-    return None
-  parts = "; ".join(f"{name}: {r['cut']:,} of {r['checked']:,} checked "
-                    f"({100 * r['cut'] / r['checked']:.1f}%)" for name, r in cut.items())
-  return (f"note: DataConfig.task_feature_lengths (or paired part caps) cut training "
-          f"examples, which lose their ends: {parts}")
 
 
 @dataclasses.dataclass

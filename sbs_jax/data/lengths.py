@@ -1,0 +1,91 @@
+"""The length check: how many training rows `task_feature_lengths` cut, refused over a share.
+
+SeqIO trims every feature to its length; a cut row loses its end (a paired row, its explain
+part's end and EOS), and the student learns the cut. `sbs train` (sbs_jax/train/loop.py) and
+T5X under our gin files (sbs_jax/t5x_model.py) both run this check before training. This
+module registers no gin configurables, so T5X can import it after its config is locked.
+"""
+
+from __future__ import annotations
+
+import json
+
+import seqio
+import tensorflow as tf
+
+from sbs_jax.errors import SbsError
+
+
+def tasks_of(name: str) -> list:
+  """The tasks of a task or mixture."""
+  task = seqio.get_mixture_or_task(name)
+  return list(task.tasks) if isinstance(task, seqio.Mixture) else [task]
+
+
+def _fitting(length: int) -> int:
+  """A row length that holds `length` tokens, rounded up to a multiple of 8."""
+  return -(-length // 8) * 8
+
+
+# The gin bindings a refusal names: `sbs train`'s, or (sbs_jax/t5x_model.py) T5X's.
+OUR_FLAGS = {"lengths": "DataConfig.task_feature_lengths",
+             "share": "DataConfig.max_truncated_share"}
+
+
+def check_lengths(cfg, flags: dict | None = None) -> dict:
+  """Counts the training examples that `task_feature_lengths` (or a paired example's part
+  caps) cut, over the first `length_check_examples` of each task of the mixture. `cfg`:
+  a DataConfig, or anything with its fields mixture_or_task, train_split,
+  task_feature_lengths, max_truncated_share and length_check_examples.
+
+  A cut example loses its end (a paired one, its explain part's end and EOS), which the
+  student then learns; so every cut is counted (returned, and reported by the trainer),
+  and a share over `max_truncated_share` is refused with the lengths that fit, named as
+  the gin bindings in `flags` (default OUR_FLAGS) set them.
+  """
+  flags = flags or OUR_FLAGS
+  lengths = cfg.task_feature_lengths
+  report = {}
+  for task in tasks_of(cfg.mixture_or_task):
+    ds = task.get_dataset(sequence_length=None, split=cfg.train_split, shuffle=False,
+                          num_epochs=1).take(cfg.length_check_examples)
+    ds = ds.map(lambda ex: (tf.size(ex["inputs"]), tf.size(ex["targets"]),
+                            tf.cast(ex.get("parts_cut", 0), tf.int32)),
+                num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+    checked = cut = parts_cut = 0
+    longest = {"inputs": 0, "targets": 0}
+    for inputs, targets, parts in ds.as_numpy_iterator():
+      checked += len(inputs)
+      parts_cut += int((parts > 0).sum())
+      cut += int(((parts > 0) | (inputs > lengths["inputs"]) |
+                  (targets > lengths["targets"])).sum())
+      longest = {"inputs": max(longest["inputs"], int(inputs.max())),
+                 "targets": max(longest["targets"], int(targets.max()))}
+    report[task.name] = {"checked": checked, "cut": cut, "parts_cut": parts_cut,
+                         "longest": longest}
+  for name, r in report.items():
+    if r["checked"] and r["cut"] / r["checked"] > cfg.max_truncated_share:
+      fit = {k: max(lengths[k], _fitting(v)) for k, v in r["longest"].items()}
+      why = (f"the lengths that fit every checked row: "
+             f"--gin.{flags['lengths']}='{json.dumps(fit)}'"
+             if r["cut"] > r["parts_cut"] else
+             "its paired parts are longer than their caps (tasks.registry.PART_LENGTHS)")
+      raise SbsError(
+          f"{flags['lengths']} = {json.dumps(lengths)} cut {r['cut']:,} of "
+          f"{r['checked']:,} checked training examples of {name} "
+          f"({100 * r['cut'] / r['checked']:.0f}%, over {flags['share']} = "
+          f"{cfg.max_truncated_share:g}; longest: inputs {r['longest']['inputs']}, targets "
+          f"{r['longest']['targets']} tokens): {why}, or allow the cut with "
+          f"--gin.{flags['share']}=1.0")
+  return report
+
+
+def length_note(report: dict, flags: dict | None = None) -> str | None:
+  """One line on the cut training examples of `check_lengths`' report; None if none."""
+  cut = {name: r for name, r in report.items() if r["cut"]}
+  if not cut:
+    return None
+  parts = "; ".join(f"{name}: {r['cut']:,} of {r['checked']:,} checked "
+                    f"({100 * r['cut'] / r['checked']:.1f}%)" for name, r in cut.items())
+  return (f"note: {(flags or OUR_FLAGS)['lengths']} (or paired part caps) cut training "
+          f"examples, which lose their ends: {parts}")
