@@ -145,3 +145,50 @@ def test_the_check_reads_at_most_length_check_examples(annotated):
   report = check_lengths(_data(task, 48, 16, length_check_examples=50,
                                max_truncated_share=1.0))[task]
   assert report["checked"] == 50 and 25 < report["cut"] <= 50
+
+
+def test_fit_lengths_refuses_a_partial_check_and_packed_rows(annotated):
+  from sbs_jax.train.data import fitted_lengths
+  from sbs_jax.train.gin_check import ConfigError
+  task = "sbs_svamp_distill_llm_paired"
+  data = _data(task, 512, 256, length_check_examples=50, fit_lengths=True)
+  with pytest.raises(SbsError, match=r"read only the first 50 training examples of "
+                     f"{task}.*length_check_examples above"):
+    fitted_lengths(data, check_lengths(data))
+  whole = _data(task, 512, 256, fit_lengths=True)
+  report = check_lengths(whole)[task]
+  fit = fitted_lengths(whole, {task: report})
+  for key in ("inputs", "targets"):  # the longest row fits, at most 7 tokens of slack
+    assert report["longest"][key] <= fit[key] < report["longest"][key] + 8
+    assert fit[key] % 8 == 0
+  assert fitted_lengths(_data(task, 16, 256, fit_lengths=True),
+                        {task: report})["inputs"] == 16  # never beyond the configured
+  with pytest.raises(ConfigError, match="fit_lengths"):
+    config.DataConfig(mixture_or_task=task, pack=True, fit_lengths=True)
+
+
+def test_fit_lengths_trains_the_same_losses_on_shorter_rows(annotated, tmp_path):
+  """Padding is masked out: rows cut down to the longest example give the same losses."""
+  from tests.conftest import run_sbs
+  losses, results = {}, {}
+  for fit in (False, True):
+    model_dir = tmp_path / f"fit_{fit}"
+    done = run_sbs("train", "--gin_file=experiments/svamp_distill_llm.gin",
+                   "--gin_file=overlays/tiny_cpu.gin", f"--gin.MODEL_DIR='{model_dir}'",
+                   "--gin.MIXTURE_OR_TASK_NAME='sbs_svamp_distill_llm_paired'",
+                   "--gin.DataConfig.pack=False", "--gin.TRAIN_STEPS=3",
+                   "--gin.DataConfig.task_feature_lengths={'inputs': 512, 'targets': 256}",
+                   f"--gin.DataConfig.fit_lengths={fit}", "--gin.EvalConfig.every=3",
+                   "--gin.EvalConfig.max_examples=4", "--gin.EvalConfig.max_test_examples=4",
+                   "--gin.TrainConfig.log_every=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("fit_lengths: rows of" in done.stderr) == fit
+    lines = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    losses[fit] = [l["loss"] for l in lines if l.get("split") == "train"]
+    results[fit] = json.loads((model_dir / "results.json").read_text())["length_check"]
+  assert len(losses[True]) == 3
+  assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+  fitted = results[True]["fitted_lengths"]
+  assert fitted["inputs"] < 512 and fitted["targets"] < 256
+  assert results[True]["task_feature_lengths"] == {"inputs": 512, "targets": 256}
+  assert "fitted_lengths" not in results[False]

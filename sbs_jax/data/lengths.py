@@ -89,3 +89,19 @@ def length_note(report: dict, flags: dict | None = None) -> str | None:
                     f"({100 * r['cut'] / r['checked']:.1f}%)" for name, r in cut.items())
   return (f"note: {(flags or OUR_FLAGS)['lengths']} (or paired part caps) cut training "
           f"examples, which lose their ends: {parts}")
+
+
+def fitted_lengths(cfg, report: dict) -> dict:
+  """`cfg.task_feature_lengths` cut down to the longest checked training example of every
+  task (a multiple of 8), for DataConfig.fit_lengths. Refuses when the check did not read a
+  task's whole split: a longer row beyond it would then be cut."""
+  partial = [name for name, r in report.items() if r["checked"] >= cfg.length_check_examples]
+  if partial:
+    raise SbsError(
+        f"DataConfig.fit_lengths: the length check read only the first "
+        f"{cfg.length_check_examples:,} training examples of {', '.join(partial)}, so a "
+        "longer one may follow; raise --gin.DataConfig.length_check_examples above the "
+        "split's size, or set --gin.DataConfig.fit_lengths=False")
+  lengths = cfg.task_feature_lengths
+  longest = {k: max((r["longest"][k] for r in report.values()), default=0) for k in lengths}
+  return {k: min(lengths[k], max(8, _fitting(longest[k]))) for k in lengths}

@@ -42,6 +42,12 @@ class DataConfig:
       starts. Every cut is counted and reported either way (1.0: allow any).
     length_check_examples: how many training examples of each task the length check
       tokenizes (the first of the split, in file order).
+    fit_lengths: unpacked rows only: pad rows to the longest training example (rounded up
+      to a multiple of 8, never beyond task_feature_lengths) instead of to
+      task_feature_lengths. Every row keeps all its tokens; less padding means a faster
+      step (a label-only row of 44 tokens need not pay for 96). The length check must have
+      read every training example of each task (the split holds fewer than
+      length_check_examples), else the run is refused.
   """
   mixture_or_task: str = gin.REQUIRED
   train_split: str = "train"
@@ -53,6 +59,7 @@ class DataConfig:
   seed: int = 0
   max_truncated_share: float = 0.5
   length_check_examples: int = 5000
+  fit_lengths: bool = False
 
   def __post_init__(self):
     check_fields(self)
@@ -61,6 +68,9 @@ class DataConfig:
                 "between 0 and 1")
     check_range(self, "length_check_examples", self.length_check_examples >= 1,
                 "at least 1")
+    check_range(self, "fit_lengths", not (self.fit_lengths and self.pack),
+                "False with pack = True (packing fills each row to task_feature_lengths; "
+                "fit_lengths is for unpacked rows)")
     lengths = self.task_feature_lengths
     if (set(lengths) != {"inputs", "targets"} or
         not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1

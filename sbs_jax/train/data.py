@@ -11,7 +11,8 @@ import seqio
 
 from sbs_jax.data.features import DistillFeatureConverter
 # The length check lives apart (no gin configurables), for T5X's process too.
-from sbs_jax.data.lengths import OUR_FLAGS, check_lengths, length_note, tasks_of  # noqa: F401
+from sbs_jax.data.lengths import (OUR_FLAGS, check_lengths, fitted_lengths,  # noqa: F401
+                                  length_note, tasks_of)
 from sbs_jax.errors import SbsError
 from sbs_jax.train.config import DataConfig
 from sbs_jax.train.state import BATCH_KEYS

@@ -3,6 +3,7 @@ the step loop, the final test evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -24,8 +25,8 @@ from sbs_jax.train import evaluate as eval_lib
 from sbs_jax.train import gin_check
 from sbs_jax.train import run_dir
 from sbs_jax.train.config import TrainConfig
-from sbs_jax.train.data import (check_lengths, check_train_split, label_examples,
-                                 length_note, train_batches)
+from sbs_jax.train.data import (check_lengths, check_train_split, fitted_lengths,
+                                 label_examples, length_note, train_batches)
 from sbs_jax.train.metric_log import MetricLog
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.preemption import Preempted, PreemptionWatch
@@ -90,6 +91,15 @@ def train(cfg: TrainConfig, model_config: T5Config,
   note = length_note(lengths)
   if note and jax.process_index() == 0:
     print(note, file=sys.stderr, flush=True)
+  configured_lengths = cfg.data.task_feature_lengths
+  if cfg.data.fit_lengths:  # the rows' shape: what the data needs, nothing cut
+    fitted = fitted_lengths(cfg.data, lengths)
+    if jax.process_index() == 0:
+      print(f"fit_lengths: rows of {fitted['inputs']} input and {fitted['targets']} target "
+            f"tokens (task_feature_lengths {configured_lengths['inputs']} and "
+            f"{configured_lengths['targets']})", file=sys.stderr, flush=True)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, task_feature_lengths=fitted, fit_lengths=False))
   _check_selection_metric(label_task, cfg.eval.selection_metric)
   if cfg.initial_checkpoint and not tf.io.gfile.exists(
       f"{cfg.initial_checkpoint}/{ckpt.PARAMS_DIR}"):
@@ -109,7 +119,7 @@ def train(cfg: TrainConfig, model_config: T5Config,
       ckpt.write_gin_config(cfg.model_dir, absolute_paths(cfg, vocabulary_file))
       ckpt.write_model_info(cfg.model_dir, model_config, vocabulary_file, extra_ids,
                             label_prefix,
-                            max_input_length=cfg.data.task_feature_lengths["inputs"])
+                            max_input_length=configured_lengths["inputs"])
 
       # ---- State: resume from the newest intact checkpoint, else start (random or
       # imported).
@@ -141,7 +151,8 @@ def train(cfg: TrainConfig, model_config: T5Config,
           checkpoints.close()
         except Exception:  # pylint: disable=broad-except  # the first error is the one to tell
           log.debug("closing the checkpoint manager failed", exc_info=True)
-    return _final(cfg, student, label_task, vocabulary, validation, lengths)
+    return _final(cfg, student, label_task, vocabulary, validation,
+                  {"task_feature_lengths": configured_lengths, "tasks": lengths})
   except Exception as e:  # pylint: disable=broad-except  # matched by the whole chain below
     problem = storage_problem(e)
     if problem is None:
@@ -311,7 +322,7 @@ def _steps(cfg: TrainConfig, student, state, best: dict | None, label_task: str,
 
 
 def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation,
-           lengths: dict) -> dict:
+           length_check: dict) -> dict:
   """The best step's params on test; a few rationales to look at; results.json."""
   params, best = ckpt.load_params(cfg.model_dir, student.abstract_state["params"])
   results = {"model_dir": cfg.model_dir, "mixture_or_task": cfg.data.mixture_or_task,
@@ -332,8 +343,9 @@ def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation,
                          ("validation", VALIDATION_CAP, cfg.eval.max_examples,
                           results["validation"]),
                          ("test", TEST_CAP, cfg.eval.max_test_examples, results["test"]))}
-  results["length_check"] = {"task_feature_lengths": cfg.data.task_feature_lengths,
-                             "tasks": lengths}  # training examples cut, per task
+  results["length_check"] = length_check  # the lengths set, training examples cut per task
+  if cfg.data.task_feature_lengths != length_check["task_feature_lengths"]:
+    results["length_check"]["fitted_lengths"] = cfg.data.task_feature_lengths
   if results["test"] is not None and jax.process_index() == 0:
     print(eval_line(best["step"], "test", results["test"], TEST_CAP), file=sys.stderr)
   samples = validation.input_texts[:cfg.eval.rationale_samples]
