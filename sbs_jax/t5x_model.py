@@ -81,10 +81,6 @@ def check_training_lengths(max_truncated_share: float, length_check_examples: in
   if isinstance(module, str) and module:
     importlib.import_module(module)
   split = _query("train/utils.DatasetConfig.split") or "train"
-  if not (0.0 <= max_truncated_share <= 1.0 and length_check_examples >= 1):
-    raise SbsError(f"DistillModel max_truncated_share = {max_truncated_share} (a share in "
-                   f"[0, 1]) or length_check_examples = {length_check_examples} (1 or "
-                   "more) is out of range: fix its binding in the gin file")
   cfg = types.SimpleNamespace(
       mixture_or_task=name, train_split=split,
       task_feature_lengths={k: int(v) for k, v in lengths.items()},
@@ -122,6 +118,10 @@ class DistillModel(models.EncoderDecoderModel):
     """`max_truncated_share`, `length_check_examples`: `sbs train`'s length check
     (DataConfig's fields of those names), run in `python -m t5x.train` only."""
     check_alpha(alpha)
+    if not (0.0 <= max_truncated_share <= 1.0 and length_check_examples >= 1):
+      raise ValueError(f"DistillModel max_truncated_share = {max_truncated_share} (a share "
+                       f"in [0, 1]) or length_check_examples = {length_check_examples} (1 "
+                       "or more) is out of range: fix its binding in the gin file")
     if under_t5x_train():
       try:
         check_training_lengths(max_truncated_share, length_check_examples)

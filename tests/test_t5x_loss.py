@@ -73,6 +73,16 @@ def test_model_refuses_a_vocabulary_larger_than_the_network(setup):
     t5x_model.DistillModel(**dict(kwargs, output_vocabulary=Big()))
 
 
+@pytest.mark.parametrize("bad", [dict(max_truncated_share=1.5),
+                                 dict(max_truncated_share=-0.1),
+                                 dict(length_check_examples=0)])
+def test_model_refuses_length_check_settings_out_of_range(setup, bad):
+  """Checked in every T5X program, not only where t5x.train runs the check."""
+  _, _, kwargs, _ = setup
+  with pytest.raises(ValueError, match="out of range: fix its binding"):
+    t5x_model.DistillModel(**kwargs, **bad)
+
+
 def test_converter_takes_the_evaluators_lengths():
   """seqio's Evaluator passes a length for every output feature, `task` included."""
   examples = [{"inputs": [7, 8, 1], "targets": [3, 1], "task": [1]},
