@@ -4,6 +4,9 @@
 #
 #   bash launch/gpu_bench.sh            # install if needed, then run every benchmark
 #   bash launch/gpu_bench.sh --dry_run  # print the commands only
+#   ONLY="large_train base_infer" bash launch/gpu_bench.sh  # just these runs, in this order
+#
+# Runs (names for ONLY): base_train, base_infer, remat, large_train, large_infer, base_256, cqa.
 #
 # Runs `sbs bench` for T5 v1.1 base and large in bfloat16: ours vs --reference at batch
 # 64 and larger (the best batch is the one with the most examples_per_s), label-prediction
@@ -27,6 +30,15 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 
 DRY_RUN=0
+ALL_RUNS="base_train base_infer remat large_train large_infer base_256 cqa"
+ONLY=${ONLY:-$ALL_RUNS}
+for name in $ONLY; do
+  case " $ALL_RUNS " in
+    *" $name "*) ;;
+    *) echo "gpu_bench: unknown run '$name' in ONLY; the runs are: $ALL_RUNS" >&2; exit 2 ;;
+  esac
+done
+
 [ "${1:-}" = "--dry_run" ] && DRY_RUN=1
 OUT_DIR=${OUT:-./bench_out}
 RESULTS="$OUT_DIR/gpu_bench.jsonl"
@@ -106,18 +118,24 @@ remat() {  # SIZE: remat's memory saving, which XLA:CPU cannot show (compile onl
 # Most wanted first. Measured on a lent H200 (2026-12-04, jax 0.11.2): one base bf16 train
 # step compiles in 39 s, a process starts in ~15 s; large at batch 64 did not finish its
 # compile + reference in 150 s, hence the limits.
-bench 240 --size base --batch 64,128 --steps 10 --reference
-bench 180 --size base --batch 64 --steps 5 --inference --reference
-remat base
-bench 300 --size large --batch 64 --steps 5 --reference
-bench 180 --size large --batch 64 --steps 5 --inference --reference
-bench 200 --size base --batch 256 --steps 10 --reference
-ANN=${SBS_ANNOTATION_DIR:-runs/demo/annotations}
-VOCAB=${SBS_VOCAB:-runs/demo/vocab/spm.model}
-if [ -d "$ANN/cqa" ] && [ -f "$VOCAB" ]; then
-  SBS_ANNOTATION_DIR=$ANN SBS_VOCAB=$VOCAB bench 240 --size base --batch 64 --steps 5 \
-    --mixture sbs_cqa_distill_llm_paired --task_feature_lengths 1024,352 --reference
-else
-  echo "== skipped the CQA mixture run: no $ANN/cqa or $VOCAB (and it needs TensorFlow + SeqIO)"
-fi
+run_one() {  # NAME
+  case "$1" in
+    base_train) bench 240 --size base --batch 64,128 --steps 10 --reference ;;
+    base_infer) bench 180 --size base --batch 64 --steps 5 --inference --reference ;;
+    remat) remat base ;;
+    large_train) bench 300 --size large --batch 64 --steps 5 --reference ;;
+    large_infer) bench 180 --size large --batch 64 --steps 5 --inference --reference ;;
+    base_256) bench 200 --size base --batch 256 --steps 10 --reference ;;
+    cqa)
+      local ann=${SBS_ANNOTATION_DIR:-runs/demo/annotations}
+      local vocab=${SBS_VOCAB:-runs/demo/vocab/spm.model}
+      if [ -d "$ann/cqa" ] && [ -f "$vocab" ]; then
+        SBS_ANNOTATION_DIR=$ann SBS_VOCAB=$vocab bench 240 --size base --batch 64 --steps 5 \
+          --mixture sbs_cqa_distill_llm_paired --task_feature_lengths 1024,352 --reference
+      else
+        echo "== skipped the CQA mixture run: no $ann/cqa or $vocab (and it needs TensorFlow + SeqIO)"
+      fi ;;
+  esac
+}
+for name in $ONLY; do run_one "$name"; done
 echo "== done in $(( $(date +%s) - START ))s: $RESULTS"
