@@ -171,7 +171,7 @@ def formula_gib(record: dict) -> float | None:
   sys.path.insert(0, str(ROOT))
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no libtpu start-up for arithmetic
   from sbs_jax.errors import SbsError  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train.plan import plan_of_compiled  # pylint: disable=import-outside-toplevel
+  from sbs_jax.perf.plan import plan_of_compiled  # pylint: disable=import-outside-toplevel
   try:
     return plan_of_compiled(record, record["size"])["per_device_total_gib"]
   except SbsError:

@@ -63,15 +63,15 @@ class LaunchError(Exception):
 
 
 def _slices_module():
-  """`sbs_jax.train.tpu_slices` (what `sbs plan` knows of slices), from the installed
+  """`sbs_jax.perf.tpu_slices` (what `sbs plan` knows of slices), from the installed
   package or this checkout; None where neither imports (the launcher copied alone): then
   only the name's form is checked. tpu_slices needs the standard library only."""
   try:
-    from sbs_jax.train import tpu_slices  # pylint: disable=import-outside-toplevel
+    from sbs_jax.perf import tpu_slices  # pylint: disable=import-outside-toplevel
   except ImportError:
     sys.path.insert(0, str(REPO))
     try:
-      from sbs_jax.train import tpu_slices  # pylint: disable=import-outside-toplevel
+      from sbs_jax.perf import tpu_slices  # pylint: disable=import-outside-toplevel
     except ImportError:
       return None
     finally:
@@ -85,7 +85,7 @@ _OLD_SLICES = {"v2": (8, 512), "v3": (8, 2048)}
 
 def check_accelerator_type(value: str | None) -> None:
   """Refuses an accelerator type that is no Cloud TPU slice (v4-7), in one line: the
-  generations and sizes of `sbs plan` (sbs_jax/train/tpu_slices.py), and also the larger
+  generations and sizes of `sbs plan` (sbs_jax/perf/tpu_slices.py), and also the larger
   slices without a default shape that Cloud TPU makes of whole 4-chip hosts (v4-1536)."""
   if value is None:
     return

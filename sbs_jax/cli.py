@@ -22,16 +22,16 @@ COMMANDS = {
     "train": ("sbs_jax.train.command", "train a student with a gin config"),
     "eval": ("sbs_jax.train.command", "score a trained model dir's best params"),
     "predict": ("sbs_jax.serve.command", "labels (and rationales) for texts or a JSON Lines file"),
-    "plan": ("sbs_jax.train.plan", "per-device memory of a run on a mesh"),
+    "plan": ("sbs_jax.perf.plan", "per-device memory of a run on a mesh"),
     "import-hf": ("sbs_jax.convert.command", "an HF T5 checkpoint -> a model dir to train from"),
     "export-hf": ("sbs_jax.convert.command", "a trained model dir -> an HF T5 folder"),
     "import-t5x": ("sbs_jax.convert.t5x_command", "a T5X checkpoint -> a model dir"),
     "export-t5x": ("sbs_jax.convert.t5x_command", "a trained model dir -> a T5X checkpoint"),
-    "bench": ("sbs_jax.bench", "training / decoding throughput, FLOPs and MFU"),
+    "bench": ("sbs_jax.perf.bench", "training / decoding throughput, FLOPs and MFU"),
     "demo": ("sbs_jax.demo", "the main job, end to end on this machine"),
     "sweep": ("sbs_jax.experiments.sweep", "a grid of runs: methods x data x sizes x seeds"),
     "report": ("sbs_jax.experiments.report", "a sweep's results table and figures"),
-    "synthetic": ("sbs_jax.experiments.synthetic", "the controlled task and its teacher"),
+    "synthetic": ("sbs_jax.commands.synthetic", "the controlled task and its teacher"),
 }
 
 

@@ -20,6 +20,7 @@ import time
 
 from sbs_jax.errors import SbsError
 from sbs_jax.experiments import prepare, report, sweep, synthetic
+from sbs_jax.metrics import mean_std
 
 METHODS = ("standard_finetuning", "distill_llm")
 NAMES = {"standard_finetuning": "standard finetuning",
@@ -129,7 +130,7 @@ def main(args) -> int:
   print(f"{'':34}{'test accuracy':>14}   seeds")
   print(f"{'teacher (programmatic)':34}{teacher:>13.1f}%")
   for group in report.group(cells, "accuracy"):
-    mean, std = report.mean_std(group.test)
+    mean, std = mean_std(group.test)
     spread = f" ± {std:.1f}" if std is not None else ""
     print(f"{NAMES[group.method]:34}{mean:>13.1f}%{spread}   {len(group.test)}")
   print(f"\ntable:   {sweep_dir}/results.md\nfigures: {sweep_dir}/figures/ "

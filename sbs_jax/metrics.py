@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Sequence
 
 from sbs_jax import arith
@@ -38,3 +39,10 @@ def strip_postprocessor(output, example=None, is_target=False):
   if isinstance(output, bytes):
     output = output.decode("utf-8")
   return normalize(output)
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+  """Mean and sample standard deviation (None for no values / for one value)."""
+  if not values:
+    return None, None
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from sbs_jax.annotate import answer_formats, command, job as job_lib, parsers, records
+from sbs_jax.annotate import answer_formats, command, job as job_lib, parsers
+from sbs_jax.data import records
 from sbs_jax.data.readers import Example, cqa_input
 from sbs_jax.errors import DataError, SbsError
 from tests.test_annotate_replay import annotate_args

@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from sbs_jax.annotate import command, endpoint, records
+from sbs_jax import redact
+from sbs_jax.annotate import command, endpoint
+from sbs_jax.data import records
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.data import download_command, readers
 from sbs_jax.errors import SbsError
@@ -72,13 +74,13 @@ def one_line(stderr: str) -> str:
 
 
 def test_redact_url():
-  assert (endpoint.redact_url(f"http://user:{PASSWORD}@host:8/v1?api_key={URL_KEY}&x=1")
+  assert (redact.redact_url(f"http://user:{PASSWORD}@host:8/v1?api_key={URL_KEY}&x=1")
           == "http://user:***@host:8/v1?api_key=***&x=1")
-  assert endpoint.redact_url(f"https://{URL_KEY}@host/v1") == "https://***@host/v1"
-  assert endpoint.redact_url(f"https://host/v1?Key={URL_KEY}") == "https://host/v1?Key=***"
-  assert endpoint.redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+  assert redact.redact_url(f"https://{URL_KEY}@host/v1") == "https://***@host/v1"
+  assert redact.redact_url(f"https://host/v1?Key={URL_KEY}") == "https://host/v1?Key=***"
+  assert redact.redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
   text = f"failed for http://u:{PASSWORD}@h/v1 ({PASSWORD}, {KEY})"
-  shown = endpoint.redact_text(text, f"http://u:{PASSWORD}@h/v1", KEY)
+  shown = redact.redact_text(text, f"http://u:{PASSWORD}@h/v1", KEY)
   assert PASSWORD not in shown and KEY not in shown and "http://u:***@h/v1" in shown
 
 
@@ -186,10 +188,10 @@ def test_synthetic_teacher_port_in_use_or_out_of_range(busy_port):
   assert proc.returncode == 2
   line = one_line(proc.stderr)
   assert line.startswith("sbs synthetic: error: --port") and "another --port" in line
-  from sbs_jax.experiments import synthetic
+  from sbs_jax.commands import synthetic as synthetic_command
   for port in (-1, 65536):
     with pytest.raises(SbsError, match="out of range"):
-      synthetic.main(argparse.Namespace(action="teacher", port=port, error_rate=0.0))
+      synthetic_command.main(argparse.Namespace(action="teacher", port=port, error_rate=0.0))
 
 
 # ---------------------------------------------------------------- 5. the output dir

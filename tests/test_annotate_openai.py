@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from sbs_jax.annotate import prompts, records
+from sbs_jax.annotate import prompts
+from sbs_jax.data import records
 from sbs_jax.testing.fake_openai import GARBAGE_TEXT, FakeOpenAIServer
 from tests.conftest import REPO, run_sbs
 from tests.test_readers import write_jsonl

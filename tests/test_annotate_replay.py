@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from sbs_jax.annotate import command, job as job_lib, records
+from sbs_jax.annotate import command, job as job_lib
+from sbs_jax.data import records
 from sbs_jax.annotate.teachers import Completion, ReplayTeacher
 from sbs_jax.errors import SbsError
 from tests.conftest import run_sbs

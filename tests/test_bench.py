@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from sbs_jax import bench
+from sbs_jax.perf import bench, flops
 from sbs_jax.model.config import config_for
 from tests.conftest import run_sbs
 
@@ -54,7 +54,7 @@ def test_xla_flops_are_close_to_the_analytic_count():
   b = bench.synthetic_batch(4, 32, 4, 16, config.vocab_size)
   got, run = bench.prepare_ours(config, [b], [b])
   assert run(1) > 0
-  analytic = bench.analytic_flops(config, 4, 64, 20)
+  analytic = flops.analytic_flops(config, 4, 64, 20)
   assert got["flops_per_step_xla"] > 0 and math.isfinite(got["loss"])
   assert analytic / 3 < got["flops_per_step_xla"] < analytic * 3
 

@@ -10,7 +10,7 @@ import pytest
 import seqio
 
 import tasks
-from sbs_jax.annotate import records
+from sbs_jax.data import records
 from sbs_jax.errors import SbsError
 from tests.conftest import REPO, run_sbs
 from tests.test_readers import write_jsonl

@@ -367,7 +367,7 @@ def test_bench_checks_its_arguments(capsys, argv, message):
 
 
 def test_bench_that_fails_exits_non_zero_and_keeps_the_json(capsys, monkeypatch, tmp_path):
-  from sbs_jax import bench
+  from sbs_jax.perf import bench
 
   def broken(args, batch):
     raise RuntimeError(f"RESOURCE_EXHAUSTED: out of memory at batch {batch}\nmore")

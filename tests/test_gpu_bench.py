@@ -8,7 +8,7 @@ import argparse
 import shlex
 import subprocess
 
-from sbs_jax import bench
+from sbs_jax.perf import bench
 from tests.conftest import REPO
 
 
@@ -20,7 +20,7 @@ def _dry_run_commands():
 
 def test_every_bench_command_passes_the_argument_checks(tmp_path):
   commands = _dry_run_commands()
-  benches = [c[c.index("sbs_jax.bench") + 1:] for c in commands if "sbs_jax.bench" in c]
+  benches = [c[c.index("sbs_jax.perf.bench") + 1:] for c in commands if "sbs_jax.perf.bench" in c]
   assert len(benches) >= 5
   sizes = set()
   for argv in benches:

@@ -1,7 +1,7 @@
 """Reading optimized HLO text: collectives per execution (loops counted by their trip
 count) and the tile padding of entry parameters."""
 
-from sbs_jax.train import hlo_stats
+from sbs_jax.perf import hlo_stats
 
 # A hand-written program in the compiled text's form: an all-reduce in a loop body that
 # runs 3 times, an async all-gather outside it, a fused collective-permute.

@@ -83,7 +83,7 @@ def test_parts_over_their_caps_are_counted(tmp_path):
   lengths apply: counted as a cut example."""
   import seqio
   import tasks
-  from sbs_jax.annotate import records
+  from sbs_jax.data import records
   from sbs_jax.data import vocab as vocab_lib
   from sbs_jax.data.sources import _in_bucket
   rows, i = [], 0

@@ -10,7 +10,7 @@ from sbs_jax import cli
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import config_for
 from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
-from sbs_jax.train.plan import plan, plan_of_compiled
+from sbs_jax.perf.plan import plan, plan_of_compiled
 
 
 def run_config(dims=(1, 1), accum=1, batch=64):

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from sbs_jax.errors import SbsError
+from sbs_jax import metrics
 from sbs_jax.experiments import report, sweep
+from sbs_jax.model import config
 from tests.conftest import run_sbs
 
 GRID = {"methods": ["standard_finetuning", "distill_llm"], "fractions": [12.5, 100.0],
@@ -83,9 +85,9 @@ def test_table_has_one_row_per_cell_and_right_mean_std(sweep_dir):
 
 
 def test_mean_std():
-  assert report.mean_std([10.0, 20.0, 30.0]) == (20.0, 10.0)
-  assert report.mean_std([5.0]) == (5.0, None)
-  assert report.mean_std([]) == (None, None)
+  assert metrics.mean_std([10.0, 20.0, 30.0]) == (20.0, 10.0)
+  assert metrics.mean_std([5.0]) == (5.0, None)
+  assert metrics.mean_std([]) == (None, None)
 
 
 def test_cut_training_rows_are_shown_per_cell(tmp_path):
@@ -160,7 +162,7 @@ def test_several_sizes_draw_accuracy_vs_size(tmp_path):
   names = {p.name for p in figures.draw_all(out, record, cells, "accuracy", None)}
   assert {"accuracy_vs_size.png", "accuracy_vs_data-tiny.png",
           "accuracy_vs_data-small.png"} <= names
-  assert report.size_order("tiny") < report.size_order("small") < report.size_order("xyz")
+  assert config.size_order("tiny") < config.size_order("small") < config.size_order("xyz")
 
 
 def test_mixed_grids_are_refused(sweep_dir, tmp_path):

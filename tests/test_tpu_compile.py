@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from sbs_jax.bench import analytic_flops
+from sbs_jax.perf.flops import analytic_flops
 from sbs_jax.model.config import config_for
 from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
-from sbs_jax.train.plan import plan
+from sbs_jax.perf.plan import plan
 from tests.conftest import run_sbs
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,

@@ -3,7 +3,7 @@
 import pytest
 
 from sbs_jax.errors import SbsError
-from sbs_jax.train import tpu_slices
+from sbs_jax.perf import tpu_slices
 
 
 @pytest.mark.parametrize("name,topology,chips,hbm", [

@@ -302,7 +302,7 @@ def _record(i, rid):
 def tiny_dataset(annotated, tmp_path_factory):
   """3 train records, none in the validation carve (10%) nor in train_12.5."""
   import tasks  # pylint: disable=import-outside-toplevel
-  from sbs_jax.annotate import records  # pylint: disable=import-outside-toplevel
+  from sbs_jax.data import records  # pylint: disable=import-outside-toplevel
   from sbs_jax.data.sources import _in_bucket  # pylint: disable=import-outside-toplevel
   ids = []
   for n in range(1000):

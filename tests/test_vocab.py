@@ -51,7 +51,7 @@ def test_too_small_vocab_size_is_a_clear_error(tmp_path):
 def _synthetic_records(tmp_path, n=400):
   """Annotation records of the marked-selection task (a small, repetitive corpus)."""
   import random
-  from sbs_jax.annotate import records
+  from sbs_jax.data import records
   from sbs_jax.experiments import synthetic
   rng = random.Random(0)
   form = synthetic.Form("marked", "sum_last_digit")

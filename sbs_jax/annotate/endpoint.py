@@ -1,11 +1,8 @@
 """The teacher's endpoint: its URL checked and shown without secrets, and which API key (if
 any) it is sent.
 
-- `redact_url` is the one place a `--base_url` is made printable: credentials in it
-  (`user:secret@`) become `user:***@`, and the values of query parameters that carry
-  keys (`?key=`, `?api_key=`, `token`, ...) become `***`. Every message, log line and file
-  that names the teacher's URL goes through it; `redact_text` also replaces the URL's
-  secrets (and the API key) wherever they occur in a longer text.
+- Every message, log line and file that names the teacher's URL shows it through
+  `sbs_jax.redact` (credentials and key-carrying query values as `***`).
 - `choose_api_key` decides whether a key goes to the endpoint: OPENAI_API_KEY only to
   https://api.openai.com unless `--api_key_env` names a variable; a key over plain http
   only to this machine (localhost, 127.0.0.1, ::1) unless `--allow_http_key`.
@@ -19,81 +16,13 @@ import re
 import urllib.parse
 
 from sbs_jax.errors import SbsError
+from sbs_jax.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
 OPENAI_HOST = "api.openai.com"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-MASK = "***"
-# Query parameters whose values are secrets (compared in lower case, '-' as '_').
-SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "access_token", "token", "auth",
-                           "secret", "password", "sig", "signature", "code",
-                           "subscription_key", "x_api_key"})
-
-
-def _netloc_parts(url: str) -> tuple[str, str, str, str, str] | None:
-  """(scheme, userinfo, hostport, rest, fragment-less) split by hand, tolerant of URLs
-  urllib cannot parse; None when `url` has no `scheme://`."""
-  m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)$", url, re.S)
-  if not m:
-    return None
-  scheme, netloc, rest = m.groups()
-  userinfo, at, hostport = netloc.rpartition("@")
-  return scheme, userinfo if at else "", hostport, rest, at
-
-
-def _redact_query(rest: str) -> str:
-  def mask(m):
-    name = m.group(2)
-    if name.lower().replace("-", "_") in SECRET_PARAMS:
-      return f"{m.group(1)}{name}={MASK}"
-    return m.group(0)
-  return re.sub(r"([?&;])([^=&;#]+)=([^&;#]*)", mask, rest)
-
-
-def redact_url(url: str) -> str:
-  """`url` fit to print: `user:secret@` -> `user:***@` (a lone `token@` -> `***@`), and
-  secret query values -> `***`. Anything that is not a URL is returned with its
-  query-like secrets masked."""
-  url = str(url)
-  parts = _netloc_parts(url)
-  if parts is None:
-    return _redact_query(url)
-  scheme, userinfo, hostport, rest, at = parts
-  if at:
-    user, colon, _ = userinfo.partition(":")
-    userinfo = f"{user}:{MASK}" if colon and user else MASK
-    return f"{scheme}{userinfo}@{hostport}{_redact_query(rest)}"
-  return f"{scheme}{hostport}{_redact_query(rest)}"
-
-
-def url_secrets(url: str) -> list[str]:
-  """The secret parts of `url` (password or user token, secret query values), raw and
-  percent-decoded, longest first."""
-  url = str(url)
-  found = set()
-  parts = _netloc_parts(url)
-  if parts is not None and parts[4]:
-    user, colon, password = parts[1].partition(":")
-    found.add(password if colon else user)
-  for m in re.finditer(r"[?&;]([^=&;#]+)=([^&;#]*)", url):
-    if m.group(1).lower().replace("-", "_") in SECRET_PARAMS:
-      found.add(m.group(2))
-  found |= {urllib.parse.unquote(s) for s in found}
-  found |= {urllib.parse.unquote_plus(s) for s in found}
-  return sorted((s for s in found if s), key=len, reverse=True)
-
-
-def redact_text(text: str, url: str = "", api_key: str | None = None) -> str:
-  """`text` with the API key and the URL's secrets replaced by `***`, and the URL itself
-  (if present) in its redacted form."""
-  text = str(text)
-  if url:
-    text = text.replace(str(url), redact_url(url))
-  for secret in ([api_key] if api_key else []) + (url_secrets(url) if url else []):
-    text = text.replace(secret, MASK)
-  return text
 
 
 def check_base_url(base_url: str) -> urllib.parse.SplitResult:

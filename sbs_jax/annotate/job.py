@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from sbs_jax.annotate import records as records_lib
+from sbs_jax.data import records as records_lib
 from sbs_jax.annotate import stats as stats_lib
 from sbs_jax.annotate.parsers import Parsed
 from sbs_jax.annotate.prompts import Prompt

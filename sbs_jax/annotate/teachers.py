@@ -14,7 +14,7 @@ import json
 import random
 from typing import Protocol, Sequence
 
-from sbs_jax.annotate.endpoint import redact_text, redact_url
+from sbs_jax.redact import redact_text, redact_url
 from sbs_jax.data.readers import Example
 from sbs_jax.errors import TeacherError
 

@@ -21,7 +21,7 @@ import urllib.request
 import zipfile
 import zlib
 
-from sbs_jax.annotate.endpoint import redact_text
+from sbs_jax.redact import redact_text
 from sbs_jax.data import readers
 from sbs_jax.errors import DataError, SbsError
 

@@ -9,7 +9,7 @@ Splits:
                              where it has none (CQA, SVAMP), a deterministic 10% of train
     test                     for the final number only
 
-Each record is the annotation schema (`sbs_jax/annotate/records.py`) plus `evaluation`
+Each record is the annotation schema (`sbs_jax/data/records.py`) plus `evaluation`
 (1 on validation and test). Membership is decided per record from a hash of its id, so it does not depend on record
 order, sharding or the number of hosts.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import seqio
 import tensorflow as tf
 
-from sbs_jax.annotate import records as records_lib
+from sbs_jax.data import records as records_lib
 from sbs_jax.errors import DataError
 
 TRAIN_FRACTIONS = {"train": 1.0, "train_50": 0.5, "train_25": 0.25, "train_12.5": 0.125}

@@ -21,7 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-from sbs_jax.experiments import report  # pylint: disable=wrong-import-position
+from sbs_jax.metrics import mean_std  # pylint: disable=wrong-import-position
+from sbs_jax.model.config import size_order  # pylint: disable=wrong-import-position
 
 _STYLE = {"standard_finetuning": ("tab:blue", "s"), "standard_distillation": ("tab:green", "^"),
           "distill_gt": ("tab:orange", "D"), "distill_llm": ("tab:red", "o")}
@@ -68,7 +69,7 @@ def _method_series(ax, cells, metric: str, x_of, methods: list[str]) -> None:
     if not points:
       continue
     xs = sorted(points)
-    stats = [report.mean_std(points[x]) for x in xs]
+    stats = [mean_std(points[x]) for x in xs]
     means = [m for m, _ in stats]
     stds = [s or 0.0 for _, s in stats]
     ax.plot(xs, means, color=color, marker=marker, label=_LABELS.get(method, method))
@@ -102,7 +103,7 @@ def accuracy_vs_data(out: pathlib.Path, record: dict, cells, metric: str,
 def accuracy_vs_size(out: pathlib.Path, record: dict, cells, metric: str,
                      teacher: float | None) -> list[pathlib.Path]:
   """Test accuracy against model size at the largest data percent."""
-  sizes = sorted(record["grid"]["sizes"], key=report.size_order)
+  sizes = sorted(record["grid"]["sizes"], key=size_order)
   top = max(record["grid"]["fractions"])
   fig, ax = plt.subplots(figsize=(6, 4))
   _method_series(ax, [c for c in cells if c.cell.fraction == top], metric,

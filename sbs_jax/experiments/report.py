@@ -21,14 +21,13 @@ import contextlib
 import csv
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import statistics
 
 from sbs_jax.errors import SbsError
 from sbs_jax.experiments import sweep as sweep_lib
-from sbs_jax.model.config import SIZES
+from sbs_jax.metrics import mean_std
 
 # The label metrics the trainer writes to results.json, percents (sbs_jax/metrics.py); a
 # task's own metric_fns may add other "*accuracy" ones, taken when the results hold them.
@@ -58,13 +57,6 @@ class CellResult:
     scores = (self.results or {}).get(split) or {}
     value = scores.get(name)
     return None if value is None else float(value)
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-  """Mean and sample standard deviation (None for no values / for one value)."""
-  if not values:
-    return None, None
-  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _check_cell_file(sweep_dir: pathlib.Path, record: dict, cell_file: pathlib.Path) -> None:
@@ -291,9 +283,3 @@ def main(args) -> int:
   print(f"\n{done}/{len(cells)} cells done; wrote {sweep_dir / 'results.csv'}, "
         f"{sweep_dir / 'results.md'} and {len(drawn)} figures in {sweep_dir / 'figures'}")
   return 0
-
-
-def size_order(size: str) -> float:
-  """Known sizes in parameter order (tiny < small < ... < xxl), others after."""
-  names = list(SIZES)
-  return names.index(size) if size in names else math.inf

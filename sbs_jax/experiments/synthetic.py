@@ -28,14 +28,12 @@ second count), as a real teacher would. What each form shows: docs/experiments.m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import pathlib
 import random
 import re
-import threading
 
 from sbs_jax import paths as paths_lib
 from sbs_jax.errors import SbsError
@@ -289,81 +287,7 @@ def teacher_server(error_rate: float = 0.0, port: int = 0) -> FakeOpenAIServer:
   return FakeOpenAIServer(answer_fn=lambda p: teacher_completion(p, error_rate), port=port)
 
 
-def form_of(args) -> Form:
-  return Form(args.form, args.op, args.people, args.max_count).check()
-
-
-def add_parser(subparsers) -> None:
-  p = subparsers.add_parser(
-      "synthetic", help="the controlled tasks: generate one, serve its teacher, prepare it",
-      description="The controlled experiments' tasks (docs/experiments.md): seeded word "
-      "problems and a programmatic chain-of-thought teacher behind the OpenAI API.")
-  actions = p.add_subparsers(dest="action", required=True)
-  common = argparse.ArgumentParser(add_help=False)
-  common.add_argument("--name", default="marbles", help="the dataset's name")
-  common.add_argument("--train", type=int, default=2000, help="train problems")
-  common.add_argument("--test", type=int, default=500, help="test problems")
-  common.add_argument("--seed", type=int, default=0)
-  common.add_argument("--form", default="lookup", choices=FORMS,
-                      help="lookup: the question names the two people (the control); "
-                      "marked: two facts are starred (default: %(default)s)")
-  common.add_argument("--op", default="sum", choices=OPS,
-                      help="what the label does with the two counts (default: %(default)s)")
-  common.add_argument("--people", type=int, default=4, help="people per problem")
-  common.add_argument("--max_count", type=int, default=9, help="counts are 1..max_count")
-  g = actions.add_parser("generate", parents=[common],
-                         help="write <out_dir>/{train,test}/<name>.jsonl")
-  g.add_argument("--out_dir", required=True)
-  t = actions.add_parser("teacher", help="serve the teacher on 127.0.0.1 until Ctrl-C "
-                         "(it answers every form)")
-  t.add_argument("--port", type=int, default=8000,
-                 help="1..65535, or 0 for any free one (default: %(default)s)")
-  t.add_argument("--error_rate", type=float, default=0.0,
-                 help="share of questions the teacher gets wrong (seeded by the text)")
-  i = actions.add_parser(
-      "inspect", help="score a student's own rationales (sbs predict --rationale output) "
-      "step by step", description="Percent of rows whose rationale states the two right "
-      "counts, does its arithmetic right on its own counts, reaches the right answer; and "
-      "of labels that agree with the student's own rationale, and with the gold label.")
-  i.add_argument("--predictions", required=True,
-                 help="sbs predict --rationale --output_file of the problems")
-  i.add_argument("--problems", required=True,
-                 help="the problems file it ran on (<out_dir>/data/test/<name>.jsonl)")
-  r = actions.add_parser("prepare", parents=[common],
-                         help="generate, annotate through the live teacher, build the vocab")
-  r.add_argument("--out_dir", required=True)
-  r.add_argument("--error_rate", type=float, default=0.0)
-  p.set_defaults(func=main, local_only=("out_dir",))
-
-
 def check_error_rate(rate: float) -> float:
   if not 0.0 <= rate <= 1.0:
     raise SbsError(f"--error_rate must be in [0, 1], got {rate:g}")
   return rate
-
-
-def main(args) -> int:
-  if args.action == "generate":
-    paths = generate(args.out_dir, args.name, args.train, args.test, args.seed,
-                     form=form_of(args))
-    print(json.dumps({split: str(path) for split, path in paths.items()}))
-  elif args.action == "inspect":
-    print(json.dumps(inspect(args.predictions, args.problems)))
-  elif args.action == "teacher":
-    from sbs_jax.testing.fake_openai import PortError  # pylint: disable=import-outside-toplevel
-    try:
-      server = teacher_server(check_error_rate(args.error_rate), args.port).start()
-    except PortError as e:
-      raise SbsError(str(e)) from None
-    print(f"teacher at {server.url} (model {TEACHER_MODEL}); Ctrl-C stops it", flush=True)
-    try:
-      threading.Event().wait()
-    finally:
-      server.stop()
-  else:
-    from sbs_jax.experiments import prepare  # pylint: disable=import-outside-toplevel
-    ready = prepare.prepare_synthetic(args.out_dir, args.name, args.train, args.test,
-                                      args.seed, error_rate=check_error_rate(args.error_rate),
-                                      form=form_of(args))
-    print(json.dumps(ready.__dict__))
-  return 0

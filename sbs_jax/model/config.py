@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
 
@@ -86,3 +87,9 @@ def config_for(size: str, **overrides) -> T5Config:
   if size not in SIZES:
     raise KeyError(f"unknown model size {size!r}; known: {sorted(SIZES)}")
   return dataclasses.replace(SIZES[size], **overrides)
+
+
+def size_order(size: str) -> float:
+  """Known sizes in parameter order (tiny < small < ... < xxl), others after."""
+  names = list(SIZES)
+  return names.index(size) if size in names else math.inf

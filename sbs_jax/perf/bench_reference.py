@@ -1,6 +1,6 @@
 """The reference recipe of `sbs bench`: HF transformers T5, two forward passes per step.
 
-Kept apart from `sbs_jax/bench.py` so that torch and transformers are imported only here,
+Kept apart from `sbs_jax/perf/bench.py` so that torch and transformers are imported only here,
 and only when `--reference` asks for them. Inputs: with `--mixture`, the very examples of our
 timed packed rows, cut back out of them and padded to the longest per batch, as
 `DataCollatorForSeq2Seq` pads them (labels padded with -100).

@@ -27,7 +27,8 @@ from jax.sharding import NamedSharding
 from sbs_jax.errors import SbsError
 from sbs_jax.model import decoding, partitioning
 from sbs_jax.model.config import T5Config
-from sbs_jax.train import hlo_stats, tpu_slices
+from sbs_jax.perf import hlo_stats, tpu_slices
+from sbs_jax.perf.flops import xla_flops
 from sbs_jax.train.config import TrainConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import BATCH_KEYS, Student, build_student, make_train_step
@@ -95,7 +96,6 @@ def replicated_bytes(student: Student) -> int:
 
 def figures(compiled, hbm_gib: float) -> dict:
   """The compiler's per-chip memory, FLOPs and collectives of one compiled program."""
-  from sbs_jax.bench import xla_flops  # pylint: disable=import-outside-toplevel
   m = compiled.memory_analysis()
   peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
           + m.temp_size_in_bytes)

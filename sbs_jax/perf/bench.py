@@ -39,10 +39,11 @@ import time
 import jax
 import numpy as np
 
-from sbs_jax.bench_reference import (WARMUP, paired_examples, prepare_reference,
+from sbs_jax.perf.bench_reference import (WARMUP, paired_examples, prepare_reference,
                                      prepare_reference_decode, reference_batches,
                                      reference_stats, torch_modules)
 from sbs_jax.errors import SbsError
+from sbs_jax.perf.flops import analytic_flops, xla_flops
 from sbs_jax.model.config import SIZES as MODEL_SIZES
 from sbs_jax.train import state as state_lib
 from sbs_jax.train.loss import LABEL
@@ -126,27 +127,6 @@ def mixture_batches(name: str, batch: int, lengths: tuple[int, int], count: int,
   batches = [{k: b[k] for k in state_lib.BATCH_KEYS}
              for b in ds.batch(batch, drop_remainder=True).take(count).as_numpy_iterator()]
   return batches, time.perf_counter() - start
-
-
-# ---- FLOPs.
-
-def analytic_flops(c, rows: int, enc_len: int, dec_len: int) -> float:
-  """Matmul FLOPs of one training step over rows of the given lengths (3x the forward)."""
-  inner, d = c.num_heads * c.head_dim, c.emb_dim
-  mlp = (len(c.mlp_activations) + 1) * d * c.mlp_dim
-  enc = c.num_encoder_layers * (2 * enc_len * (4 * d * inner + mlp) + 4 * enc_len ** 2 * inner)
-  dec = c.num_decoder_layers * (2 * dec_len * (6 * d * inner + mlp) + 4 * enc_len * d * inner
-                                + 4 * dec_len * (dec_len + enc_len) * inner)
-  return 3.0 * rows * (enc + dec + 2 * dec_len * d * c.vocab_size)
-
-
-def xla_flops(compiled) -> float | None:
-  """XLA's FLOP count of a compiled executable (None where the backend gives none)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  flops = (cost or {}).get("flops")
-  return float(flops) if flops and flops > 0 else None
 
 
 def _jitted_step(train_step):
@@ -292,7 +272,7 @@ class _Worker:
   def __init__(self, args, index: int):
     argv = [a for a in args.argv if a != "--isolate"]
     self._proc = subprocess.Popen(
-        [sys.executable, "-m", "sbs_jax.bench", *argv, "--batch", str(args.current_batch),
+        [sys.executable, "-m", "sbs_jax.perf.bench", *argv, "--batch", str(args.current_batch),
          "--worker", str(index)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self._ask(None)  # "ready": compiled and warmed up
 
@@ -541,7 +521,7 @@ def main(args) -> int:
   return 0
 
 
-if __name__ == "__main__":  # `python -m sbs_jax.bench ...`, the same as `sbs bench ...`
+if __name__ == "__main__":  # `python -m sbs_jax.perf.bench ...`, the same as `sbs bench ...`
   import argparse  # pylint: disable=ungrouped-imports
   _parser = argparse.ArgumentParser(prog="sbs")
   add_parser(_parser.add_subparsers(dest="command", required=True))

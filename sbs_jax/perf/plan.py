@@ -75,7 +75,7 @@ from sbs_jax.errors import SbsError
 from sbs_jax.model import partitioning
 from sbs_jax.model.config import T5Config, config_for
 from sbs_jax.model.network import Transformer
-from sbs_jax.train import tpu_slices
+from sbs_jax.perf import tpu_slices
 from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import init_params
@@ -280,7 +280,7 @@ def check_batch(cfg: TrainConfig, data: int) -> None:
 def compiled_plan(args, cfg: TrainConfig, model_config: T5Config, tpu) -> int:
   """`sbs plan --topology`: one JSON line per compiled program on stdout, a table on
   stderr; an error (exit 2) when a program does not fit the chip."""
-  from sbs_jax.train import tpu_compile  # pylint: disable=import-outside-toplevel
+  from sbs_jax.perf import tpu_compile  # pylint: disable=import-outside-toplevel
   mesh = parse_mesh(args.mesh, allow_rest=True) if args.mesh else tuple(cfg.mesh)
   programs = [p for p in args.programs.split(",") if p]
   data, model = tpu_compile.mesh_shape(mesh, tpu.chips)
