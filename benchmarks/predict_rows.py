@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from sbs_jax.perf.bench_reference import torch_modules  # pylint: disable=wrong-import-position
-from sbs_jax.convert.command import export_hf  # pylint: disable=wrong-import-position
+from sbs_jax.convert.hf_dirs import export_hf  # pylint: disable=wrong-import-position
 from sbs_jax.data import readers, vocab  # pylint: disable=wrong-import-position
 from sbs_jax.model.config import config_for  # pylint: disable=wrong-import-position
 from sbs_jax.serve import job as job_lib  # pylint: disable=wrong-import-position

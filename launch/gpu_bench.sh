@@ -102,7 +102,7 @@ bench() {  # TIMEOUT ARGS...: one `sbs bench` run, skipped once the time budget 
     echo "== skipped (time budget ${BUDGET_S}s spent): bench $*"
     return
   fi
-  run timeout "$limit" "$PY" -m sbs_jax.perf.bench --dtype bfloat16 ${PEAK:+--peak_tflops "$PEAK"} \
+  run timeout "$limit" "$PY" -m sbs_jax.commands.bench --dtype bfloat16 ${PEAK:+--peak_tflops "$PEAK"} \
     --out "$RESULTS" "$@" || echo "== failed or timed out after ${limit}s: sbs bench $*"
 }
 

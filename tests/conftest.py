@@ -36,8 +36,8 @@ def annotated(tmp_path_factory, data_dir):
   anli1 is not released here: small files in its layout stand in for it.
   """
   import argparse
-  from sbs_jax.annotate import command, job
-  from sbs_jax.data import vocab_command
+  from sbs_jax.annotate import build, job
+  from sbs_jax.commands import annotate as annotate_command
   from tests.test_readers import ANLI_ROWS, make_anli, write_jsonl
 
   root = tmp_path_factory.mktemp("annotated")
@@ -53,7 +53,7 @@ def annotated(tmp_path_factory, data_dir):
         json.dumps(completions))
   out = root / "annotations"
   parser = argparse.ArgumentParser()
-  command.add_parser(parser.add_subparsers())
+  annotate_command.add_parser(parser.add_subparsers())
   runs = [("cqa", "train", data_dir), ("cqa", "test", data_dir), ("svamp", "train", data_dir),
           ("svamp", "test", data_dir), ("esnli", "valid", data_dir),
           ("esnli", "test", data_dir), ("anli1", "train", anli_dir),
@@ -62,10 +62,10 @@ def annotated(tmp_path_factory, data_dir):
     args = parser.parse_args(["annotate", "--dataset", dataset, "--split", split, "--teacher",
                               "replay", "--out_dir", str(out), "--data_dir", str(ddir),
                               "--no_progress"])
-    job.run(command.build_job(args))
+    job.run(build.build_job(args))
   spm_path = root / "vocab" / "spm.model"
   from sbs_jax.data import vocab
-  vocab.train_vocabulary(vocab_command.train_texts(str(out), ["cqa"]), spm_path, 8000)
+  vocab.train_vocabulary(vocab.train_texts(str(out), ["cqa"]), spm_path, 8000)
   os.environ["SBS_ANNOTATION_DIR"] = str(out)
   os.environ["SBS_VOCAB"] = str(spm_path)
   return out

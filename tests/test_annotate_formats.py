@@ -2,7 +2,7 @@
 
 import pytest
 
-from sbs_jax.annotate import answer_formats, command, job as job_lib, parsers
+from sbs_jax.annotate import answer_formats, build, job as job_lib, parsers
 from sbs_jax.data import records
 from sbs_jax.data.readers import Example, cqa_input
 from sbs_jax.errors import DataError, SbsError
@@ -156,7 +156,7 @@ RECESS_ROWS = [
 def test_choice_format_reads_a_teacher_the_text_format_understates(tmp_path, answer_format,
                                                                    correct, unparsable):
   path = write_jsonl(tmp_path / "recess.jsonl", RECESS_ROWS)
-  job = command.build_job(annotate_args(dataset=f"jsonl:{path}", teacher="replay",
+  job = build.build_job(annotate_args(dataset=f"jsonl:{path}", teacher="replay",
                                         completion_key="out", out_dir=tmp_path / "out",
                                         answer_format=answer_format))
   result = job_lib.run(job)
@@ -176,5 +176,5 @@ def test_choice_format_reads_a_teacher_the_text_format_understates(tmp_path, ans
 
 def test_answer_format_is_for_custom_data_only(tmp_path):
   with pytest.raises(SbsError, match="--answer_format is for custom data"):
-    command.build_job(annotate_args(dataset="cqa", split="test", teacher="replay",
+    build.build_job(annotate_args(dataset="cqa", split="test", teacher="replay",
                                     out_dir=tmp_path, answer_format="choice"))

@@ -14,10 +14,10 @@ import time
 import pytest
 
 from sbs_jax import redact
-from sbs_jax.annotate import command, endpoint
-from sbs_jax.data import records
+from sbs_jax.annotate import build, endpoint
 from sbs_jax.annotate import job as job_lib
-from sbs_jax.data import download_command, readers
+from sbs_jax.commands import annotate as annotate_command, download as download_command
+from sbs_jax.data import readers, records
 from sbs_jax.errors import SbsError
 from sbs_jax.testing.fake_openai import FakeOpenAIServer
 from tests.conftest import REPO, run_sbs
@@ -36,7 +36,7 @@ def closed_port() -> int:
 
 def parse(argv) -> argparse.Namespace:
   parser = argparse.ArgumentParser()
-  command.add_parser(parser.add_subparsers())
+  annotate_command.add_parser(parser.add_subparsers())
   return parser.parse_args(["annotate", *map(str, argv)])
 
 
@@ -52,7 +52,7 @@ def replay_argv(data, out, *extra):
 
 
 def run_replay(data, out, *extra) -> job_lib.Result:
-  return job_lib.run(command.build_job(parse(replay_argv(data, out, *extra))))
+  return job_lib.run(build.build_job(parse(replay_argv(data, out, *extra))))
 
 
 def all_text_under(root: pathlib.Path) -> str:
@@ -109,11 +109,11 @@ def test_key_goes_only_to_the_endpoint_it_is_paired_with(tmp_path, monkeypatch, 
   with FakeOpenAIServer() as server:
     base = ["--dataset", f"jsonl:{data}", "--teacher", "openai", "--base_url", server.url,
             "--model", "m", "--no_progress"]
-    job_lib.run(command.build_job(parse([*base, "--out_dir", tmp_path / "a"])))
+    job_lib.run(build.build_job(parse([*base, "--out_dir", tmp_path / "a"])))
     assert len(server.auth_headers) == 4 and set(server.auth_headers) == {None}
     assert "--api_key_env OPENAI_API_KEY" in caplog.text  # says how to send it
     server.auth_headers.clear()
-    job_lib.run(command.build_job(parse([*base, "--api_key_env", "MY_KEY",
+    job_lib.run(build.build_job(parse([*base, "--api_key_env", "MY_KEY",
                                          "--out_dir", tmp_path / "b"])))
   assert set(server.auth_headers) == {f"Bearer {KEY}"}
   written = caplog.text + all_text_under(tmp_path / "a") + all_text_under(tmp_path / "b")
@@ -157,7 +157,7 @@ def test_key_with_url_credentials_is_one_line(tmp_path, monkeypatch):
                 f"http://u:{PASSWORD}@127.0.0.1:1/v1", "--model", "m", "--api_key_env",
                 "MY_KEY", "--out_dir", tmp_path / "out"])
   with pytest.raises(SbsError, match="use one or the other") as e:
-    command.build_job(args)
+    build.build_job(args)
   assert PASSWORD not in str(e.value) and KEY not in str(e.value)
   assert not (tmp_path / "out").exists()
 
@@ -344,13 +344,13 @@ def test_odd_paths(tmp_path):
   out = tmp_path / "out dir ü"
   assert run_replay(spaced, out).records_path.exists()
   with pytest.raises(SbsError, match="is a folder, not a file"):
-    command.build_job(parse(replay_argv(tmp_path, out)))
+    build.build_job(parse(replay_argv(tmp_path, out)))
   with pytest.raises(SbsError, match="needs the file's path"):
-    command.build_job(parse(replay_argv("", out)))
+    build.build_job(parse(replay_argv("", out)))
   with pytest.raises(SbsError, match="a part of the path is a file"):
-    command.build_job(parse(replay_argv(data / "x.jsonl", out)))
+    build.build_job(parse(replay_argv(data / "x.jsonl", out)))
   with pytest.raises(SbsError, match="--data_dir is a file"):
-    command.build_job(parse(["--dataset", "cqa", "--teacher", "replay", "--out_dir", out,
+    build.build_job(parse(["--dataset", "cqa", "--teacher", "replay", "--out_dir", out,
                              "--data_dir", data]))
 
 
@@ -359,10 +359,10 @@ def test_names_that_would_leave_the_output_dir(tmp_path):
   dots = tmp_path / "...jsonl"  # its stem is "..": the dataset folder would be out/..
   dots.write_bytes(data.read_bytes())
   with pytest.raises(SbsError, match="rename the file"):
-    command.build_job(parse(replay_argv(dots, tmp_path / "out")))
+    build.build_job(parse(replay_argv(dots, tmp_path / "out")))
   for split in ("../escape", "a/b", ".hidden", ""):
     with pytest.raises(SbsError, match="--split"):
-      command.build_job(parse(replay_argv(data, tmp_path / "out", "--split", split)))
+      build.build_job(parse(replay_argv(data, tmp_path / "out", "--split", split)))
   assert not (tmp_path / "out").exists()
 
 
@@ -372,7 +372,7 @@ def test_names_that_would_leave_the_output_dir(tmp_path):
 def test_numbers_out_of_range(tmp_path, flag, value):
   data, _ = replay_data(tmp_path, n=2)
   with pytest.raises(SbsError, match=f"{flag} {value}: must be"):
-    command.build_job(parse(replay_argv(data, tmp_path / "out", flag, value)))
+    build.build_job(parse(replay_argv(data, tmp_path / "out", flag, value)))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads through file permissions")
@@ -380,7 +380,7 @@ def test_unreadable_input(tmp_path):
   data, _ = replay_data(tmp_path, n=2)
   data.chmod(0)
   with pytest.raises(SbsError, match="cannot read: Permission denied"):
-    command.build_job(parse(replay_argv(data, tmp_path / "out")))
+    build.build_job(parse(replay_argv(data, tmp_path / "out")))
 
 
 # ---------------------------------------------------------------- 7. sbs download's default

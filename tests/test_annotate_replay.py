@@ -1,11 +1,13 @@
 """The annotation job with the replay teacher: the paper's numbers, sharding, resume, errors."""
 
 import argparse
+import dataclasses
 import json
 
 import pytest
 
-from sbs_jax.annotate import command, job as job_lib
+from sbs_jax.annotate import build, job as job_lib
+from sbs_jax.commands import annotate as annotate_command
 from sbs_jax.data import records
 from sbs_jax.annotate.teachers import Completion, ReplayTeacher
 from sbs_jax.errors import SbsError
@@ -15,11 +17,28 @@ from tests.test_readers import ANLI_ROWS, make_anli, write_jsonl
 
 def annotate_args(**kw) -> argparse.Namespace:
   parser = argparse.ArgumentParser()
-  command.add_parser(parser.add_subparsers())
+  annotate_command.add_parser(parser.add_subparsers())
   argv = ["annotate", "--no_progress"]
   for k, v in kw.items():
     argv += [f"--{k}", str(v)]
   return parser.parse_args(argv)
+
+
+def test_the_command_and_the_library_share_their_defaults():
+  """`sbs annotate`'s flags left out give exactly `build.Options`' defaults, and a flag
+  given reaches its field: the library (prepare, demo) and the command cannot drift."""
+  parser = argparse.ArgumentParser()
+  subparsers = parser.add_subparsers()
+  annotate_command.add_parser(subparsers)
+  args = parser.parse_args(["annotate", "--dataset", "cqa", "--teacher", "replay",
+                            "--out_dir", "o"])
+  assert build.options_of(args) == build.Options(dataset="cqa", teacher="replay", out_dir="o")
+  args = parser.parse_args(["annotate", "--dataset", "cqa", "--teacher", "replay",
+                            "--out_dir", "o", "--concurrency", "3", "--endpoint", "chat"])
+  assert build.options_of(args) == build.Options(dataset="cqa", teacher="replay",
+                                                 out_dir="o", concurrency=3, endpoint="chat")
+  flags = {a.dest for a in subparsers.choices["annotate"]._actions}  # pylint: disable=protected-access
+  assert {f.name for f in dataclasses.fields(build.Options)} == flags - {"help"}
 
 
 @pytest.mark.parametrize("dataset,examples,accuracy,unparsable", [
@@ -29,7 +48,7 @@ def annotate_args(**kw) -> argparse.Namespace:
 ])
 def test_replay_on_released_test_splits(tmp_path, data_dir, dataset, examples, accuracy,
                                         unparsable):
-  job = command.build_job(annotate_args(dataset=dataset, split="test", teacher="replay",
+  job = build.build_job(annotate_args(dataset=dataset, split="test", teacher="replay",
                                         out_dir=tmp_path, data_dir=data_dir))
   result = job_lib.run(job)
   stats = json.loads((tmp_path / dataset / "test.stats.json").read_text())
@@ -59,7 +78,7 @@ def test_replay_on_released_test_splits(tmp_path, data_dir, dataset, examples, a
 
 
 def test_records_carry_the_schema(tmp_path, data_dir):
-  job = command.build_job(annotate_args(dataset="cqa", split="test", teacher="replay",
+  job = build.build_job(annotate_args(dataset="cqa", split="test", teacher="replay",
                                         out_dir=tmp_path, data_dir=data_dir))
   rec = records.read_records([job_lib.run(job).records_path])[0]
   assert set(rec) == set(records.BYTES_FEATURES) | set(records.INT_FEATURES)
@@ -89,12 +108,12 @@ def test_anli1_through_the_command(tmp_path):
 
 
 def test_shards_together_equal_one_run(tmp_path, data_dir):
-  one = job_lib.run(command.build_job(annotate_args(
+  one = job_lib.run(build.build_job(annotate_args(
       dataset="svamp", split="test", teacher="replay", out_dir=tmp_path / "one",
       data_dir=data_dir)))
   merged = None
   for i in range(3):
-    r = job_lib.run(command.build_job(annotate_args(
+    r = job_lib.run(build.build_job(annotate_args(
         dataset="svamp", split="test", teacher="replay", out_dir=tmp_path / "three",
         data_dir=data_dir, num_shards=3, shard_index=i)))
     assert (r.split_stats is None) == (i < 2)
@@ -166,7 +185,7 @@ class FlakyTeacher(ReplayTeacher):
 
 def test_interrupted_job_resumes_asking_only_for_missing(tmp_path, data_dir):
   def make(budget):
-    j = command.build_job(annotate_args(dataset="svamp", split="test", teacher="replay",
+    j = build.build_job(annotate_args(dataset="svamp", split="test", teacher="replay",
                                         out_dir=tmp_path, data_dir=data_dir, concurrency=4))
     j.teacher = FlakyTeacher(j.teacher._completions, budget)  # pylint: disable=protected-access
     return j
@@ -194,7 +213,7 @@ def test_interrupted_job_resumes_asking_only_for_missing(tmp_path, data_dir):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, data_dir):
-  j = command.build_job(annotate_args(dataset="svamp", split="test", teacher="replay",
+  j = build.build_job(annotate_args(dataset="svamp", split="test", teacher="replay",
                                       out_dir=tmp_path, data_dir=data_dir))
   j.work_dir.mkdir(parents=True)
   (j.work_dir / "manifest.json").write_text(json.dumps(dict(j.manifest(), teacher="other")))
@@ -216,9 +235,9 @@ def test_finished_run_returns_at_once_only_with_the_same_settings(tmp_path):
                               [dict(r, out="So the answer is 5.") for r in QA_ROWS])
   base = dict(dataset=f"jsonl:{path}", teacher="replay", completion_key="out",
               out_dir=tmp_path / "out")
-  first = job_lib.run(command.build_job(annotate_args(**base)))
+  first = job_lib.run(build.build_job(annotate_args(**base)))
   assert not first.already_done and first.stats["correct"] == 1  # "10 apples" is not "10"
-  again = job_lib.run(command.build_job(annotate_args(**base)))
+  again = job_lib.run(build.build_job(annotate_args(**base)))
   assert again.already_done and again.stats == first.stats
 
   changes = [({"answer_regex": "Final:"}, "parser_settings"),
@@ -229,18 +248,18 @@ def test_finished_run_returns_at_once_only_with_the_same_settings(tmp_path):
   for change, key in changes:
     with pytest.raises(SbsError, match=rf"finished but was made with other settings "
                        rf"\(.*{key}: .* -> .*\): pass --restart"):
-      job_lib.run(command.build_job(annotate_args(**dict(base, **change))))
+      job_lib.run(build.build_job(annotate_args(**dict(base, **change))))
   records_path = tmp_path / "out/qa/train.tfrecord-00000-of-00001"
   assert [r["llm_label"] for r in records.read_records([records_path])] == ["4", "7",
                                                                             "10 apples"]
 
-  restarted = command.build_job(annotate_args(**base, answer_regex="Final:"))
+  restarted = build.build_job(annotate_args(**base, answer_regex="Final:"))
   restarted.restart = True
   result = job_lib.run(restarted)
   assert not result.already_done and result.stats["correct"] == 1  # only row 2 has Final:
   assert [r["llm_label"] for r in records.read_records([records_path])] == ["", "6", ""]
   # The new settings are now the recorded ones.
-  assert job_lib.run(command.build_job(annotate_args(**base, answer_regex="Final:"))).already_done
+  assert job_lib.run(build.build_job(annotate_args(**base, answer_regex="Final:"))).already_done
 
 
 def test_finished_rerun_refusal_is_one_line_through_the_command(tmp_path):
@@ -261,11 +280,11 @@ def test_shards_made_with_other_settings_are_not_merged(tmp_path):
   path = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
   base = dict(dataset=f"jsonl:{path}", teacher="replay", completion_key="out",
               out_dir=tmp_path / "out", num_shards=2)
-  assert job_lib.run(command.build_job(annotate_args(**base, shard_index=0))).split_stats is None
-  other = job_lib.run(command.build_job(annotate_args(**base, shard_index=1,
+  assert job_lib.run(build.build_job(annotate_args(**base, shard_index=0))).split_stats is None
+  other = job_lib.run(build.build_job(annotate_args(**base, shard_index=1,
                                                       answer_regex="Final:")))
   assert other.split_stats is None and not (tmp_path / "out/qa/train.stats.json").exists()
-  fixed = command.build_job(annotate_args(**base, shard_index=1))
+  fixed = build.build_job(annotate_args(**base, shard_index=1))
   fixed.restart = True
   merged = job_lib.run(fixed).split_stats
   assert merged["examples"] == 3 and merged["correct"] == 1

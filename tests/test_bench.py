@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from sbs_jax.commands import bench as bench_command
 from sbs_jax.perf import bench, flops
 from sbs_jax.model.config import config_for
 from tests.conftest import run_sbs
@@ -17,12 +18,12 @@ from tests.conftest import run_sbs
 
 def parse(*argv) -> argparse.Namespace:
   parser = argparse.ArgumentParser()
-  bench.add_parser(parser.add_subparsers())
+  bench_command.add_parser(parser.add_subparsers())
   return parser.parse_args(["bench", *map(str, argv)])
 
 
 def run(capsys, *argv) -> list[dict]:
-  assert bench.main(parse(*argv)) == 0
+  assert bench_command.main(parse(*argv)) == 0
   return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 

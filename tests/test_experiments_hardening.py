@@ -298,7 +298,7 @@ def test_a_stale_or_damaged_vocabulary_is_trained_again(tmp_path, monkeypatch, c
   from sbs_jax.experiments import prepare
   texts = {"a": [f"alpha beta gamma {i} delta" for i in range(200)],
            "b": [f"one two three {i} four five" for i in range(200)]}
-  monkeypatch.setattr(prepare.vocab_command, "train_texts",
+  monkeypatch.setattr(prepare.vocab_lib, "train_texts",
                       lambda annotation_dir, datasets: iter(texts[datasets[0]]))
   path = tmp_path / "vocab" / "spm.model"
   kwargs = {"vocab_size": 300, "model_type": "bpe"}

@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from sbs_jax.model.config import SIZES
-from sbs_jax.train import command, config
+from sbs_jax.train import config, gin_setup
 from sbs_jax.train.data import train_batches
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import build_student, make_mesh
@@ -21,7 +21,7 @@ SETTINGS = ("standard_finetuning", "standard_distillation", "distill_gt", "disti
 
 def parse(files, bindings=()):
   gin.clear_config()
-  command.parse_gin([str(f) for f in files], list(bindings))
+  gin_setup.parse_gin([str(f) for f in files], list(bindings))
 
 
 def test_one_experiment_per_paper_setting():

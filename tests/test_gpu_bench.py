@@ -8,7 +8,7 @@ import argparse
 import shlex
 import subprocess
 
-from sbs_jax.perf import bench
+from sbs_jax.commands import bench as bench_command
 from tests.conftest import REPO
 
 
@@ -20,15 +20,16 @@ def _dry_run_commands():
 
 def test_every_bench_command_passes_the_argument_checks(tmp_path):
   commands = _dry_run_commands()
-  benches = [c[c.index("sbs_jax.perf.bench") + 1:] for c in commands if "sbs_jax.perf.bench" in c]
+  module = "sbs_jax.commands.bench"
+  benches = [c[c.index(module) + 1:] for c in commands if module in c]
   assert len(benches) >= 5
   sizes = set()
   for argv in benches:
     parser = argparse.ArgumentParser(prog="sbs")
-    bench.add_parser(parser.add_subparsers(dest="command", required=True))
+    bench_command.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *argv])
     args.out = str(tmp_path / "out.jsonl")  # the dry run's $OUT folder does not exist here
-    assert bench.check_args(args)
+    assert bench_command.check_args(args)
     assert args.dtype == "bfloat16"
     sizes.add(args.size)
   assert {"base", "large"} <= sizes

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from sbs_jax.convert import command as convert
+from sbs_jax.convert import hf_dirs as convert
 from sbs_jax.convert import hf
 from sbs_jax.data import vocab
 from sbs_jax.errors import SbsError

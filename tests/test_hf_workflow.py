@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sbs_jax.convert import command as convert  # pylint: disable=wrong-import-position
+from sbs_jax.convert import hf_dirs as convert  # pylint: disable=wrong-import-position
 from sbs_jax.errors import SbsError  # pylint: disable=wrong-import-position
 from sbs_jax.train import checkpoint as ckpt  # pylint: disable=wrong-import-position
 from sbs_jax.train.data import label_examples  # pylint: disable=wrong-import-position

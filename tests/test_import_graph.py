@@ -24,7 +24,7 @@ LAYERS = {
     "sbs_jax.serve": 5, "sbs_jax.convert": 5, "sbs_jax.experiments": 5,
     "sbs_jax.t5x_model": 5,
     "sbs_jax.perf": 6,
-    "sbs_jax.commands": 7, "sbs_jax.demo": 7,
+    "sbs_jax.commands": 7,
     "sbs_jax.cli": 8,
 }
 
@@ -158,3 +158,23 @@ def test_the_checks_see_what_they_look_for(tmp_path):
                                              ("sbs_jax.redact", 0), ("sbs_jax", 0)])
 def test_layer_lookup(module, expected):
   assert layer(module) == expected
+
+
+def test_subcommands_live_in_commands_and_the_library_parses_no_arguments():
+  """Every `sbs` subcommand's module is under `sbs_jax/commands/`; outside it (and
+  `cli.py`) no module imports argparse or defines `add_parser`. `testing/` is exempt: its
+  fake servers are standalone programs (`python -m sbs_jax.testing.fake_openai`)."""
+  from sbs_jax import cli  # pylint: disable=import-outside-toplevel
+  assert {m for m, _ in cli.COMMANDS.values()} <= {
+      m for m in modules(ROOT) if m.startswith("sbs_jax.commands.")}
+  offenders = []
+  for name, path in modules(ROOT).items():
+    if name.startswith(("sbs_jax.commands", "sbs_jax.testing")) or name == "sbs_jax.cli":
+      continue
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names) or (
+          isinstance(node, ast.ImportFrom) and node.module == "argparse") or (
+          isinstance(node, ast.FunctionDef) and node.name == "add_parser"):
+        offenders.append(f"{name}:{node.lineno}")
+  assert offenders == []

@@ -8,6 +8,7 @@ import pytest
 
 from sbs_jax.errors import SbsError
 from sbs_jax import metrics
+from sbs_jax.commands import report as report_command
 from sbs_jax.experiments import report, sweep
 from sbs_jax.model import config
 from tests.conftest import run_sbs
@@ -60,7 +61,7 @@ def sweep_dir(tmp_path):
 
 def _report(sweep_dir):
   """`sbs report SWEEP_DIR`, in this process (the CLI's exit codes: test_mixed_grids...)."""
-  return report.main(argparse.Namespace(sweep_dir=str(sweep_dir), metric="accuracy"))
+  return report_command.main(argparse.Namespace(sweep_dir=str(sweep_dir), metric="accuracy"))
 
 
 def _csv_rows(path):

@@ -28,7 +28,7 @@ import tensorflow as tf
 from flax import serialization
 
 from sbs_jax.convert import t5x as t5x_format
-from sbs_jax.convert import t5x_command
+from sbs_jax.convert import t5x_dirs
 from sbs_jax.data import vocab
 from sbs_jax.errors import SbsError
 from sbs_jax.model import decoding
@@ -200,7 +200,7 @@ def _check_equals_t5x(public, model_dir, t5x_params):
 
 
 def test_import_from_gs_equals_t5x(public, tmp_path):
-  summary = t5x_command.import_t5x(GS_CHECKPOINT, str(tmp_path / "m"),
+  summary = t5x_dirs.import_t5x(GS_CHECKPOINT, str(tmp_path / "m"),
                                    model_gin=str(public["model_gin"]))
   assert summary["t5x_step"] == STEP and summary["skipped_optimizer_arrays"] > 0
   _check_equals_t5x(public, tmp_path / "m", _t5x_params(GS_CHECKPOINT))
@@ -209,13 +209,13 @@ def test_import_from_gs_equals_t5x(public, tmp_path):
 
 def test_import_from_a_local_copy_equals_t5x(public, tmp_path):
   """The local copy's specs still say gs://t5x-dummy-bucket: read from the copy itself."""
-  t5x_command.import_t5x(str(public["local_copy"]), str(tmp_path / "m"),
+  t5x_dirs.import_t5x(str(public["local_copy"]), str(tmp_path / "m"),
                          model_gin=str(public["model_gin"]), vocab=str(public["spm"]))
   _check_equals_t5x(public, tmp_path / "m", _t5x_params(public["local_copy"]))
 
 
 def test_the_msgpack_file_itself_is_accepted(public, tmp_path):
-  summary = t5x_command.import_t5x(f"{public['local_copy']}/checkpoint", str(tmp_path / "m"),
+  summary = t5x_dirs.import_t5x(f"{public['local_copy']}/checkpoint", str(tmp_path / "m"),
                                    model_gin=str(public["model_gin"]), vocab=str(public["spm"]))
   assert summary["t5x_step"] == STEP
   _check_equals_t5x(public, tmp_path / "m", _t5x_params(public["local_copy"]))
@@ -266,7 +266,7 @@ def _tree_bytes(folder: pathlib.Path) -> dict:
 
 def test_reimport_into_an_existing_dir(public, tmp_path, monkeypatch):
   out = tmp_path / "m"
-  t5x_command.import_t5x(str(public["local_copy"]), str(out), model_gin=str(public["model_gin"]),
+  t5x_dirs.import_t5x(str(public["local_copy"]), str(out), model_gin=str(public["model_gin"]),
                          vocab=str(public["spm"]))
   before = _tree_bytes(out)
   other_spm = vocab.train_vocabulary(
@@ -285,7 +285,7 @@ def test_reimport_into_an_existing_dir(public, tmp_path, monkeypatch):
     raise RuntimeError("killed while writing the parameters")
   monkeypatch.setattr(ckpt, "save_params", crash)
   with pytest.raises(RuntimeError, match="killed"):
-    t5x_command.import_t5x(str(public["local_copy"]), str(out),
+    t5x_dirs.import_t5x(str(public["local_copy"]), str(out),
                            model_gin=str(public["model_gin"]), vocab=str(other_spm),
                            overwrite=True)
   monkeypatch.undo()
@@ -311,11 +311,11 @@ def test_reimport_into_an_existing_gs_dir(public, gcs):
     # varies from write to write (3 or 4 here): each data dir counts once.
     return sorted({re.sub(r"/d/[0-9a-f]+$", "/d/*", n) for n in gcs.list_objects(BUCKET,
                                                                                    prefix)})
-  t5x_command.import_t5x(GS_CHECKPOINT, out, model_gin=str(public["model_gin"]))
+  t5x_dirs.import_t5x(GS_CHECKPOINT, out, model_gin=str(public["model_gin"]))
   first = objects()
   with pytest.raises(SbsError, match="exists and is not empty"):
-    t5x_command.import_t5x(GS_CHECKPOINT, out, model_gin=str(public["model_gin"]))
-  t5x_command.import_t5x(GS_CHECKPOINT, out, model_gin=str(public["model_gin"]),
+    t5x_dirs.import_t5x(GS_CHECKPOINT, out, model_gin=str(public["model_gin"]))
+  t5x_dirs.import_t5x(GS_CHECKPOINT, out, model_gin=str(public["model_gin"]),
                          overwrite=True)
   assert objects() == first
   assert f"{prefix}/model.json" in first
@@ -342,10 +342,10 @@ def test_wrong_size_names_the_published_size():
                                                        jax.random.key(0))))
   params = jax.tree.map(lambda s: np.broadcast_to(np.float32(0), s.shape), shapes)
   with pytest.raises(SbsError) as err:
-    t5x_command._check_size(params, "base", "ck")  # pylint: disable=protected-access
+    t5x_dirs._check_size(params, "base", "ck")  # pylint: disable=protected-access
   assert str(err.value) == ("ck is T5 v1.1 small (emb_dim 512, 8 + 8 layers, mlp_dim 1024), "
                             "not base: pass --size small")
-  t5x_command._check_size(params, "small", "ck")  # pylint: disable=protected-access
+  t5x_dirs._check_size(params, "small", "ck")  # pylint: disable=protected-access
 
 
 def test_unreachable_gs_vocabulary_is_one_line(public, tmp_path):
@@ -365,9 +365,9 @@ def test_unreachable_gs_vocabulary_is_one_line(public, tmp_path):
 def test_export_keeps_the_step_and_round_trips_through_gs(public, tmp_path):
   """import (step 1000000) -> export-t5x to gs:// -> T5X reads checkpoint_1000000 back ->
   import again: the same parameters, bit for bit."""
-  t5x_command.import_t5x(GS_CHECKPOINT, str(tmp_path / "m"), model_gin=str(public["model_gin"]))
+  t5x_dirs.import_t5x(GS_CHECKPOINT, str(tmp_path / "m"), model_gin=str(public["model_gin"]))
   out = f"gs://{BUCKET}/exported/{tmp_path.name}"
-  exported = t5x_command.export_t5x(str(tmp_path / "m"), out)
+  exported = t5x_dirs.export_t5x(str(tmp_path / "m"), out)
   assert exported["step"] == STEP and exported["checkpoint"] == f"{out}/checkpoint_{STEP}"
   theirs = _t5x_params(exported["checkpoint"])
   first = _t5x_params(GS_CHECKPOINT)
@@ -375,8 +375,8 @@ def test_export_keeps_the_step_and_round_trips_through_gs(public, tmp_path):
   for key, value in t5x_format._flatten(theirs).items():  # pylint: disable=protected-access
     np.testing.assert_array_equal(np.asarray(value), np.asarray(flat[key]))
   with pytest.raises(SbsError, match="exists and is not empty"):
-    t5x_command.export_t5x(str(tmp_path / "m"), out)
-  t5x_command.import_t5x(exported["checkpoint"], str(tmp_path / "again"),
+    t5x_dirs.export_t5x(str(tmp_path / "m"), out)
+  t5x_dirs.import_t5x(exported["checkpoint"], str(tmp_path / "again"),
                          model_gin=exported["model_gin"])
   _, a, _ = ckpt.load_student(str(tmp_path / "m"))
   _, b, _ = ckpt.load_student(str(tmp_path / "again"))

@@ -31,7 +31,7 @@ import t5x
 import tensorflow as tf
 
 from sbs_jax.convert import t5x as t5x_format
-from sbs_jax.convert import t5x_command
+from sbs_jax.convert import t5x_dirs
 from sbs_jax.errors import SbsError
 from sbs_jax.train import checkpoint as ckpt
 from tests.conftest import REPO, run_sbs
@@ -73,7 +73,7 @@ def chain(annotated, tmp_path_factory):
   root = tmp_path_factory.mktemp("t5x")
   student = root / "student"
   train_student(student)
-  exported = t5x_command.export_t5x(str(student), str(root / "exported"))
+  exported = t5x_dirs.export_t5x(str(student), str(root / "exported"))
   model_gin = exported["model_gin"]
   lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 128}"
   t5x_dir = root / "t5x_run"
@@ -98,7 +98,7 @@ def chain(annotated, tmp_path_factory):
           "--gin.MIXTURE_OR_TASK_NAME='sbs_cqa_label_llm'", f"--gin.INFER_OUTPUT_DIR="
           f"'{root / 'infer'}'", *on_few,
           f"--gin.TASK_FEATURE_LENGTHS={{'inputs': 512, 'targets': {LABEL_TOKENS}}}")
-  imported = t5x_command.import_t5x(f"{t5x_dir}/checkpoint_6", str(root / "imported"),
+  imported = t5x_dirs.import_t5x(f"{t5x_dir}/checkpoint_6", str(root / "imported"),
                                     model_gin=model_gin)
   return dict(root=root, student=student, exported=exported, t5x_dir=t5x_dir,
               train_log=train_log, imported=imported, model_gin=model_gin)
@@ -271,7 +271,7 @@ def test_checkpoint_of_another_shape_names_every_offending_parameter(chain, tmp_
   text = pathlib.Path(chain["model_gin"]).read_text().replace("mlp_dim = 128", "mlp_dim = 96")
   (tmp_path / "other.gin").write_text(text)
   with pytest.raises(SbsError) as err:
-    t5x_command.import_t5x(chain["exported"]["checkpoint"], str(tmp_path / "m"),
+    t5x_dirs.import_t5x(chain["exported"]["checkpoint"], str(tmp_path / "m"),
                            model_gin=str(tmp_path / "other.gin"))
   message = str(err.value)
   assert "wrong shape: encoder/layers_0/mlp/wi_0/kernel: got (64, 128), expected (64, 96)" \
@@ -291,10 +291,10 @@ def test_bad_import_input_is_one_clear_line(chain, tmp_path):
                                                                 "vocab_size = 512")
   (tmp_path / "small.gin").write_text(small)
   with pytest.raises(SbsError, match="8000 ids, more than the network's vocab_size 512"):
-    t5x_command.import_t5x(checkpoint, str(tmp_path / "m"), model_gin=str(tmp_path /
+    t5x_dirs.import_t5x(checkpoint, str(tmp_path / "m"), model_gin=str(tmp_path /
                                                                            "small.gin"))
   with pytest.raises(SbsError, match="not a T5X checkpoint dir"):
-    t5x_command.import_t5x(str(tmp_path), str(tmp_path / "m"), model_gin=chain["model_gin"])
+    t5x_dirs.import_t5x(str(tmp_path), str(tmp_path / "m"), model_gin=chain["model_gin"])
 
 
 def test_seqio_evaluator_measures_our_tasks(annotated, tmp_path, monkeypatch):

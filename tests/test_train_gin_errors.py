@@ -5,7 +5,7 @@ import gin
 import pytest
 
 from sbs_jax.errors import SbsError
-from sbs_jax.train import command, config, gin_check
+from sbs_jax.train import config, gin_check, gin_setup
 from tests.conftest import run_sbs
 
 EXPERIMENT = ["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"]
@@ -15,7 +15,7 @@ def configure(bindings, files=EXPERIMENT):
   """Parses and builds the run's config as `sbs train` does; the SbsError's text."""
   gin.clear_config()
   try:
-    command.parse_gin(files, bindings)
+    gin_setup.parse_gin(files, bindings)
     gin_check.configured(config.TrainConfig)
   except SbsError as e:
     return str(e)
@@ -52,7 +52,7 @@ def test_each_mistake_is_one_line(binding, expected):
 def test_correct_bindings_still_apply():
   gin.clear_config()
   try:
-    command.parse_gin(EXPERIMENT, ["TRAIN_STEPS = 7", "MODEL_DIR = 'runs/x'",
+    gin_setup.parse_gin(EXPERIMENT, ["TRAIN_STEPS = 7", "MODEL_DIR = 'runs/x'",
                                    "EvalConfig.max_examples = None"])
     cfg = gin_check.configured(config.TrainConfig)
   finally:
@@ -62,7 +62,7 @@ def test_correct_bindings_still_apply():
 
 def test_every_experiment_uses_every_macro_it_sets():
   """Our own files pass the unused-macro check (each experiment with the tiny overlay)."""
-  for path in sorted((command.GIN_DIR / "experiments").glob("*.gin")):
+  for path in sorted((gin_setup.GIN_DIR / "experiments").glob("*.gin")):
     assert configure([], [f"experiments/{path.name}", "overlays/tiny_cpu.gin"]) is None, path
 
 
@@ -104,7 +104,7 @@ def test_a_gin_file_with_a_byte_order_mark_reads_like_one_without(tmp_path):
   bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8").replace(b"not_a_thing.x = 1\n", b""))
   gin.clear_config()
   try:
-    command.parse_gin([str(bom)], ["MODEL_DIR = '/tmp/x'"])
+    gin_setup.parse_gin([str(bom)], ["MODEL_DIR = '/tmp/x'"])
     assert gin_check.configured(config.TrainConfig).train_steps == 7
   finally:
     gin.clear_config()

@@ -16,7 +16,8 @@ import gin
 import pytest
 
 from sbs_jax.errors import SbsError
-from sbs_jax.train import command, config, dir_lock, gin_check, loop
+from sbs_jax.commands import train as train_command
+from sbs_jax.train import config, dir_lock, gin_check, gin_setup, loop
 from sbs_jax.train.data import check_train_split, label_examples
 from tests.conftest import REPO, run_sbs
 
@@ -31,7 +32,7 @@ def configure(bindings):
   """The run's config built as `sbs train` builds it; the SbsError's text, else None."""
   gin.clear_config()
   try:
-    command.parse_gin(EXPERIMENT, bindings)
+    gin_setup.parse_gin(EXPERIMENT, bindings)
     gin_check.configured(config.TrainConfig)
   except SbsError as e:
     return str(e)
@@ -42,7 +43,7 @@ def configure(bindings):
 
 def train(model_dir, steps=1, extra=(), experiment="svamp_distill_llm"):
   gin.clear_config()
-  command.parse_gin([f"experiments/{experiment}.gin", "overlays/tiny_cpu.gin"],
+  gin_setup.parse_gin([f"experiments/{experiment}.gin", "overlays/tiny_cpu.gin"],
                     [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", *SMOKE, *extra])
   try:
     return loop.train(gin_check.configured(config.TrainConfig),
@@ -142,7 +143,7 @@ def sbs_eval(model_dir, split, *more, capsys):
       args.gin_bindings.remove(flag)
   capsys.readouterr()
   try:
-    assert command.eval_main(args) == 0
+    assert train_command.eval_main(args) == 0
   finally:
     gin.clear_config()
   out, err = capsys.readouterr()
@@ -199,7 +200,7 @@ def test_eval_of_a_dir_that_is_not_a_model_dir_is_one_line(tmp_path):
                             gin_search_path=[], gin_bindings=[], max_examples=None,
                             coordinator_address=None, multihost=False)
   with pytest.raises(SbsError, match="is not a model dir of `sbs train`"):
-    command.eval_main(args)
+    train_command.eval_main(args)
 
 
 # ---- One run per model dir.

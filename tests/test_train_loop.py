@@ -8,7 +8,7 @@ import signal
 import gin
 import pytest
 
-from sbs_jax.train import command, config, loop
+from sbs_jax.train import config, gin_setup, loop
 from sbs_jax.train.checkpoint import StateCheckpoints
 from sbs_jax.train.preemption import Preempted
 from sbs_jax.train.metric_log import read_metrics
@@ -24,7 +24,7 @@ SMOKE = ["MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = {steps}", "TrainConfig.log_
 def train(model_dir, steps, on_step=None):
   gin.clear_config()
   bindings = [b.format(model_dir=model_dir, steps=steps) for b in SMOKE]
-  command.parse_gin(["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"], bindings)
+  gin_setup.parse_gin(["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"], bindings)
   try:
     return loop.train(config.TrainConfig(), config.student_config(), on_step=on_step)
   finally:

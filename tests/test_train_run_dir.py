@@ -13,7 +13,7 @@ import pytest
 
 from sbs_jax.data import vocab
 from sbs_jax.errors import SbsError
-from sbs_jax.train import command, config, loop
+from sbs_jax.train import config, gin_setup, loop
 from sbs_jax.train.metric_log import read_metrics
 from sbs_jax.train.run_dir import RUN_FILE
 from tests.conftest import REPO, run_sbs
@@ -27,7 +27,7 @@ SMOKE = ["TrainConfig.log_every = 1", "TrainConfig.checkpoint_every = 1",
 
 def train(model_dir, steps=2, extra=(), experiment="cqa_distill_llm"):
   gin.clear_config()
-  command.parse_gin([f"experiments/{experiment}.gin", "overlays/tiny_cpu.gin"],
+  gin_setup.parse_gin([f"experiments/{experiment}.gin", "overlays/tiny_cpu.gin"],
                     [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", *SMOKE, *extra])
   try:
     return loop.train(config.TrainConfig(), config.student_config())

@@ -71,7 +71,7 @@ def _synthetic_records(tmp_path, n=400):
 def test_vocab_notes_a_small_repetitive_corpus_and_bpe_shortens_it(tmp_path, capsys):
   import argparse
   import json
-  from sbs_jax.data import vocab_command
+  from sbs_jax.commands import vocab as vocab_command
   ann = _synthetic_records(tmp_path)
   parser = argparse.ArgumentParser()
   vocab_command.add_parser(parser.add_subparsers())

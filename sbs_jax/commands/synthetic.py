@@ -78,8 +78,8 @@ def main(args) -> int:
     finally:
       server.stop()
   else:
+    rate = synthetic.check_error_rate(args.error_rate)
     ready = prepare.prepare_synthetic(args.out_dir, args.name, args.train, args.test,
-                                      args.seed, error_rate=synthetic.check_error_rate(args.error_rate),
-                                      form=form_of(args))
+                                      args.seed, error_rate=rate, form=form_of(args))
     print(json.dumps(ready.__dict__))
   return 0

@@ -22,6 +22,8 @@ VOCAB_ENV = "SBS_VOCAB"
 ANNOTATION_DIR_ENV = "SBS_ANNOTATION_DIR"
 DEFAULT_VOCAB = "runs/demo/vocab/spm.model"
 DEFAULT_ANNOTATION_DIR = "runs/demo/annotations"
+# The annotation fields a vocabulary is trained on.
+TEXT_FIELDS = ("input", "label", "llm_label", "rationale")
 
 
 @gin.configurable
@@ -145,16 +147,36 @@ def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
           input_sentence_size=2_000_000, shuffle_input_sentence=False)
     except RuntimeError as e:  # e.g. a vocab_size below the 256 byte pieces + characters
       raise DataError(out_path, f"SentencePiece training failed: {e}") from None
+    model = prefix.with_suffix(".model").read_bytes()
     if remote:
       import tensorflow as tf  # pylint: disable=import-outside-toplevel
       with tf.io.gfile.GFile(out_path, "wb") as f:
-        f.write(prefix.with_suffix(".model").read_bytes())
+        f.write(model)
       return out_path
     out_path.parent.mkdir(parents=True, exist_ok=True)  # only now: a failure leaves no dir
     tmp_model = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
-      tmp_model.write_bytes(prefix.with_suffix(".model").read_bytes())
+      tmp_model.write_bytes(model)
       os.replace(tmp_model, out_path)
     finally:  # a full disk or a size limit leaves no partial file behind
       tmp_model.unlink(missing_ok=True)
   return out_path
+
+
+def train_texts(annotation_dir: str, datasets: list[str]):
+  """Every non-empty text field of the train records of `datasets`, prefixes included."""
+  # pylint: disable-next=import-outside-toplevel  (TensorFlow loads only here)
+  from sbs_jax.data.sources import AnnotationSource
+  yield from ("predict:", "explain:")
+  for name in datasets:
+    for record in AnnotationSource(name, annotation_dir).get_dataset("train").as_numpy_iterator():
+      for field in TEXT_FIELDS:
+        text = record[field].decode("utf-8")
+        if text:
+          yield text
+
+
+def tokens_per_word(processor, texts: list[str]) -> float:
+  """Mean SentencePiece tokens per whitespace-separated word over `texts`."""
+  words = sum(len(t.split()) for t in texts)
+  return sum(len(processor.encode(t)) for t in texts) / max(words, 1)

@@ -1,7 +1,7 @@
 """Datasets made ready for `sbs sweep`: annotated by a teacher and with a vocabulary.
 
-`annotate(argv)` runs the `sbs annotate` job from its own command-line arguments (one
-parser, so the demo and the controlled experiment cannot drift from the CLI);
+`annotate(**options)` runs the `sbs annotate` job of the same options as its flags
+(`annotate/build.py`, where the command's defaults also come from);
 `prepare_synthetic` runs the controlled task's whole preparation: generate the problems,
 serve the programmatic teacher over the OpenAI API on 127.0.0.1, annotate train and test
 through `sbs annotate --teacher openai` (the live path), train the vocabulary.
@@ -9,17 +9,15 @@ through `sbs annotate --teacher openai` (the live path), train the vocabulary.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import pathlib
 
-from sbs_jax.annotate import command as annotate_command
+from sbs_jax.annotate import build
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.data import vocab as vocab_lib
-from sbs_jax.data import vocab_command
 from sbs_jax.errors import SbsError
 from sbs_jax.experiments import synthetic
 
@@ -29,12 +27,10 @@ from sbs_jax.experiments import synthetic
 SYNTHETIC_VOCAB_SIZE = 600
 
 
-def annotate(argv: list[str]) -> job_lib.Result:
-  """Runs `sbs annotate ARGV` (without the leading `annotate`) in this process."""
-  parser = argparse.ArgumentParser(prog="sbs")
-  annotate_command.add_parser(parser.add_subparsers())
-  args = parser.parse_args(["annotate", *argv])
-  return job_lib.run(annotate_command.build_job(args))
+def annotate(**options) -> job_lib.Result:
+  """Runs the `sbs annotate` job of these options (`build.Options`' fields) in this
+  process."""
+  return job_lib.run(build.build_job(build.Options(**options)))
 
 
 def _loads(path: pathlib.Path) -> bool:
@@ -58,7 +54,7 @@ def ensure_vocabulary(annotation_dir, datasets: list[str], path, **train_kwargs)
   path = pathlib.Path(path)
   digest = hashlib.sha256(json.dumps(train_kwargs, sort_keys=True).encode())
   texts = []
-  for text in vocab_command.train_texts(str(annotation_dir), list(datasets)):
+  for text in vocab_lib.train_texts(str(annotation_dir), list(datasets)):
     texts.append(text)
     digest.update(text.encode("utf-8") + b"\0")
   source = {"datasets": list(datasets), "sha256": digest.hexdigest(), **train_kwargs}
@@ -118,11 +114,10 @@ def prepare_synthetic(out_dir, name: str = "marbles", train: int = 2000, test: i
   stats = {}
   with synthetic.teacher_server(error_rate) as server:
     for split, path in paths.items():
-      result = annotate([
-          "--dataset", f"jsonl:{path}", "--split", split, "--teacher", "openai",
-          "--base_url", server.url, "--model", synthetic.TEACHER_MODEL,
-          "--answer_format", "number", "--out_dir", str(annotation_dir), "--no_progress",
-          "--concurrency", "32"])
+      result = annotate(
+          dataset=f"jsonl:{path}", split=split, teacher="openai", base_url=server.url,
+          model=synthetic.TEACHER_MODEL, answer_format="number", out_dir=str(annotation_dir),
+          no_progress=True, concurrency=32)
       stats[split] = result.split_stats
   vocab = out / "vocab" / "spm.model"
   ensure_vocabulary(annotation_dir, [name], vocab, vocab_size=SYNTHETIC_VOCAB_SIZE,

@@ -34,18 +34,6 @@ from sbs_jax.metrics import mean_std
 KNOWN_METRICS = ("accuracy", "equation_accuracy")
 
 
-def add_parser(subparsers) -> None:
-  p = subparsers.add_parser(
-      "report", help="a sweep's results table (csv, markdown) and figures",
-      description="Collects every cell's results.json of an `sbs sweep` dir into "
-      "results.csv and results.md and draws figures/*.png and *.svg.")
-  p.add_argument("sweep_dir")
-  p.add_argument("--metric", default="accuracy",
-                 help="the label metric to tabulate and plot, a percent: "
-                 f"{', '.join(KNOWN_METRICS)} (or another *accuracy the cells' results hold)")
-  p.set_defaults(func=main, local_only=("sweep_dir",))
-
-
 @dataclasses.dataclass
 class CellResult:
   """One cell of the grid and what its model dir holds."""
@@ -273,13 +261,3 @@ def write_report(sweep_dir, metric: str = "accuracy") -> tuple[list[CellResult],
     raise SbsError(f"cannot write the report in {sweep_dir}: {e.strerror} "
                    f"({e.filename}); make the sweep dir writable, or copy it and report "
                    "the copy") from None
-
-
-def main(args) -> int:
-  sweep_dir = pathlib.Path(args.sweep_dir)
-  cells, drawn = write_report(sweep_dir, args.metric)
-  done = sum(c.status == "done" for c in cells)
-  print((sweep_dir / "results.md").read_text(), end="")
-  print(f"\n{done}/{len(cells)} cells done; wrote {sweep_dir / 'results.csv'}, "
-        f"{sweep_dir / 'results.md'} and {len(drawn)} figures in {sweep_dir / 'figures'}")
-  return 0

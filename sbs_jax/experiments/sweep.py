@@ -40,6 +40,7 @@ import sys
 import time
 
 from sbs_jax.errors import SbsError
+from sbs_jax.train.gin_setup import GIN_DIR
 
 # method -> (task kind, alpha or None for the sweep's --alpha): the paper's four settings.
 METHODS = {
@@ -58,34 +59,6 @@ GRID_KEYS = ("methods", "fractions", "sizes", "seeds")
 NOT_DONE_EXIT_CODE = 3
 CELLS_DIR = "cells"  # <cell>.json (what it is), <cell>.log (its output), <cell>.lock
 RESULTS_FILE = "results.json"
-GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs"
-
-
-def add_parser(subparsers) -> None:
-  p = subparsers.add_parser(
-      "sweep", help="the paper's grid of runs: methods x data fractions x sizes x seeds",
-      description="Runs one `sbs train` per cell of the grid, one after another, each in "
-      "its own model dir under --out_dir; rerun the same command to resume.")
-  p.add_argument("--dataset", required=True, help="an annotated dataset (cqa, or your own)")
-  p.add_argument("--methods", default="standard_finetuning,distill_llm",
-                 help=f"comma-separated, of {', '.join(METHODS)}")
-  p.add_argument("--fractions", default="100",
-                 help="training-data percents, of 12.5,25,50,100")
-  p.add_argument("--sizes", default="",
-                 help="model sizes (gin_configs/models/<size>.gin, read after --gin_file); "
-                 "empty: the size the gin files set")
-  p.add_argument("--seeds", default="0", help="comma-separated integers")
-  p.add_argument("--alpha", type=float, default=0.5,
-                 help="label-loss weight of the distill methods (standard ones use 1.0)")
-  p.add_argument("--annotation_dir", required=True)
-  p.add_argument("--vocab", required=True, help="the SentencePiece model (sbs vocab)")
-  p.add_argument("--out_dir", required=True)
-  p.add_argument("--gin_file", action="append", default=[],
-                 help="read by every cell after the experiment's files (repeatable)")
-  p.add_argument("--print_commands", action="store_true",
-                 help="print one `sbs train` command per cell and run nothing")
-  p.set_defaults(func=main, accepts_gin_bindings=True,
-                 local_only=("out_dir", "annotation_dir", "gin_file"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -562,23 +535,3 @@ def finish_line(out_dir: str, grid: dict) -> tuple[str, int]:
       [f"{count(stopped)} unfinished"] if stopped else [])
   return (f"sweep not finished: {'; '.join(parts)}; rerun the same command once they end "
           f"(it resumes unfinished cells), then sbs report {out_dir}"), NOT_DONE_EXIT_CODE
-
-
-def main(args) -> int:
-  settings = settings_from_args(args)
-  grid = parse_grid(args.methods, args.fractions, args.sizes, args.seeds)
-  out_dir = args.out_dir if "://" in args.out_dir else os.path.abspath(args.out_dir)
-  if args.print_commands:
-    for cell in cells(grid):
-      print(shell_command(settings, cell, out_dir))
-    return 0
-  check_inputs(settings)
-  grid = record_sweep(out_dir, settings, grid)
-  try:
-    run(settings, grid, out_dir)
-    line, code = finish_line(out_dir, grid)
-  except OSError as e:  # e.g. a read-only sweep dir: its cells' locks, records and logs
-    raise SbsError(f"cannot work in {out_dir}: {e.strerror} ({e.filename}); make it "
-                   "writable and rerun the same command") from None
-  print(line, flush=True)
-  return code

@@ -25,24 +25,6 @@ from sbs_jax.train import checkpoint as ckpt
 PREFIXES_FILE = "sbs_prefixes.json"
 
 
-def add_parser(subparsers) -> None:
-  p = subparsers.add_parser("import-hf", help="an HF T5 checkpoint -> a model dir to train from")
-  p.add_argument("--hf_dir", required=True)
-  p.add_argument("--out", required=True)
-  p.add_argument("--allow_pickle", action="store_true",
-                 help="read a pickle-based pytorch_model.bin (unpickling can run code)")
-  p.add_argument("--overwrite", action="store_true",
-                 help="replace a non-empty --out whole (the old dir or the new one, never a "
-                 "mix, if the import is interrupted)")
-  p.set_defaults(func=import_main, local_only=("hf_dir",))
-  p = subparsers.add_parser("export-hf", help="a trained model dir -> an HF T5 folder")
-  p.add_argument("--model_dir", required=True)
-  p.add_argument("--out", required=True)
-  p.add_argument("--overwrite", action="store_true",
-                 help="write into a non-empty --out dir, replacing files of the same name")
-  p.set_defaults(func=export_main, local_only=("out",))
-
-
 def _extra_ids(hf_dir: pathlib.Path) -> int:
   """The tokenizer's sentinel count (T5's own vocabulary has 100), 0 if none is declared."""
   path = hf_dir / "tokenizer_config.json"
@@ -87,14 +69,3 @@ def export_hf(model_dir: str, out: str, overwrite: bool = False) -> pathlib.Path
       {"label_prefix": info["label_prefix"], "rationale_prefix": info["rationale_prefix"]},
       indent=2))
   return path
-
-
-def import_main(args) -> int:
-  summary = import_hf(args.hf_dir, args.out, args.allow_pickle, args.overwrite)
-  print(json.dumps({k: summary[k] for k in ("model_dir", "parameters", "extra_ids")}))
-  return 0
-
-
-def export_main(args) -> int:
-  print(json.dumps({"hf_dir": str(export_hf(args.model_dir, args.out, args.overwrite))}))
-  return 0

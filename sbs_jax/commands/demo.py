@@ -57,10 +57,9 @@ def cqa_part(args, out: pathlib.Path) -> dict:
   annotation_dir, vocab = out / "annotations", out / "vocab" / "spm.model"
   stats = {}
   for split in ("train", "test"):
-    argv = ["--dataset", "cqa", "--split", split, "--teacher", "replay",
-            "--out_dir", str(annotation_dir)]
-    stats[split] = prepare.annotate(argv + (["--data_dir", args.data_dir]
-                                            if args.data_dir else [])).split_stats
+    stats[split] = prepare.annotate(dataset="cqa", split=split, teacher="replay",
+                                    out_dir=str(annotation_dir),
+                                    data_dir=args.data_dir).split_stats
   prepare.ensure_vocabulary(annotation_dir, ["cqa"], vocab, vocab_size=8000)
   names = tasks.register_dataset("cqa", annotation_dir=str(annotation_dir),
                                  vocabulary=seqio.SentencePieceVocabulary(str(vocab)))

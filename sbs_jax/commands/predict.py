@@ -73,7 +73,7 @@ def main(args) -> int:
   import jax
   from sbs_jax.serve import job as job_lib
   from sbs_jax.serve.predictor import DecodeSettings, Predictor
-  from sbs_jax.train.command import initialize_distributed
+  from sbs_jax.commands.train import initialize_distributed
   settings = DecodeSettings(args.batch_size, args.max_input_length, args.max_decode_length,
                             args.rationale_decode_length)
   initialize_distributed(args)

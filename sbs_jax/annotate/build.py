@@ -1,10 +1,10 @@
-"""`sbs annotate`: the teacher-annotation job from the command line."""
+"""An annotation job from its options: the input read and checked, the prompt, the answer
+parser and the teacher chosen (`sbs annotate`'s flags are these options,
+`sbs_jax/commands/annotate.py`; `sbs_jax/experiments/prepare.py` builds them in code)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
+import dataclasses
 import re
 
 from sbs_jax.annotate import job as job_lib
@@ -13,61 +13,53 @@ from sbs_jax.annotate.teachers import OpenAITeacher, ReplayTeacher
 from sbs_jax.data import readers
 from sbs_jax.errors import SbsError
 
-log = logging.getLogger(__name__)
+
+@dataclasses.dataclass
+class Options:
+  """What an annotation job is asked to do: the fields of `sbs annotate`'s flags, with the
+  same defaults (the command's parser takes its defaults from here)."""
+  dataset: str  # a benchmark's name, or jsonl:PATH
+  teacher: str  # replay or openai
+  out_dir: str
+  split: str = "train"
+  data_dir: str | None = None
+  num_shards: int = 1
+  shard_index: int = 0
+  restart: bool = False
+  no_progress: bool = False
+  # custom data (--dataset jsonl:PATH)
+  input_key: str = "input"
+  label_key: str = "label"
+  id_key: str | None = None
+  completion_key: str | None = None
+  prompt_file: str | None = None
+  answer_format: str = "auto"
+  answer_regex: str | None = None
+  stop_regex: str = parsers.DEFAULT_STOP_REGEX
+  # --teacher openai
+  base_url: str | None = None
+  model: str | None = None
+  api_key_env: str | None = None
+  allow_http_key: bool = False
+  endpoint: str = "completions"
+  concurrency: int = 16
+  timeout: float = 120.0
+  max_retries: int = 8
+  retry_base_delay: float = 0.5
+  retry_max_delay: float = 30.0
+  max_tokens: int = 256
+  temperature: float = 0.0
 
 
-def add_parser(subparsers) -> None:
-  p = subparsers.add_parser(
-      "annotate", help="ask a teacher LLM for rationales and labels; write TFRecords",
-      description="Annotates a dataset split with a teacher's chain-of-thought rationales "
-      "and labels. Rerun the same command to resume an interrupted run.")
-  p.add_argument("--dataset", required=True,
-                 help=f"one of {', '.join(readers.BENCHMARKS)}, or jsonl:PATH")
-  p.add_argument("--split", default="train")
-  p.add_argument("--teacher", choices=("replay", "openai"), required=True)
-  p.add_argument("--out_dir", required=True)
-  p.add_argument("--data_dir", help=f"benchmarks' dir (default ${readers.DATA_DIR_ENV}, "
-                 "else ../shared/datasets)")
-  p.add_argument("--num_shards", type=int, default=1)
-  p.add_argument("--shard_index", type=int, default=0)
-  p.add_argument("--restart", action="store_true",
-                 help="discard a partial run of this shard instead of resuming it")
-  p.add_argument("--no_progress", action="store_true", help="no progress bar")
-  g = p.add_argument_group("custom data (--dataset jsonl:PATH)")
-  g.add_argument("--input_key", default="input")
-  g.add_argument("--label_key", default="label",
-                 help="gold label field; rows without it are unlabeled")
-  g.add_argument("--id_key", help="id field (default: <split>-<row index>)")
-  g.add_argument("--completion_key", help="field with a completion, for --teacher replay")
-  g.add_argument("--prompt_file", help="own few-shot template with one {input}")
-  g.add_argument("--answer_format", choices=answer_formats.FORMATS, default="auto",
-                 help="how answers and gold labels are read: choice (marker, letter or text "
-                 "of a choice listed in the input), number, nli (entailment / neutral / "
-                 "contradiction), text (as written); auto: text (default: %(default)s)")
-  g.add_argument("--answer_regex",
-                 help="the label is the rest of the line after its last match (default: "
-                 f"{parsers.DEFAULT_ANSWER_REGEX!r} for text, 'answer is' or 'Answer:' in "
-                 "any case for the other formats)")
-  g.add_argument("--stop_regex", default=parsers.DEFAULT_STOP_REGEX,
-                 help="where a completion runs on into the next exemplar")
-  g = p.add_argument_group("--teacher openai")
-  g.add_argument("--base_url", help="e.g. http://127.0.0.1:8000/v1")
-  g.add_argument("--model")
-  g.add_argument("--api_key_env",
-                 help="the environment variable holding this endpoint's API key (default: "
-                 "$OPENAI_API_KEY for https://api.openai.com only; other endpoints get no "
-                 "key without this flag)")
-  g.add_argument("--allow_http_key", action="store_true",
-                 help="send the key over plain http to a host other than this machine")
-  g.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
-  g.add_argument("--concurrency", type=int, default=16)
-  g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-  g.add_argument("--max_retries", type=int, default=8)
-  g.add_argument("--retry_base_delay", type=float, default=0.5)
-  g.add_argument("--retry_max_delay", type=float, default=30.0)
-  g.add_argument("--max_tokens", type=int, default=256)
-  g.add_argument("--temperature", type=float, default=0.0)
-  p.set_defaults(func=main, local_only=("out_dir", "data_dir", "prompt_file"))
+def defaults() -> dict:
+  """Every Options field that has a default, with it."""
+  return {f.name: f.default for f in dataclasses.fields(Options)
+          if f.default is not dataclasses.MISSING}
+
+
+def options_of(args) -> Options:
+  """Options from an object holding (at least) every field, e.g. parsed flags."""
+  return Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
 
 
 def _load(args) -> readers.LoadedSplit:
@@ -110,8 +102,9 @@ def _check_numbers(args) -> None:
       raise SbsError(f"--{name} {shown}: must be {expected}")
 
 
-def build_job(args) -> job_lib.Job:
-  """Reads and checks all input first, so that bad input writes nothing."""
+def build_job(args: Options) -> job_lib.Job:
+  """The job `args` describe (an Options, or an object with its fields). Reads and checks
+  all input first, so that bad input writes nothing."""
   custom = args.dataset.startswith("jsonl:")
   _check_numbers(args)
   if custom and not _SPLIT_NAME.fullmatch(args.split):
@@ -172,17 +165,3 @@ def build_job(args) -> job_lib.Job:
       shard_index=args.shard_index, concurrency=args.concurrency, restart=args.restart,
       progress=False if args.no_progress else None, answer_format=answer_format,
       settings=settings)
-
-
-def main(args) -> int:
-  job = build_job(args)
-  result = job_lib.run(job)
-  stats = result.split_stats or result.stats
-  shown = {k: stats.get(k) for k in ("dataset", "split", "answer_format", "examples", "parsed",
-                                     "unparsable", "teacher_accuracy", "usage")}
-  print(json.dumps(shown, sort_keys=True))
-  log.info("records: %s (asked the teacher for %d examples in this run)",
-           result.records_path, result.asked)
-  if result.split_stats is None:
-    log.info("split stats are written when all %d shards are done", job.num_shards)
-  return 0

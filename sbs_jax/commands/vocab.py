@@ -1,4 +1,5 @@
-"""`sbs vocab`: train the student's SentencePiece vocabulary on annotated train text."""
+"""`sbs vocab`: train the student's SentencePiece vocabulary on annotated train text
+(`sbs_jax/data/vocab.py`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,6 @@ import json
 import sys
 
 from sbs_jax.data import vocab
-from sbs_jax.data.sources import AnnotationSource
-
-TEXT_FIELDS = ("input", "label", "llm_label", "rationale")
 
 
 def add_parser(subparsers) -> None:
@@ -26,25 +24,8 @@ def add_parser(subparsers) -> None:
   p.set_defaults(func=main)
 
 
-def train_texts(annotation_dir: str, datasets: list[str]):
-  """Every non-empty text field of the train records of `datasets`, prefixes included."""
-  yield from ("predict:", "explain:")
-  for name in datasets:
-    for record in AnnotationSource(name, annotation_dir).get_dataset("train").as_numpy_iterator():
-      for field in TEXT_FIELDS:
-        text = record[field].decode("utf-8")
-        if text:
-          yield text
-
-
 # A vocabulary this much smaller than asked, at this many tokens per word, is noted.
 _SMALL_SHARE, _TOKENS_PER_WORD = 0.5, 1.5
-
-
-def tokens_per_word(processor, texts: list[str]) -> float:
-  """Mean SentencePiece tokens per whitespace-separated word over `texts`."""
-  words = sum(len(t.split()) for t in texts)
-  return sum(len(processor.encode(t)) for t in texts) / max(words, 1)
 
 
 def main(args) -> int:
@@ -52,7 +33,7 @@ def main(args) -> int:
   sample: list[str] = []  # texts for tokens_per_word, kept as training reads them
 
   def texts():
-    for i, text in enumerate(train_texts(args.annotation_dir, datasets)):
+    for i, text in enumerate(vocab.train_texts(args.annotation_dir, datasets)):
       if 2 <= i < 1002:  # (after the two task prefixes)
         sample.append(text)
       yield text
@@ -62,7 +43,7 @@ def main(args) -> int:
                                 model_type=args.model_type)
   processor = vocab.sentencepiece_processor(str(path))
   size = processor.get_piece_size()
-  per_word = tokens_per_word(processor, sample)
+  per_word = vocab.tokens_per_word(processor, sample)
   print(json.dumps({"vocabulary": str(path), "pieces": size, "model_type": args.model_type,
                     "tokens_per_word": round(per_word, 2), "datasets": datasets}))
   if size < _SMALL_SHARE * args.vocab_size and per_word > _TOKENS_PER_WORD and \

@@ -1,0 +1,82 @@
+"""`sbs annotate`: the teacher-annotation job from the command line (the job:
+`sbs_jax/annotate/build.py` and `job.py`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from sbs_jax.annotate import answer_formats, build, parsers
+from sbs_jax.annotate import job as job_lib
+from sbs_jax.data import readers
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> None:
+  p = subparsers.add_parser(
+      "annotate", help="ask a teacher LLM for rationales and labels; write TFRecords",
+      description="Annotates a dataset split with a teacher's chain-of-thought rationales "
+      "and labels. Rerun the same command to resume an interrupted run.")
+  p.add_argument("--dataset", required=True,
+                 help=f"one of {', '.join(readers.BENCHMARKS)}, or jsonl:PATH")
+  p.add_argument("--split")
+  p.add_argument("--teacher", choices=("replay", "openai"), required=True)
+  p.add_argument("--out_dir", required=True)
+  p.add_argument("--data_dir", help=f"benchmarks' dir (default ${readers.DATA_DIR_ENV}, "
+                 "else ../shared/datasets)")
+  p.add_argument("--num_shards", type=int)
+  p.add_argument("--shard_index", type=int)
+  p.add_argument("--restart", action="store_true",
+                 help="discard a partial run of this shard instead of resuming it")
+  p.add_argument("--no_progress", action="store_true", help="no progress bar")
+  g = p.add_argument_group("custom data (--dataset jsonl:PATH)")
+  g.add_argument("--input_key")
+  g.add_argument("--label_key",
+                 help="gold label field; rows without it are unlabeled")
+  g.add_argument("--id_key", help="id field (default: <split>-<row index>)")
+  g.add_argument("--completion_key", help="field with a completion, for --teacher replay")
+  g.add_argument("--prompt_file", help="own few-shot template with one {input}")
+  g.add_argument("--answer_format", choices=answer_formats.FORMATS,
+                 help="how answers and gold labels are read: choice (marker, letter or text "
+                 "of a choice listed in the input), number, nli (entailment / neutral / "
+                 "contradiction), text (as written); auto: text (default: %(default)s)")
+  g.add_argument("--answer_regex",
+                 help="the label is the rest of the line after its last match (default: "
+                 f"{parsers.DEFAULT_ANSWER_REGEX!r} for text, 'answer is' or 'Answer:' in "
+                 "any case for the other formats)")
+  g.add_argument("--stop_regex",
+                 help="where a completion runs on into the next exemplar")
+  g = p.add_argument_group("--teacher openai")
+  g.add_argument("--base_url", help="e.g. http://127.0.0.1:8000/v1")
+  g.add_argument("--model")
+  g.add_argument("--api_key_env",
+                 help="the environment variable holding this endpoint's API key (default: "
+                 "$OPENAI_API_KEY for https://api.openai.com only; other endpoints get no "
+                 "key without this flag)")
+  g.add_argument("--allow_http_key", action="store_true",
+                 help="send the key over plain http to a host other than this machine")
+  g.add_argument("--endpoint", choices=("completions", "chat"))
+  g.add_argument("--concurrency", type=int)
+  g.add_argument("--timeout", type=float, help="seconds per request")
+  g.add_argument("--max_retries", type=int)
+  g.add_argument("--retry_base_delay", type=float)
+  g.add_argument("--retry_max_delay", type=float)
+  g.add_argument("--max_tokens", type=int)
+  g.add_argument("--temperature", type=float)
+  p.set_defaults(**build.defaults())
+  p.set_defaults(func=main, local_only=("out_dir", "data_dir", "prompt_file"))
+
+
+def main(args) -> int:
+  job = build.build_job(build.options_of(args))
+  result = job_lib.run(job)
+  stats = result.split_stats or result.stats
+  shown = {k: stats.get(k) for k in ("dataset", "split", "answer_format", "examples", "parsed",
+                                     "unparsable", "teacher_accuracy", "usage")}
+  print(json.dumps(shown, sort_keys=True))
+  log.info("records: %s (asked the teacher for %d examples in this run)",
+           result.records_path, result.asked)
+  if result.split_stats is None:
+    log.info("split stats are written when all %d shards are done", job.num_shards)
+  return 0
