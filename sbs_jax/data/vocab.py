@@ -116,6 +116,18 @@ def _comparable_state(vocabulary: seqio.SentencePieceVocabulary) -> dict:
   return state
 
 
+def _without_temp_paths(model: bytes) -> bytes:
+  """The model with the trainer's corpus and output paths (this run's temporary folder)
+  cleared: the same texts and settings then give the same bytes, so a vocabulary trained
+  again (another machine, a fresh checkout) matches the sha256 a sweep or run pinned."""
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(model)
+  del proto.trainer_spec.input[:]
+  proto.trainer_spec.model_prefix = ""
+  return proto.SerializeToString()
+
+
 def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
                      model_type: str = "unigram") -> pathlib.Path:
   """Trains a SentencePiece model with T5's special ids; returns the .model path (local, or
@@ -147,7 +159,7 @@ def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
           input_sentence_size=2_000_000, shuffle_input_sentence=False)
     except RuntimeError as e:  # e.g. a vocab_size below the 256 byte pieces + characters
       raise DataError(out_path, f"SentencePiece training failed: {e}") from None
-    model = prefix.with_suffix(".model").read_bytes()
+    model = _without_temp_paths(prefix.with_suffix(".model").read_bytes())
     if remote:
       import tensorflow as tf  # pylint: disable=import-outside-toplevel
       with tf.io.gfile.GFile(out_path, "wb") as f:
