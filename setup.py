@@ -1,6 +1,26 @@
 """sbs_jax: Distilling Step-by-Step (Hsieh et al., 2023) in JAX/Flax with SeqIO and gin."""
 
+import pathlib
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+GIN_CONFIGS = "gin_configs"
+
+
+class BuildWithGinConfigs(build_py):
+  """Copies the repository's top-level gin_configs/ into the built package as
+  sbs_jax/gin_configs/, so that an installed (non-editable) sbs_jax finds the experiment,
+  model and overlay gin files without a source checkout (sbs_jax/train/gin_setup.py)."""
+
+  def run(self):
+    super().run()
+    target = pathlib.Path(self.build_lib) / "sbs_jax" / GIN_CONFIGS
+    if target.exists():
+      shutil.rmtree(target)
+    shutil.copytree(pathlib.Path(__file__).resolve().parent / GIN_CONFIGS, target,
+                    ignore=shutil.ignore_patterns("__pycache__"))
 
 setup(
     name="sbs_jax",
@@ -39,4 +59,5 @@ setup(
         "tpu": ["jax[tpu]"],
     },
     entry_points={"console_scripts": ["sbs=sbs_jax.cli:main"]},
+    cmdclass={"build_py": BuildWithGinConfigs},
 )

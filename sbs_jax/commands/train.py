@@ -4,7 +4,8 @@
         --gin.TrainConfig.model_dir="'runs/cqa'"
     sbs eval --model_dir runs/cqa --split test
 
-Gin files are looked up as given, then under the repository's `gin_configs/`.
+Gin files are looked up as given, then under the shipped `gin_configs/` (the installed package's
+copy, or the source checkout's; `sbs_jax/train/gin_setup.py`).
 """
 
 from __future__ import annotations

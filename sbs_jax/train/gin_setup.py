@@ -14,8 +14,17 @@ import gin
 from sbs_jax.errors import SbsError
 from sbs_jax.train import gin_check
 
-# The repository's gin_configs/: experiments, models, runs, overlays (docs/train.md).
-GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs"
+def gin_dir() -> pathlib.Path:
+  """The shipped gin files (experiments, models, runs, overlays, t5x; docs/train.md): the
+  copy inside an installed package (`sbs_jax/gin_configs`, which setup.py's build puts
+  there), else the source checkout's top-level gin_configs/ (an editable install, or the
+  repository on PYTHONPATH)."""
+  package = pathlib.Path(__file__).resolve().parents[1]
+  installed = package / "gin_configs"
+  return installed if (installed / "experiments").is_dir() else package.parent / "gin_configs"
+
+
+GIN_DIR = gin_dir()
 
 
 def gin_bindings(extra: list[str]) -> list[str]:
