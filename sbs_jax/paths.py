@@ -31,15 +31,3 @@ def check_output_path(path, flag: str, is_dir: bool = False) -> None:
   if not os.access(ancestor, os.W_OK | os.X_OK):
     raise SbsError(f"{flag} {path}: {ancestor} is not writable (read-only, or not yours); "
                    "choose a writable path")
-
-
-def write_text_atomically(path, text: str) -> None:
-  """Writes a local text file whole or not at all: a full disk or a size limit midway leaves
-  the old file (or none), never a cut one that a later step would read as complete."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  try:
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)

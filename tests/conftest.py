@@ -3,12 +3,10 @@
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+from tests.helpers.data import ANLI_ROWS, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -18,14 +16,6 @@ def data_dir() -> pathlib.Path:
   if not (path / "cqa").is_dir():
     pytest.skip(f"no released data at {path}")
   return path
-
-
-def run_sbs(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-  """Runs `python -m sbs_jax.cli ARGS` and returns the finished process."""
-  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-  return subprocess.run([sys.executable, "-m", "sbs_jax.cli", *map(str, args)],
-                        capture_output=True, text=True, env=full_env, timeout=timeout,
-                        cwd=REPO, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +28,6 @@ def annotated(tmp_path_factory, data_dir):
   import argparse
   from sbs_jax.annotate import build, job
   from sbs_jax.commands import annotate as annotate_command
-  from tests.test_readers import ANLI_ROWS, make_anli, write_jsonl
 
   root = tmp_path_factory.mktemp("annotated")
   anli_dir = root / "anli_data"

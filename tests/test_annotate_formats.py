@@ -6,8 +6,7 @@ from sbs_jax.annotate import answer_formats, build, job as job_lib, parsers
 from sbs_jax.data import records
 from sbs_jax.data.readers import Example, cqa_input
 from sbs_jax.errors import DataError, SbsError
-from tests.test_annotate_replay import annotate_args
-from tests.test_readers import write_jsonl
+from tests.helpers.data import annotate_args, write_jsonl
 
 CHOICES = ("whirlpool bath", "downtown", "play tag", "bus station", "train station")
 INPUT = cqa_input("What do children do at recess?", CHOICES)

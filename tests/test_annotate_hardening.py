@@ -19,9 +19,10 @@ from sbs_jax.annotate import job as job_lib
 from sbs_jax.commands import annotate as annotate_command, download as download_command
 from sbs_jax.data import readers, records
 from sbs_jax.errors import SbsError
+from sbs_jax.jobdir import files
 from sbs_jax.testing.fake_openai import FakeOpenAIServer
-from tests.conftest import REPO, run_sbs
-from tests.test_readers import write_jsonl
+from tests.helpers import REPO, run_sbs
+from tests.helpers.data import write_jsonl
 
 PASSWORD = "pa55-W0rd-xyzzy"
 URL_KEY = "qk-URLKEY-31337"
@@ -61,7 +62,7 @@ def all_text_under(root: pathlib.Path) -> str:
 
 
 def temps_under(root: pathlib.Path) -> list:
-  return [p for p in root.rglob("*") if records.TEMP_MARK in p.name]
+  return [p for p in root.rglob("*") if files.TEMP_MARK in p.name]
 
 
 def one_line(stderr: str) -> str:

@@ -13,8 +13,8 @@ import pytest
 from sbs_jax.annotate import prompts
 from sbs_jax.data import records
 from sbs_jax.testing.fake_openai import GARBAGE_TEXT, FakeOpenAIServer
-from tests.conftest import REPO, run_sbs
-from tests.test_readers import write_jsonl
+from tests.helpers import REPO, run_sbs
+from tests.helpers.data import write_jsonl
 
 SECRET = "sk-test-secret-0123456789"
 FAULTS = {1: "429", 2: "500", 3: "hang", 4: "garbage_body", 5: "truncated"}

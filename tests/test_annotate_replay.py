@@ -11,17 +11,8 @@ from sbs_jax.commands import annotate as annotate_command
 from sbs_jax.data import records
 from sbs_jax.annotate.teachers import Completion, ReplayTeacher
 from sbs_jax.errors import SbsError
-from tests.conftest import run_sbs
-from tests.test_readers import ANLI_ROWS, make_anli, write_jsonl
-
-
-def annotate_args(**kw) -> argparse.Namespace:
-  parser = argparse.ArgumentParser()
-  annotate_command.add_parser(parser.add_subparsers())
-  argv = ["annotate", "--no_progress"]
-  for k, v in kw.items():
-    argv += [f"--{k}", str(v)]
-  return parser.parse_args(argv)
+from tests.helpers import run_sbs
+from tests.helpers.data import ANLI_ROWS, annotate_args, make_anli, write_jsonl
 
 
 def test_the_command_and_the_library_share_their_defaults():

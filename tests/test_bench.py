@@ -13,7 +13,7 @@ import pytest
 from sbs_jax.commands import bench as bench_command
 from sbs_jax.perf import bench, flops
 from sbs_jax.model.config import config_for
-from tests.conftest import run_sbs
+from tests.helpers import run_sbs
 
 
 def parse(*argv) -> argparse.Namespace:

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from sbs_jax import cli, console
-from tests.conftest import REPO, run_sbs
+from tests.helpers import REPO, run_sbs
 
 
 def test_every_listed_command_is_defined_by_its_module():

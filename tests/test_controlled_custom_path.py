@@ -4,10 +4,13 @@ gives it: JSONL with the teacher's completions -> sbs annotate --teacher replay 
 
 import json
 
+import pytest
+
 from sbs_jax.experiments import synthetic
-from tests.conftest import run_sbs
+from tests.helpers import run_sbs
 
 
+@pytest.mark.slow
 def test_a_marked_task_through_replay_vocab_and_train(tmp_path):
   form = synthetic.Form("marked", "max", people=5)
   paths = synthetic.generate(tmp_path / "data", "marks", train=400, test=40, seed=7,

@@ -12,8 +12,8 @@ import seqio
 import tasks
 from sbs_jax.data import records
 from sbs_jax.errors import SbsError
-from tests.conftest import REPO, run_sbs
-from tests.test_readers import write_jsonl
+from tests.helpers import REPO, run_sbs
+from tests.helpers.data import write_jsonl
 
 
 def arithmetic_rows(n=60):

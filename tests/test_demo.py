@@ -3,10 +3,13 @@
 import csv
 import re
 
+import pytest
+
 from sbs_jax.experiments import sweep
-from tests.conftest import run_sbs
+from tests.helpers import run_sbs
 
 
+@pytest.mark.slow
 def test_demo_ends_with_the_comparison(data_dir, tmp_path):
   proc = run_sbs("demo", "--out_dir", tmp_path, "--data_dir", data_dir,
                  "--train_problems", 2000,

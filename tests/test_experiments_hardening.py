@@ -13,6 +13,7 @@ import pytest
 from sbs_jax import cli
 from sbs_jax.errors import SbsError
 from sbs_jax.experiments import report, sweep
+from tests.helpers import REPO
 
 
 def _one_line(capsys) -> str:
@@ -387,7 +388,6 @@ def test_bench_that_fails_exits_non_zero_and_keeps_the_json(capsys, monkeypatch,
 
 def _launcher():
   import importlib.util
-  from tests.conftest import REPO
   spec = importlib.util.spec_from_file_location("sbs_launch_tpu_h", REPO / "launch" / "tpu.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

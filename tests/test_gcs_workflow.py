@@ -18,8 +18,10 @@ import sys
 import pytest
 
 from sbs_jax.train.metric_log import read_metrics
-from tests.conftest import REPO, run_sbs
-from tests.test_multihost import _tail, _two_hosts, _wait_all, _wait_for
+from tests.helpers import REPO, run_sbs
+from tests.helpers.multihost import tail, two_hosts, wait_all, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.multihost]
 
 BUCKET = "sbs-test"
 ROOT = f"gs://{BUCKET}/workflow"
@@ -86,23 +88,23 @@ def trained(setup, gcs):
   init = [f"--gin.INITIAL_CHECKPOINT='{ROOT}/init'"]
   logs = {name: [setup / f"{name}{i}.log" for i in range(2)] for name in
           ("whole", "killed", "resumed")}
-  with _two_hosts(_train_flags(f"{ROOT}/whole", *init), logs["whole"]) as procs:
-    whole_codes = _wait_all(procs)
+  with two_hosts(_train_flags(f"{ROOT}/whole", *init), logs["whole"]) as procs:
+    whole_codes = wait_all(procs)
   marker = "workflow/killed/checkpoints/2/commit_success.txt"
-  with _two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["killed"]) as procs:
-    _wait_for(lambda: marker in gcs.list_objects(BUCKET, "workflow/killed/checkpoints/"),
+  with two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["killed"]) as procs:
+    wait_for(lambda: marker in gcs.list_objects(BUCKET, "workflow/killed/checkpoints/"),
               procs, "the step-2 checkpoint on gs://", logs["killed"])
     for p in procs:
       p.send_signal(signal.SIGKILL)
-  with _two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["resumed"]) as procs:
-    resumed_codes = _wait_all(procs)
+  with two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["resumed"]) as procs:
+    resumed_codes = wait_all(procs)
   return dict(logs=logs, whole_codes=whole_codes, resumed_codes=resumed_codes)
 
 
 def test_two_hosts_on_gs_resume_a_killed_run_exactly(trained, gcs):
   logs = trained["logs"]
-  assert trained["whole_codes"] == [0, 0], "\n".join(_tail(l) for l in logs["whole"])
-  assert trained["resumed_codes"] == [0, 0], "\n".join(_tail(l) for l in logs["resumed"])
+  assert trained["whole_codes"] == [0, 0], "\n".join(tail(l) for l in logs["whole"])
+  assert trained["resumed_codes"] == [0, 0], "\n".join(tail(l) for l in logs["resumed"])
   assert "starting from gs://sbs-test/workflow/init" in logs["whole"][0].read_text()
   resumed_log = logs["resumed"][0].read_text()
   assert "resumed from step" in resumed_log

@@ -16,6 +16,8 @@ import t5x
 import tasks
 from sbs_jax.data import vocab
 
+pytestmark = [pytest.mark.t5x]
+
 REPO = pathlib.Path(__file__).parents[1]
 T5X_GIN = sorted((REPO / "gin_configs" / "t5x").glob("*.gin"))
 T5X_ROOT = pathlib.Path(t5x.__file__).parents[1]  # holds t5x/examples/..., t5x/configs/...

@@ -9,7 +9,7 @@ import shlex
 import subprocess
 
 from sbs_jax.commands import bench as bench_command
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _dry_run_commands():

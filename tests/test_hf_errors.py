@@ -16,6 +16,7 @@ from sbs_jax.train import checkpoint as ckpt
 from sbs_jax.train.config import OptimizerConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import build_student, init_state, make_mesh
+from tests.helpers import run_sbs
 
 CONFIG = config_for("tiny", vocab_size=320, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64)
 
@@ -110,7 +111,6 @@ def _tree_bytes(root):
 
 def test_import_onto_a_trained_run_is_refused_before_anything_is_read(tmp_path, model_dir):
   import shutil  # pylint: disable=import-outside-toplevel
-  from tests.conftest import run_sbs  # pylint: disable=import-outside-toplevel
   run = tmp_path / "run"
   shutil.copytree(model_dir, run)
   (run / "run.json").write_text('{"train_steps": 10}')

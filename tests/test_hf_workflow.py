@@ -17,7 +17,9 @@ from sbs_jax.errors import SbsError  # pylint: disable=wrong-import-position
 from sbs_jax.train import checkpoint as ckpt  # pylint: disable=wrong-import-position
 from sbs_jax.train.data import label_examples  # pylint: disable=wrong-import-position
 from sbs_jax.train.evaluate import detokenize  # pylint: disable=wrong-import-position
-from tests.tiny_cqa import train_tiny_cqa  # pylint: disable=wrong-import-position
+from tests.helpers.tiny_cqa import train_tiny_cqa
+
+pytestmark = [pytest.mark.slow]
 
 # The tiny overlay's network, as an HF T5 v1.1 config with our 8k vocabulary.
 HF_TINY = dict(vocab_size=8000, d_model=64, d_kv=16, d_ff=128, num_layers=2,

@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
+from tests.helpers import REPO
 
-from tests.conftest import REPO
 
 _spec = importlib.util.spec_from_file_location("sbs_launch_tpu", REPO / "launch" / "tpu.py")
 tpu = importlib.util.module_from_spec(_spec)

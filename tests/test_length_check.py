@@ -10,6 +10,7 @@ import tasks  # noqa: F401  # registers the benchmarks' tasks
 from sbs_jax.errors import SbsError
 from sbs_jax.train import config
 from sbs_jax.train.data import check_lengths, length_note, train_batches
+from tests.helpers import run_sbs
 
 
 def _data(task, inputs, targets, **kwargs):
@@ -126,7 +127,6 @@ def test_the_share_is_range_checked(share):
 
 
 def test_sbs_train_refuses_before_the_model_dir_is_made(annotated, tmp_path):
-  from tests.conftest import run_sbs
   model_dir = tmp_path / "run"
   done = run_sbs("train", "--gin_file=experiments/svamp_distill_llm.gin",
                  "--gin_file=overlays/tiny_cpu.gin", f"--gin.MODEL_DIR='{model_dir}'",
@@ -167,9 +167,9 @@ def test_fit_lengths_refuses_a_partial_check_and_packed_rows(annotated):
     config.DataConfig(mixture_or_task=task, pack=True, fit_lengths=True)
 
 
+@pytest.mark.slow
 def test_fit_lengths_trains_the_same_losses_on_shorter_rows(annotated, tmp_path):
   """Padding is masked out: rows cut down to the longest example give the same losses."""
-  from tests.conftest import run_sbs
   losses, results = {}, {}
   for fit in (False, True):
     model_dir = tmp_path / f"fit_{fit}"

@@ -15,26 +15,21 @@ that these batches differ from the unsharded stream's, so the comparison does ex
 sharding.
 """
 
-import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from sbs_jax.train.metric_log import read_metrics
 from sbs_jax.train.progress import labelled
-from tests.conftest import REPO
+from tests.helpers import REPO
+from tests.helpers.multihost import HANG_GUARD, cluster_env, tail, two_hosts, wait_all, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.multihost]
 
 STEPS = 4
-# A guard against a hung cluster only, never a budget the work must fit: a run takes about
-# a minute on 2 idle cores and several times that on a loaded machine. Every wait below
-# waits for something to happen (a process ends, a marker appears), not for time to pass.
-HANG_GUARD = float(os.environ.get("SBS_TEST_HANG_GUARD", 1800))
 BINDINGS = [f"--gin.TRAIN_STEPS={STEPS}", "--gin.TrainConfig.log_every=1",
             "--gin.TrainConfig.checkpoint_every=2", f"--gin.EvalConfig.every={STEPS}",
             "--gin.EvalConfig.max_examples=8", "--gin.EvalConfig.max_test_examples=8",
@@ -49,79 +44,17 @@ def _train_flags(model_dir) -> list[str]:
           *BINDINGS, f"--gin.MODEL_DIR='{model_dir}'"]
 
 
-def _env(devices: int) -> dict:
-  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _tail(path, n=3000) -> str:
-  return path.read_text(errors="replace")[-n:]
-
-
-def _wait_for(condition, procs, what: str, logs=()) -> None:
-  """Waits until `condition()` holds; fails (naming `what`) if a process ends first or
-  the hang guard runs out."""
-  deadline = time.monotonic() + HANG_GUARD
-  while not condition():
-    if any(p.poll() is not None for p in procs):
-      pytest.fail(f"a host ended (codes {[p.poll() for p in procs]}) before {what}:\n"
-                  + "\n".join(_tail(log) for log in logs))
-    if time.monotonic() > deadline:
-      pytest.fail(f"no {what} after {HANG_GUARD:.0f} s: the cluster hangs")
-    time.sleep(0.5)
-
-
-def _wait_all(procs, expected: int = 0) -> list:
-  """Exit codes once all have ended, or one has ended with another code than `expected`
-  (a peer would wait for it in a collective); None for a process still running then, or
-  when the hang guard runs out. Hosts ending with `expected` are waited for one by one,
-  however far apart they end."""
-  deadline = time.monotonic() + HANG_GUARD
-  while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-    if any(p.returncode not in (None, expected) for p in procs):
-      break
-    time.sleep(0.5)
-  return [p.poll() for p in procs]
-
-
-@contextlib.contextmanager
-def _two_hosts(flags: list[str], logs: list):
-  """`sbs train FLAGS` as hosts 0 and 1 of one cluster, each logging to its file; yields
-  the processes and kills any still running on the way out."""
-  address = f"127.0.0.1:{_free_port()}"
-  procs = []
-  try:
-    for i, log in enumerate(logs):
-      with open(log, "w", encoding="utf-8") as out:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "sbs_jax.cli", "train", "--coordinator_address", address,
-             "--num_processes", "2", "--process_id", str(i), *flags],
-            cwd=REPO, env=_env(2), stdout=out, stderr=subprocess.STDOUT))
-    yield procs
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-
-
 @pytest.fixture(scope="module")
 def runs(annotated, tmp_path_factory):
   """The two-process run and the one-process reference, with their exit codes and logs."""
   root = tmp_path_factory.mktemp("multihost")
   logs = [root / f"host{i}.log" for i in range(2)]
-  with _two_hosts(_train_flags(root / "two_hosts"), logs) as procs:
-    codes = _wait_all(procs)
+  with two_hosts(_train_flags(root / "two_hosts"), logs) as procs:
+    codes = wait_all(procs)
   report = root / "report.json"
   with open(root / "one_host.log", "w", encoding="utf-8") as out:
     ref = subprocess.run([sys.executable, "tests/multihost_worker.py", "2", str(report),
-                          "train", *_train_flags(root / "one_host")], cwd=REPO, env=_env(4),
+                          "train", *_train_flags(root / "one_host")], cwd=REPO, env=cluster_env(4),
                          stdout=out, stderr=subprocess.STDOUT, timeout=HANG_GUARD)
   return {"root": root, "codes": codes, "logs": logs, "ref_code": ref.returncode,
           "report": json.loads(report.read_text()) if report.exists() else {}}
@@ -129,11 +62,11 @@ def runs(annotated, tmp_path_factory):
 
 def test_two_hosts_train_like_one_host(runs):
   root = runs["root"]
-  assert runs["ref_code"] == 0, _tail(root / "one_host.log")
+  assert runs["ref_code"] == 0, tail(root / "one_host.log")
   assert runs["report"] == {"differs_from_one_host_stream": True, "global_rows": 8}
   one = read_metrics(str(root / "one_host"))
   two = read_metrics(str(root / "two_hosts"))  # written by host 0 alone
-  assert [m["step"] for m in two] == list(range(1, STEPS + 1)), _tail(runs["logs"][0])
+  assert [m["step"] for m in two] == list(range(1, STEPS + 1)), tail(runs["logs"][0])
   assert [m["step"] for m in one] == list(range(1, STEPS + 1))
   for a, b in zip(one, two):
     # The same rows in every global batch: the same token counts per task, exactly.
@@ -148,7 +81,7 @@ def test_two_hosts_train_like_one_host(runs):
 
 def test_two_hosts_complete_the_run(runs):
   root, codes, logs = runs["root"], runs["codes"], runs["logs"]
-  assert codes == [0, 0], "\n".join(_tail(log) for log in logs)
+  assert codes == [0, 0], "\n".join(tail(log) for log in logs)
   finals = [json.loads(log.read_text().strip().splitlines()[-1]) for log in logs]
   reference = json.loads((root / "one_host" / "results.json").read_text())
   results = json.loads((root / "two_hosts" / "results.json").read_text())
@@ -169,14 +102,14 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(annotated,
   flags += ["--gin.TRAIN_STEPS=500", "--gin.TrainConfig.checkpoint_every=1000",
             "--gin.EvalConfig.every=1000"]  # no scheduled checkpoint or evaluation
   metrics, logs = tmp_path / "run" / "metrics.jsonl", [tmp_path / f"host{i}.log" for i in range(2)]
-  with _two_hosts(flags, logs) as procs:
+  with two_hosts(flags, logs) as procs:
     # The signal goes out only once both hosts train (step 2 logged): earlier, a host that
     # has not yet joined the cluster would just die of it.
-    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
               procs, "step 2 in metrics.jsonl", logs)
     procs[1].send_signal(signal.SIGTERM)
-    codes = _wait_all(procs, expected=143)
-  assert codes == [143, 143], "\n".join(_tail(log) for log in logs)
+    codes = wait_all(procs, expected=143)
+  assert codes == [143, 143], "\n".join(tail(log) for log in logs)
   saved = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
   steps = [m["step"] for m in read_metrics(str(tmp_path / "run"))]
   assert len(saved) == 1 and int(saved[0]) == steps[-1] >= 2 and steps[-1] < 500

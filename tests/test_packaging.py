@@ -6,8 +6,8 @@ import pathlib
 import subprocess
 import sys
 import zipfile
+from tests.helpers import REPO
 
-from tests.conftest import REPO
 
 
 def test_an_installed_package_ships_and_finds_its_gin_files(tmp_path):

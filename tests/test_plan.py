@@ -1,6 +1,5 @@
 """`sbs plan`: per-device memory on paper, and the README's claim about T5 XXL on 32 chips."""
 
-import dataclasses
 import json
 import pathlib
 
@@ -9,15 +8,8 @@ import pytest
 from sbs_jax import cli
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import config_for
-from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
 from sbs_jax.perf.plan import plan, plan_of_compiled
-
-
-def run_config(dims=(1, 1), accum=1, batch=64):
-  return TrainConfig(model_dir="unused", train_steps=10, partitioning_dims=dims,
-                     data=DataConfig(mixture_or_task="sbs_cqa_distill_llm_paired",
-                                     batch_size=batch),
-                     optimizer=OptimizerConfig(name="adamw", grad_accum_steps=accum))
+from tests.helpers.batches import run_config
 
 
 def test_tiny_on_one_device_counts_every_parameter_once():

@@ -2,49 +2,23 @@
 and the command, on a tiny random-init student with a small vocabulary trained here."""
 
 import json
-import pathlib
 import signal
 import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from sbs_jax.data.readers import cqa_input, load_jsonl, read_json_rows
+from sbs_jax.data.readers import load_jsonl
 from sbs_jax.errors import DataError, SbsError
-from sbs_jax.model.config import T5Config
 from sbs_jax.serve import batching, job as job_lib
 from sbs_jax.serve.predictor import DecodeSettings, Predictor, predict_labels
-from sbs_jax.train import checkpoint as ckpt
 from sbs_jax.train import evaluate as eval_lib
-from tests.conftest import REPO, run_sbs
+from tests.helpers import REPO, run_sbs
+from tests.helpers.predict import MAX_INPUT, cqa_texts, make_model_dir, read_lines, write_rows
 
-TINY = T5Config(vocab_size=512, emb_dim=32, num_heads=2, num_encoder_layers=2,
-                num_decoder_layers=2, head_dim=16, mlp_dim=64)
-MAX_INPUT = 256  # recorded in model.json, as a training run records its input length
 DECODE = ["--max_decode_length", "6", "--no_progress"]
-
-
-def cqa_texts(data_dir, n: int) -> list[str]:
-  rows = read_json_rows(data_dir / "cqa" / "cqa_test.json")[:n]
-  return [cqa_input(r["question"], r["choices"]) for _, r in rows]
-
-
-def make_model_dir(root: pathlib.Path, data_dir, max_input_length=MAX_INPUT) -> pathlib.Path:
-  """A random-init tiny student with a 512-piece vocabulary of CQA questions."""
-  from sbs_jax.data import vocab
-  from sbs_jax.train.state import init_params
-  spm = vocab.train_vocabulary(cqa_texts(data_dir, 1000), root / "vocab" / "spm.model",
-                               TINY.vocab_size)
-  model_dir = root / "model"
-  ckpt.write_model_info(str(model_dir), TINY, str(spm), max_input_length=max_input_length)
-  import flax.linen as nn
-  from sbs_jax.model.network import Transformer
-  params = nn.unbox(init_params(Transformer(TINY), jax.random.key(3)))
-  ckpt.save_params(str(model_dir), 0, params, {"step": 0})
-  return model_dir
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +29,6 @@ def model_dir(tmp_path_factory, data_dir):
 @pytest.fixture(scope="module")
 def texts(data_dir):
   return cqa_texts(data_dir, 37)
-
-
-def write_rows(path, rows) -> pathlib.Path:
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-  return path
-
-
-def read_lines(path) -> list[dict]:
-  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
 
 
 def make_job(tmp_path, rows, **kwargs) -> job_lib.FileJob:
@@ -295,7 +260,7 @@ def test_sigkill_and_rerun_gives_the_uninterrupted_file(model_dir, data_dir, tmp
 
 
 def test_a_second_process_on_the_same_output_is_refused(model_dir, tmp_path):
-  from sbs_jax.annotate.job import lock_exclusively
+  from sbs_jax.jobdir.locks import lock_exclusively
   job = make_job(tmp_path, [{"input": "a question"}], model_dir=str(model_dir))
   job.work_dir.mkdir()
   held = lock_exclusively(job.work_dir / "lock", "held by the test")

@@ -12,12 +12,11 @@ import sys
 import pytest
 
 from sbs_jax import cli, console
-from sbs_jax.annotate import job as annotate_job
 from sbs_jax.errors import DataError, SbsError
 from sbs_jax.serve import job as job_lib
 from sbs_jax.serve.predictor import DecodeSettings, Predictor
-from tests.conftest import REPO
-from tests.test_predict import make_model_dir, read_lines, write_rows
+from tests.helpers import REPO
+from tests.helpers.predict import make_model_dir, read_lines, write_rows
 
 ROWS = [{"input": "Where do you keep a pen?"}, {"input": "What is a cat?"},
         {"input": "Who reads a book?"}]
@@ -239,10 +238,10 @@ def test_progress_is_logged_as_sbs_predict(model_dir, predictor, tmp_path, monke
     job_lib.run(job, predictor)
   progress = [r for r in caplog.records if "rows.jsonl: " in r.getMessage()]
   assert progress and {r.name for r in progress} == {"sbs_jax.serve.job"}
-  # annotate's own progress keeps its logger
+  # the shared progress logs as whichever command it reports for
   with caplog.at_level(logging.INFO):
     caplog.clear()
-    ann = annotate_job.Progress(2, 0, "ann", False)
+    ann = real(2, 0, "ann", False, logger=logging.getLogger("sbs_jax.annotate.job"))
     ann._start -= 100  # pylint: disable=protected-access
     ann.update(2)
   assert [r.name for r in caplog.records] == ["sbs_jax.annotate.job"]

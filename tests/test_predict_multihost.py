@@ -8,9 +8,14 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO
-from tests.test_multihost import _env, _free_port  # the cluster's environment and port
-from tests.test_predict import cqa_texts, make_model_dir, read_lines, write_rows
+import pytest
+
+from tests.helpers import REPO
+from tests.helpers.multihost import cluster_env, free_port
+from tests.helpers.predict import cqa_texts, make_model_dir, read_lines, write_rows
+
+pytestmark = [pytest.mark.slow, pytest.mark.multihost]
+
 
 TIMEOUT = 300  # seconds per run; a run takes well under a minute alone on 2 cores
 FLAGS = ["--batch_size", "8", "--window", "16", "--max_decode_length", "6", "--no_progress"]
@@ -44,10 +49,10 @@ def test_two_hosts_write_the_one_host_file(tmp_path, data_dir):
   source = write_rows(tmp_path / "rows.jsonl", [{"input": t, "id": f"q{i}"}
                                                 for i, t in enumerate(texts)])
   one = subprocess.run(_predict(model_dir, source, tmp_path / "one.jsonl", ["--id_key", "id"]),
-                       cwd=REPO, env=_env(4), capture_output=True, text=True, timeout=TIMEOUT)
+                       cwd=REPO, env=cluster_env(4), capture_output=True, text=True, timeout=TIMEOUT)
   assert one.returncode == 0, one.stderr[-3000:]
 
-  address, logs, procs = f"127.0.0.1:{_free_port()}", [], []
+  address, logs, procs = f"127.0.0.1:{free_port()}", [], []
   for i in range(2):
     # pylint: disable-next=consider-using-with
     logs.append(open(tmp_path / f"host{i}.log", "w", encoding="utf-8"))
@@ -55,7 +60,7 @@ def test_two_hosts_write_the_one_host_file(tmp_path, data_dir):
         _predict(model_dir, source, tmp_path / "two.jsonl",
                  ["--id_key", "id", "--coordinator_address", address, "--num_processes", "2",
                   "--process_id", str(i)]),
-        cwd=REPO, env=_env(2), stdout=logs[-1], stderr=subprocess.STDOUT))
+        cwd=REPO, env=cluster_env(2), stdout=logs[-1], stderr=subprocess.STDOUT))
   codes = _finish(procs, TIMEOUT)
   for log in logs:
     log.close()

@@ -19,8 +19,7 @@ from sbs_jax.train import config as train_config
 from sbs_jax.train import state as state_lib
 from sbs_jax.perf.plan import plan
 from sbs_jax.train.state import build_student, init_state, make_mesh
-from tests.test_plan import run_config
-from tests.test_train_loss import packed_batch, paired_examples
+from tests.helpers.batches import packed_batch, paired_examples, run_config
 
 REMAT = [p for p in REMAT_POLICIES if p != "none"]
 TOKENS = jnp.ones((1, 4), jnp.int32)

@@ -11,7 +11,7 @@ from sbs_jax import metrics
 from sbs_jax.commands import report as report_command
 from sbs_jax.experiments import report, sweep
 from sbs_jax.model import config
-from tests.conftest import run_sbs
+from tests.helpers import run_sbs
 
 GRID = {"methods": ["standard_finetuning", "distill_llm"], "fractions": [12.5, 100.0],
         "sizes": [""], "seeds": [0, 1, 2]}

@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from tests.helpers import REPO
 
-from tests.conftest import REPO
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("param_dims", [1, 2])
 def test_sharded_step_equals_single_device(param_dims):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")

@@ -12,7 +12,7 @@ import pytest
 
 from sbs_jax import paths
 from sbs_jax.errors import SbsError, storage_error_line
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _raised(make):

@@ -7,7 +7,7 @@ import pytest
 
 from sbs_jax.errors import SbsError
 from sbs_jax.experiments import prepare, report, sweep
-from tests.conftest import run_sbs
+from tests.helpers import run_sbs
 
 SETTINGS = {"dataset": "marbles", "alpha": 0.5, "annotation_dir": "/data/ann",
             "vocab": "/data/spm.model", "gin_files": ["overlays/marbles_cpu.gin"],
@@ -112,6 +112,7 @@ def marbles(tmp_path_factory):
   return prepare.prepare_synthetic(tmp_path_factory.mktemp("marbles"), train=160, test=40)
 
 
+@pytest.mark.slow
 def test_two_by_two_grid_completes_and_reruns_nothing(marbles, tmp_path):
   args = ["sweep", "--dataset", "marbles", "--methods", "standard_finetuning,distill_llm",
           "--fractions", "50,100", "--seeds", "0", "--annotation_dir", marbles.annotation_dir,

@@ -17,7 +17,9 @@ from sbs_jax import t5x_model
 from sbs_jax.convert import t5x as t5x_format
 from sbs_jax.model.config import config_for
 from sbs_jax.train import state as state_lib
-from tests.test_train_loss import packed_batch, paired_examples
+from tests.helpers.batches import packed_batch, paired_examples
+
+pytestmark = [pytest.mark.t5x]
 
 ALPHA = 0.3
 

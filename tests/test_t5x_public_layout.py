@@ -33,7 +33,9 @@ from sbs_jax.data import vocab
 from sbs_jax.errors import SbsError
 from sbs_jax.model import decoding
 from sbs_jax.train import checkpoint as ckpt
-from tests.conftest import run_sbs
+from tests.helpers import run_sbs
+
+pytestmark = [pytest.mark.t5x]
 
 STEP = 1000000
 BUCKET = "sbs-test"

@@ -34,8 +34,10 @@ from sbs_jax.convert import t5x as t5x_format
 from sbs_jax.convert import t5x_dirs
 from sbs_jax.errors import SbsError
 from sbs_jax.train import checkpoint as ckpt
-from tests.conftest import REPO, run_sbs
-from tests.tiny_cqa import train_tiny_cqa
+from tests.helpers import REPO, run_sbs
+from tests.helpers.tiny_cqa import train_tiny_cqa
+
+pytestmark = [pytest.mark.t5x]
 
 T5X_ROOT = pathlib.Path(t5x.__file__).parents[1]
 FAMILIES = ("distill_llm", "distill_gt", "standard_gt", "standard_llm")

@@ -13,7 +13,7 @@ from sbs_jax.perf.flops import analytic_flops
 from sbs_jax.model.config import config_for
 from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
 from sbs_jax.perf.plan import plan
-from tests.conftest import run_sbs
+from tests.helpers import run_sbs
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu (pip install -e '.[tpu]') is not installed")

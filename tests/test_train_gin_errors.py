@@ -6,7 +6,7 @@ import pytest
 
 from sbs_jax.errors import SbsError
 from sbs_jax.train import config, gin_check, gin_setup
-from tests.conftest import run_sbs
+from tests.helpers import run_sbs
 
 EXPERIMENT = ["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"]
 

@@ -17,9 +17,11 @@ import pytest
 
 from sbs_jax.errors import SbsError
 from sbs_jax.commands import train as train_command
-from sbs_jax.train import config, dir_lock, gin_check, gin_setup, loop
+from sbs_jax.jobdir import locks
+from sbs_jax.train import config, gin_check, gin_setup, loop, run_dir
 from sbs_jax.train.data import check_train_split, label_examples
-from tests.conftest import REPO, run_sbs
+from tests.helpers import REPO, run_sbs
+from tests.helpers.multihost import two_hosts, wait_all
 
 EXPERIMENT = ["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"]
 SMOKE = ["TrainConfig.log_every = 1", "TrainConfig.checkpoint_every = 1",
@@ -207,7 +209,7 @@ def test_eval_of_a_dir_that_is_not_a_model_dir_is_one_line(tmp_path):
 
 def test_a_second_run_on_a_locked_dir_is_refused_untouched(capped_run):
   model_dir, _ = capped_run
-  holder = dir_lock.acquire(str(model_dir))
+  holder = run_dir.lock_model_dir(str(model_dir))
   try:
     before = snapshot(model_dir)
     with pytest.raises(SbsError) as refused:
@@ -219,66 +221,70 @@ def test_a_second_run_on_a_locked_dir_is_refused_untouched(capped_run):
   assert message.startswith(f"MODEL_DIR {model_dir} is in use by another `sbs train` "
                             f"(pid {os.getpid()} on {socket.gethostname()}")
   assert "use another MODEL_DIR" in message and "\n" not in message
-  assert not (model_dir / dir_lock.LOCK_FILE).exists()  # released: the file is gone
+  assert not (model_dir / locks.LOCK_FILE).exists()  # released: the file is gone
 
 
 def test_the_lock_of_a_killed_run_is_free_at_once(tmp_path):
-  script = ("import sys, time; from sbs_jax.train import dir_lock; "
-            "held = dir_lock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(600)")
+  script = ("import sys, time; from sbs_jax.train import run_dir; "
+            "held = run_dir.lock_model_dir(sys.argv[1]); print('locked', flush=True); "
+            "time.sleep(600)")
   proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO,
                           stdout=subprocess.PIPE, text=True)
   try:
     assert proc.stdout.readline().strip() == "locked"
     with pytest.raises(SbsError, match=f"in use by another `sbs train` \\(pid {proc.pid} "):
-      dir_lock.acquire(str(tmp_path))
+      run_dir.lock_model_dir(str(tmp_path))
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-  dir_lock.acquire(str(tmp_path)).release()  # the kernel released the dead run's lock
+  run_dir.lock_model_dir(str(tmp_path)).release()  # the kernel released the dead run's lock
+
+
+def _new_lease(path):
+  return locks.Lease(str(path), run_dir.model_dir_busy(str(path)), settle_s=0)
 
 
 def _lease(path, **fields):
   now = time.time()
   lease = dict(dict(host=socket.gethostname(), pid=os.getpid(), started=now, heartbeat=now,
                     token="other"), **fields)
-  (path / dir_lock.LEASE_FILE).write_text(json.dumps(lease))
+  (path / locks.LEASE_FILE).write_text(json.dumps(lease))
 
 
 def test_lease_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, caplog):
-  lease = dir_lock.Lease(str(tmp_path), settle_s=0)
+  lease = _new_lease(tmp_path)
   with pytest.raises(SbsError, match=f"in use by another `sbs train` \\(pid {os.getpid()} "):
-    dir_lock.Lease(str(tmp_path), settle_s=0)
+    _new_lease(tmp_path)
   lease.release()
-  assert not (tmp_path / dir_lock.LEASE_FILE).exists()
+  assert not (tmp_path / locks.LEASE_FILE).exists()
 
   dead = subprocess.Popen(["true"])
   dead.wait()
   _lease(tmp_path, pid=dead.pid)  # this host, a pid that has ended
   with caplog.at_level(logging.WARNING):
-    dir_lock.Lease(str(tmp_path), settle_s=0).release()
+    _new_lease(tmp_path).release()
   assert "taking over the stale lease" in caplog.text
 
   _lease(tmp_path, host="elsewhere", pid=1)  # another host, heartbeat fresh
   with pytest.raises(SbsError, match="pid 1 on elsewhere"):
-    dir_lock.Lease(str(tmp_path), settle_s=0)
-  _lease(tmp_path, host="elsewhere", pid=1, heartbeat=time.time() - dir_lock.STALE_S - 1)
-  dir_lock.Lease(str(tmp_path), settle_s=0).release()
-  (tmp_path / dir_lock.LEASE_FILE).write_text("{half a lea")  # unreadable: stale
-  dir_lock.Lease(str(tmp_path), settle_s=0).release()
+    _new_lease(tmp_path)
+  _lease(tmp_path, host="elsewhere", pid=1, heartbeat=time.time() - locks.STALE_S - 1)
+  _new_lease(tmp_path).release()
+  (tmp_path / locks.LEASE_FILE).write_text("{half a lea")  # unreadable: stale
+  _new_lease(tmp_path).release()
 
 
 def test_two_hosts_on_a_locked_dir_both_refuse(capped_run, tmp_path):
   """Host 0 alone takes the lock; its refusal reaches host 1, and neither hangs."""
-  from tests.test_multihost import _two_hosts, _wait_all  # pylint: disable=import-outside-toplevel
   model_dir, _ = capped_run
   flags = ["--gin_file=experiments/svamp_distill_llm.gin", "--gin_file=overlays/tiny_cpu.gin",
            f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=1",
            "--gin.EvalConfig.max_examples=4", *[f"--gin.{b.replace(' = ', '=')}" for b in SMOKE]]
   logs = [tmp_path / f"host{i}.log" for i in range(2)]
-  holder = dir_lock.acquire(str(model_dir))
+  holder = run_dir.lock_model_dir(str(model_dir))
   try:
-    with _two_hosts(flags, logs) as procs:
-      codes = _wait_all(procs, expected=2)
+    with two_hosts(flags, logs) as procs:
+      codes = wait_all(procs, expected=2)
   finally:
     holder.release()
   texts = [log.read_text() for log in logs]

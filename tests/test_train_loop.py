@@ -12,7 +12,7 @@ from sbs_jax.train import config, gin_setup, loop
 from sbs_jax.train.checkpoint import StateCheckpoints
 from sbs_jax.train.preemption import Preempted
 from sbs_jax.train.metric_log import read_metrics
-from tests.conftest import run_sbs
+from tests.helpers import run_sbs
 
 SMOKE = ["MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = {steps}", "TrainConfig.log_every = 1",
          "TrainConfig.checkpoint_every = 3", "EvalConfig.every = 6",
@@ -60,6 +60,7 @@ def test_loss_goes_down_and_results_are_written(trained):
   assert list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_has_the_same_losses(trained, tmp_path):
   model_dir, _ = trained
   reference = [m["loss"] for m in read_metrics(str(model_dir))]
@@ -76,6 +77,7 @@ def test_interrupted_and_resumed_run_has_the_same_losses(trained, tmp_path):
   assert [m["loss"] for m in resumed] == pytest.approx(reference, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_the_rerun_loses_nothing(trained, tmp_path):
   """A preemption notice mid-run: the step it arrived in is checkpointed (5: not a multiple
   of checkpoint_every 3), the run stops with Preempted, and the rerun repeats no step."""
@@ -99,6 +101,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_loses_nothing(trained, tmp
   assert [m["loss"] for m in resumed] == pytest.approx(reference, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_and_predict_commands(trained):
   model_dir, results = trained
   proc = run_sbs("eval", "--model_dir", model_dir, "--split", "test",

@@ -7,13 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import tensorflow as tf
 
-from sbs_jax.data.features import DistillFeatureConverter
 from sbs_jax.model.config import config_for
 from sbs_jax.train import loss as loss_lib
 from sbs_jax.train import state as state_lib
-from sbs_jax.train.state import BATCH_KEYS, build_student, init_state, make_mesh
+from sbs_jax.train.state import build_student, init_state, make_mesh
+from tests.helpers.batches import packed_batch, paired_examples
 
 ALPHA = 0.3
 
@@ -21,26 +20,6 @@ ALPHA = 0.3
 def loss_and_grads(student, params, batch, alpha, accum=1):
   fn = jax.jit(lambda p, b: state_lib.loss_and_grads(student, p, b, alpha, accum))
   return fn(params, batch)
-
-
-def paired_examples(n, rng):
-  """Random paired examples: (predict ids, label ids, explain ids, rationale ids)."""
-  out = []
-  for _ in range(n):
-    part = lambda lo, hi: list(rng.integers(3, 100, rng.integers(lo, hi))) + [1]
-    out.append((part(3, 9), part(1, 4), part(3, 9), part(4, 12)))
-  return out
-
-
-def packed_batch(examples, enc_len=64, dec_len=48):
-  units = [{"inputs": p + e, "inputs_part": [1] * len(p) + [2] * len(e),
-            "targets": l + r, "targets_part": [1] * len(l) + [2] * len(r), "task": 1}
-           for p, l, e, r in examples]
-  sig = {k: tf.TensorSpec([None] if k != "task" else [], tf.int32) for k in units[0]}
-  ds = tf.data.Dataset.from_generator(lambda: iter(units), output_signature=sig)
-  ds = DistillFeatureConverter(pack=True)(ds, {"inputs": enc_len, "targets": dec_len})
-  rows = list(ds.as_numpy_iterator())
-  return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
 
 
 def one_example_ce(student, params, inputs, targets, length=16):

@@ -16,7 +16,7 @@ from sbs_jax.errors import SbsError
 from sbs_jax.train import config, gin_setup, loop
 from sbs_jax.train.metric_log import read_metrics
 from sbs_jax.train.run_dir import RUN_FILE
-from tests.conftest import REPO, run_sbs
+from tests.helpers import REPO, run_sbs
 
 SMOKE = ["TrainConfig.log_every = 1", "TrainConfig.checkpoint_every = 1",
          "EvalConfig.every = 2", "EvalConfig.max_examples = 8",

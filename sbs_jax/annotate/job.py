@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,8 +31,6 @@ import os
 import pathlib
 import shutil
 import signal
-import sys
-import time
 from typing import Callable, Sequence
 
 from sbs_jax.data import records as records_lib
@@ -43,6 +40,11 @@ from sbs_jax.annotate.prompts import Prompt
 from sbs_jax.annotate.teachers import Completion, Teacher
 from sbs_jax.data.readers import Example
 from sbs_jax.errors import SbsError
+from sbs_jax.jobdir import files
+from sbs_jax.jobdir.files import write_json_atomically
+from sbs_jax.jobdir.locks import lock_exclusively
+from sbs_jax.jobdir.manifest import describe_difference
+from sbs_jax.jobdir.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +133,6 @@ def examples_hash(examples: Sequence[Example]) -> str:
   return h.hexdigest()[:16]
 
 
-def describe_difference(old: dict, new: dict, skip: Sequence[str] = ()) -> str:
-  """'key: old -> new' for each differing key, values shortened."""
-  def short(v):
-    text = json.dumps(v, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."
-  keys = [k for k in sorted(set(old) | set(new)) if k not in skip and old.get(k) != new.get(k)]
-  return "; ".join(f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys)
-
-
 def prompt_hash(prompt_text: str) -> str:
   return hashlib.sha256(prompt_text.encode("utf-8")).hexdigest()[:16]
 
@@ -214,42 +207,6 @@ class Journal:
 
 
 # ---------------------------------------------------------------- asking the teacher
-
-
-class Progress:
-  """A tqdm bar (rate, ETA) on a terminal; otherwise a log line every 10%."""
-
-  def __init__(self, total: int, done: int, label: str, enabled: bool | None,
-               unit: str = "ex", logger: logging.Logger | None = None):
-    self.total, self.done = total, done
-    self._log = logger or log  # the caller's logger (`sbs predict` logs as its own)
-    self._label = label
-    self._bar = None
-    self._next_log = 0.1
-    self._start = time.monotonic()
-    self._start_done = done
-    self._unit = unit
-    tty = sys.stderr.isatty() if enabled is None else enabled
-    if tty:
-      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      self._bar = tqdm(total=total, initial=done, desc=label, unit=unit, dynamic_ncols=True)
-
-  def update(self, n: int = 1) -> None:
-    self.done += n
-    if self._bar is not None:
-      self._bar.update(n)
-    elif self.total and self.done / self.total >= self._next_log:
-      self._next_log = (int(self.done / self.total * 10) + 1) / 10
-      if time.monotonic() - self._start < 2.0:
-        return  # a fast run (e.g. replay) needs no progress lines
-      rate = (self.done - self._start_done) / max(time.monotonic() - self._start, 1e-9)
-      eta = (self.total - self.done) / rate if rate else float("inf")
-      self._log.info("%s: %d/%d (%.0f %s/s, ETA %.0fs)", self._label, self.done,
-                     self.total, rate, self._unit, eta)
-
-  def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
 
 
 async def _ask(job: Job, pending: Sequence[Example], journal: Journal,
@@ -329,17 +286,6 @@ def _shard_stats(job: Job, rows: list[tuple[dict, Parsed]], entries: dict) -> di
             "prompt_id": job.prompt_id, "num_shards": job.num_shards,
             "answer_format": job.answer_format, "manifest": job.manifest()}
   return stats_lib.shard_stats(header, rows, entries, job.labels_match)
-
-
-def write_json_atomically(path: pathlib.Path, obj: dict) -> None:
-  """Writes JSON to a temporary file renamed over `path`: readers see all of it or none.
-  The temporary file is removed on every way out (an error, Ctrl-C)."""
-  tmp = records_lib.temp_path(path)
-  try:
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-  finally:
-    records_lib.discard(tmp)
 
 
 def _maybe_merge(job: Job) -> dict | None:
@@ -467,23 +413,11 @@ def _run(job: Job) -> Result:
     lock.close()
 
 
-def lock_exclusively(path: pathlib.Path, busy: str):
-  """An open file holding an exclusive lock on `path` (close it to release), or an
-  SbsError saying `busy` when another process holds it."""
-  lock = open(path, "w")  # pylint: disable=consider-using-with
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    lock.close()
-    raise SbsError(busy) from None
-  return lock
-
-
 def _run_locked(job: Job) -> Result:
   manifest_path = job.work_dir / "manifest.json"
   journal = Journal(job.work_dir / "journal.jsonl")
   manifest = job.manifest()
-  for stale in records_lib.remove_stale_temps(
+  for stale in files.remove_stale_temps(
       [job.records_path, job.stats_path, job.dataset_dir / f"{job.split}.stats.json",
        manifest_path]):
     log.info("removed %s, left by an earlier run that was killed", stale)
@@ -514,7 +448,7 @@ def _run_locked(job: Job) -> Result:
     log.info("resuming: %d of %d examples already answered", len(entries), len(shard))
 
   label = f"{job.dataset}/{job.split}[{job.shard_index}/{job.num_shards}]"
-  progress = Progress(len(shard), len(entries), label, job.progress)
+  progress = Progress(len(shard), len(entries), label, job.progress, logger=log)
   try:
     if pending:
       asyncio.run(_ask(job, pending, journal, progress))

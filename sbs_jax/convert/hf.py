@@ -55,6 +55,7 @@ from flax.core import meta
 import numpy as np
 
 from sbs_jax.errors import SbsError
+from sbs_jax.jobdir import files
 from sbs_jax.model.config import T5Config
 
 
@@ -343,7 +344,7 @@ def _umask_mode(path: pathlib.Path) -> None:
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
-  path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+  files.write_json_atomically(path, obj)
 
 
 def check_spiece(spiece_model_path, config: T5Config) -> None:

@@ -26,6 +26,8 @@ import os
 import pathlib
 from typing import Iterable, Mapping
 
+from sbs_jax.jobdir.files import discard, temp_path
+
 BYTES_FEATURES = ("id", "dataset", "split", "input", "label", "llm_label", "rationale",
                   "parse_error", "completion", "prompt_id", "teacher")
 INT_FEATURES = ("index", "has_label", "parse_ok")
@@ -54,52 +56,6 @@ def _serialize(record: Mapping) -> bytes:
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-TEMP_MARK = ".tmp-"  # temporary files are `.<name>.tmp-<pid>` beside their target
-
-
-def temp_path(path) -> pathlib.Path:
-  """The temporary file that `path` is written through by this process."""
-  path = pathlib.Path(path)
-  return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
-
-
-def discard(path) -> None:
-  """Removes a file if it is there; never raises (for clean-up on the way out)."""
-  try:
-    pathlib.Path(path).unlink(missing_ok=True)
-  except OSError:
-    pass
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except (PermissionError, OverflowError, ValueError):
-    return True  # someone else's process (or a number we cannot ask about): keep
-  return True
-
-
-def remove_stale_temps(targets) -> list[pathlib.Path]:
-  """Removes the temporary files of `targets` left by processes that are no longer
-  running (a SIGKILL, a power cut); returns what was removed."""
-  removed = []
-  for target in targets:
-    target = pathlib.Path(target)
-    prefix = f".{target.name}{TEMP_MARK}"
-    try:
-      candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
-    except OSError:
-      continue
-    for p in candidates:
-      pid = p.name[len(prefix):]
-      if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-        discard(p)
-        removed.append(p)
-  return removed
-
-
 def _tf_error_as_os_error(e: Exception, path) -> OSError:
   """A TensorFlow file error as the OSError it stands for (TF keeps no errno)."""
   import errno  # pylint: disable=import-outside-toplevel
@@ -118,7 +74,7 @@ def write_atomically(path, records: Iterable[Mapping]) -> int:
 
   A reader sees either no file or the whole file. The temporary file is removed on every
   way out of this function (an error, a full disk, Ctrl-C); one left by a killed process
-  is removed by `remove_stale_temps`. A failed write raises OSError (with its errno).
+  is removed by `jobdir.files.remove_stale_temps`. A failed write raises OSError (with its errno).
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(path)

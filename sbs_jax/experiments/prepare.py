@@ -19,6 +19,7 @@ from sbs_jax.annotate import build
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.data import vocab as vocab_lib
 from sbs_jax.errors import SbsError
+from sbs_jax.jobdir import files
 from sbs_jax.experiments import synthetic
 
 # The controlled task's vocabulary: byte-pair pieces. SentencePiece's unigram model (the
@@ -69,9 +70,7 @@ def ensure_vocabulary(annotation_dir, datasets: list[str], path, **train_kwargs)
     print(f"note: {path} was not trained from these annotations (or is damaged): training "
           "it again", flush=True)
   vocab_lib.train_vocabulary(texts, path, **train_kwargs)
-  tmp = pin.with_name(f".{pin.name}.tmp")
-  tmp.write_text(json.dumps(source, indent=2), encoding="utf-8")
-  os.replace(tmp, pin)
+  files.write_json_atomically(pin, source, sort_keys=False)
   return True
 
 

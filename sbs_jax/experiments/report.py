@@ -17,15 +17,14 @@ the old one whole (a temporary file renamed over it).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
-import os
 import pathlib
 import statistics
 
 from sbs_jax.errors import SbsError
+from sbs_jax.jobdir import files
 from sbs_jax.experiments import sweep as sweep_lib
 from sbs_jax.metrics import mean_std
 
@@ -98,10 +97,26 @@ def collect(sweep_dir) -> tuple[dict, list[CellResult]]:
   return record, out
 
 
-def teacher_accuracy(settings: dict) -> float | None:
+def teacher_stats_path(settings: dict, sweep_dir=None) -> pathlib.Path | None:
+  """Where the teacher's test stats are: under the annotation dir the sweep recorded, or,
+  when that dir is gone (a sweep archived or copied elsewhere, as launch/archive_sweep.sh
+  does), under `annotations/` beside the sweep dir, the layout `sbs synthetic prepare` and
+  launch/controlled_grid.sh make. None if neither holds them."""
+  relative = pathlib.Path(settings["dataset"]) / "test.stats.json"
+  recorded = pathlib.Path(settings["annotation_dir"]) / relative
+  if recorded.exists():
+    return recorded
+  if sweep_dir is not None and not pathlib.Path(settings["annotation_dir"]).exists():
+    beside = pathlib.Path(sweep_dir).parent / "annotations" / relative
+    if beside.exists():
+      return beside
+  return None
+
+
+def teacher_accuracy(settings: dict, sweep_dir=None) -> float | None:
   """The teacher's test accuracy in percent, from `sbs annotate`'s stats (None if absent)."""
-  path = pathlib.Path(settings["annotation_dir"]) / settings["dataset"] / "test.stats.json"
-  if not path.exists():
+  path = teacher_stats_path(settings, sweep_dir)
+  if path is None:
     return None
   try:
     value = json.loads(path.read_text(encoding="utf-8")).get("teacher_accuracy")
@@ -126,24 +141,9 @@ def check_metric(metric: str, cells: list[CellResult]) -> None:
                    f"{', '.join(held) or 'no accuracy'}); nothing was written")
 
 
-@contextlib.contextmanager
-def _atomic(path, mode: str = "w", **kwargs):
-  """Writes `path` whole or not at all: a temporary file beside it, renamed over it."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp")
-  try:
-    with open(tmp, mode, **kwargs) as f:
-      yield f
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      tmp.unlink()
-    raise
-
-
 def write_csv(path, cells: list[CellResult], metric: str) -> None:
   """One row per cell of the grid."""
-  with _atomic(path, newline="", encoding="utf-8") as f:
+  with files.atomic_file(path, newline="", encoding="utf-8") as f:
     w = csv.writer(f)
     w.writerow(["cell", "method", "fraction", "size", "seed", "status", "best_step",
                 f"validation_{metric}", f"test_{metric}"])
@@ -241,7 +241,7 @@ def write_markdown(path, record: dict, cells: list[CellResult], metric: str,
   missing = [c.cell.name for c in cells if c.status != "done"]
   if missing:
     lines += ["", f"Not finished ({len(missing)}): " + ", ".join(missing)]
-  with _atomic(path, encoding="utf-8") as f:
+  with files.atomic_file(path, encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
 
 
@@ -252,7 +252,7 @@ def write_report(sweep_dir, metric: str = "accuracy") -> tuple[list[CellResult],
   sweep_dir = pathlib.Path(sweep_dir)
   record, cells = collect(sweep_dir)
   check_metric(metric, cells)
-  teacher = teacher_accuracy(record["settings"])
+  teacher = teacher_accuracy(record["settings"], sweep_dir)
   try:
     write_csv(sweep_dir / "results.csv", cells, metric)
     write_markdown(sweep_dir / "results.md", record, cells, metric, teacher)

@@ -26,9 +26,7 @@ has results (else exit status 3, with the cells still running elsewhere).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +38,7 @@ import sys
 import time
 
 from sbs_jax.errors import SbsError
+from sbs_jax.jobdir import files, locks
 from sbs_jax.train.gin_setup import GIN_DIR
 
 # method -> (task kind, alpha or None for the sweep's --alpha): the paper's four settings.
@@ -352,10 +351,8 @@ def record_sweep(out_dir, settings: dict, grid: dict) -> dict:
         stale.unlink()
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SWEEP_FILE}.tmp")
-    tmp.write_text(json.dumps({"settings": settings, "grid": grid, "gin_sha256": hashes},
-                              indent=2))
-    os.replace(tmp, path)
+    files.write_json_atomically(path, {"settings": settings, "grid": grid,
+                                       "gin_sha256": hashes}, sort_keys=False)
   except OSError as e:
     raise SbsError(f"cannot write {path}: {e.strerror}; choose a writable --out_dir") from None
   return grid
@@ -432,18 +429,11 @@ def _progress(out_dir: str, all_cells: list[Cell], seconds: list[float]) -> str:
   return f"{done} done, {left} left{eta}"
 
 
-@contextlib.contextmanager
 def _cell_lock(out_dir: str, cell: Cell):
-  """Holds the cell's lock file; yields False if another sweep process holds it."""
+  """Holds the cell's lock file for a block; yields False if another sweep process holds it."""
   path = cell_file(out_dir, cell, ".lock")
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      yield False
-      return
-    yield True
+  return locks.held_if_free(path)
 
 
 def run(settings: dict, grid: dict, out_dir: str, run_cell=_run_cell) -> list[Cell]:

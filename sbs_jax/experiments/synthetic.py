@@ -35,8 +35,8 @@ import pathlib
 import random
 import re
 
-from sbs_jax import paths as paths_lib
 from sbs_jax.errors import SbsError
+from sbs_jax.jobdir import files
 from sbs_jax.testing.fake_openai import FakeOpenAIServer
 
 NAMES = ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Leo",
@@ -137,7 +137,7 @@ def generate(out_dir, name: str = "marbles", train: int = 2000, test: int = 500,
       rows.append({"id": f"{split}-{len(rows)}", **problem})
     path = pathlib.Path(out_dir) / split / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    paths_lib.write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
+    files.write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
     paths[split] = path
   return paths
 

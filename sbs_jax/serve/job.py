@@ -40,10 +40,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sbs_jax.annotate.job import (Progress, describe_difference, lock_exclusively,
-                                   write_json_atomically)
 from sbs_jax.data.readers import Example, iter_json_rows, jsonl_example
 from sbs_jax.errors import DataError, SbsError
+from sbs_jax.jobdir.files import file_sha256, write_json_atomically
+from sbs_jax.jobdir.locks import lock_exclusively
+from sbs_jax.jobdir.manifest import describe_difference
+from sbs_jax.jobdir.progress import Progress
 from sbs_jax.metrics import normalize
 from sbs_jax.serve.predictor import Predictor
 
@@ -172,14 +174,6 @@ def _writable(action: str, job: "FileJob", fn, *args):
     where = f" ({e.filename})" if e.filename else ""
     raise SbsError(f"cannot {action} for --output_file {job.output_file}: "
                    f"{e.strerror or e}{where}; choose a writable --output_file") from None
-
-
-def file_sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def manifest(job: FileJob, predictor: Predictor, rows: int) -> dict:

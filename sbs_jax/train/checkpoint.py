@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from sbs_jax.errors import SbsError
+from sbs_jax.jobdir import files
 from sbs_jax.model.config import T5Config
 
 log = logging.getLogger(__name__)
@@ -214,8 +215,7 @@ def write_model_info(model_dir: str, config: T5Config, vocabulary_file: str,
           "rationale_prefix": rationale_prefix}
   if max_input_length:
     info["max_input_length"] = max_input_length
-  with tf.io.gfile.GFile(f"{model_dir}/{MODEL_INFO}", "w") as f:
-    f.write(json.dumps(info, indent=2))
+  files.write_json_atomically(f"{model_dir}/{MODEL_INFO}", info, sort_keys=False)
 
 
 def write_gin_config(model_dir: str, pinned: dict[str, str] | None = None) -> None:
@@ -229,8 +229,7 @@ def write_gin_config(model_dir: str, pinned: dict[str, str] | None = None) -> No
   if pinned:
     text += ("\n# Local paths as absolute paths, so that `sbs eval` works from any "
              "directory:\n" + "".join(f"{k} = {v!r}\n" for k, v in pinned.items()))
-  with tf.io.gfile.GFile(f"{model_dir}/{GIN_CONFIG}", "w") as f:
-    f.write(text)
+  files.write_text_atomically(f"{model_dir}/{GIN_CONFIG}", text)
 
 
 def read_model_info(model_dir: str) -> tuple[T5Config, dict]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
-import os
 import re
 import sys
 import time
@@ -19,6 +17,7 @@ import tensorflow as tf
 
 from sbs_jax.data import vocab as vocab_lib
 from sbs_jax.errors import SbsError, exception_chain
+from sbs_jax.jobdir import files
 from sbs_jax.model.config import T5Config
 from sbs_jax.train import checkpoint as ckpt
 from sbs_jax.train import evaluate as eval_lib
@@ -357,13 +356,5 @@ def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation,
     # Whole or not at all: a sweep or `sbs report` may read it while this run ends, and a
     # crash mid-write must not leave a truncated file that looks finished. (On gs:// an
     # object appears only when its upload completes; the rename is for local disks.)
-    final = f"{cfg.model_dir}/results.json"
-    staging = f"{final}.tmp-{os.getpid()}"
-    try:
-      with tf.io.gfile.GFile(staging, "w") as f:
-        f.write(json.dumps(results, indent=2))
-      tf.io.gfile.rename(staging, final, overwrite=True)
-    finally:
-      if tf.io.gfile.exists(staging):
-        tf.io.gfile.remove(staging)
+    files.write_json_atomically(f"{cfg.model_dir}/results.json", results, sort_keys=False)
   return results

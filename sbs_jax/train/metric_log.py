@@ -7,6 +7,8 @@ import json
 import jax
 import tensorflow as tf
 
+from sbs_jax.jobdir import files
+
 
 class MetricLog:
   """One JSON line per logged step and split; a resumed run drops the lines past its start."""
@@ -34,8 +36,7 @@ class MetricLog:
     self._writer.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
     self._lines.append(json.dumps({"step": step, "split": split, **scalars}, sort_keys=True))
     # Rewritten whole: appending is not possible on every file system (e.g. GCS).
-    with tf.io.gfile.GFile(self._path, "w") as f:
-      f.write("\n".join(self._lines) + "\n")
+    files.write_text_atomically(self._path, "\n".join(self._lines) + "\n")
 
   def close(self) -> None:
     if self._writer is not None:

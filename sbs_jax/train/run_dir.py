@@ -18,7 +18,6 @@ settings of evaluation.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 
@@ -26,7 +25,7 @@ import jax
 import tensorflow as tf
 
 from sbs_jax.errors import SbsError
-from sbs_jax.train import dir_lock
+from sbs_jax.jobdir import files, locks, manifest
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +44,6 @@ def absolute(path: str | None) -> str | None:
   return os.path.abspath(path)
 
 
-def file_sha256(path: str) -> str:
-  """sha256 of a file's bytes (local or gs://)."""
-  digest = hashlib.sha256()
-  with tf.io.gfile.GFile(path, "rb") as f:
-    while chunk := f.read(1 << 20):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def identity(cfg, model_config, label_task: str, vocabulary_file: str, extra_ids: int,
              annotation_dir: str) -> dict:
   """The fingerprint of a run (JSON-canonical: lists, sorted keys)."""
@@ -67,7 +57,7 @@ def identity(cfg, model_config, label_task: str, vocabulary_file: str, extra_ids
       "train_split": data.train_split, "task_feature_lengths": data.task_feature_lengths,
       "pack": data.pack, "batch_size": data.batch_size, "data_seed": data.seed,
       "annotation_dir": absolute(annotation_dir),
-      "vocabulary_sha256": file_sha256(vocabulary_file) if vocabulary_file else None,
+      "vocabulary_sha256": files.file_sha256(vocabulary_file) if vocabulary_file else None,
       "extra_ids": extra_ids, "network": network, "alpha": cfg.alpha,
       "optimizer": optimizer, "seed": cfg.seed,
       "initial_checkpoint": absolute(cfg.initial_checkpoint),
@@ -78,25 +68,31 @@ def identity(cfg, model_config, label_task: str, vocabulary_file: str, extra_ids
   return json.loads(json.dumps(fields, sort_keys=True))
 
 
-def _show(value) -> str:
-  if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef"
-                                                         for c in value):
-    return value[:12] + "..."  # a sha256
-  return json.dumps(value, sort_keys=True)
+def model_dir_busy(model_dir: str):
+  """The refusal of a second `sbs train` on a locked model dir, naming the holder."""
+  def busy(holder: str) -> SbsError:
+    return SbsError(f"MODEL_DIR {model_dir} is in use by another `sbs train` ({holder}): "
+                    "wait for it to finish (rerunning the same command then resumes or "
+                    "finishes it), stop it first, or use another MODEL_DIR; `sbs eval` may "
+                    "read the dir meanwhile")
+  return busy
 
 
-def differences(stored: dict, current: dict) -> list[str]:
-  """'field X (this run: Y)' for each field that differs, nested dicts by their keys."""
-  out = []
-  for key in sorted(set(stored) | set(current)):
-    a, b = stored.get(key), current.get(key)
-    if a == b:
-      continue
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += [f"{key}.{d}" for d in differences(a, b)]
-    else:
-      out.append(f"{key} {_show(a)} (this run: {_show(b)})")
-  return out
+def lock_model_dir(model_dir: str):
+  """The model dir's lock (jobdir.locks: fcntl locally, a lease on gs://; `release()` it),
+  or SbsError when another run holds it. The dir must exist.
+
+  Two runs on one dir would both write checkpoints, and orbax in one would delete the other's
+  unfinished ones. `sbs eval` (and `sbs predict`) only read and take no lock: the parameters
+  under `params/` are replaced whole (written aside, then renamed), so they read the best
+  step so far while training runs.
+
+  Locally an fcntl lock on `<model_dir>/.lock`, freed by the kernel when a run dies; on
+  gs:// a heartbeat lease object, `<model_dir>/.lease.json` (jobdir/locks.py).
+
+  Multi-host runs: only process 0 takes the lock (it is the only one that writes shared files);
+  its outcome reaches the other processes before any collective work (RunDir)."""
+  return locks.acquire(model_dir, model_dir_busy(model_dir))
 
 
 def _refuse(model_dir: str, what: str) -> SbsError:
@@ -105,7 +101,7 @@ def _refuse(model_dir: str, what: str) -> SbsError:
 
 
 class RunDir:
-  """Claims a model dir for a run: locks it (dir_lock.py), refuses another run's dir, writes
+  """Claims a model dir for a run: locks it (lock_model_dir), refuses another run's dir, writes
   run.json; `abandon()` removes what a failed fresh run created; `release()` unlocks.
 
   Host 0 alone locks, checks and writes; its outcome (go on, or the one-line refusal) is
@@ -138,13 +134,12 @@ class RunDir:
       except (OSError, tf.errors.OpError) as e:
         raise SbsError(f"MODEL_DIR {self.model_dir} cannot be created ({_reason(e)}): use "
                        "a MODEL_DIR you can write to") from None
-      self._lock = dir_lock.acquire(self.model_dir)
+      self._lock = lock_model_dir(self.model_dir)
       self._before = self._check(fingerprint, train_steps)
-      tmp = f"{self.model_dir}/.{RUN_FILE}.tmp"  # renamed whole: other hosts never read half
-      with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps({"format": FORMAT, "identity": fingerprint,
-                            "train_steps": train_steps}, indent=2, sort_keys=True))
-      tf.io.gfile.rename(tmp, f"{self.model_dir}/{RUN_FILE}", overwrite=True)
+      # Written whole (a temporary file renamed): other hosts never read half of it.
+      files.write_json_atomically(f"{self.model_dir}/{RUN_FILE}",
+                                  {"format": FORMAT, "identity": fingerprint,
+                                   "train_steps": train_steps})
     except BaseException as e:
       # Nothing of a dir that was there is touched; dirs this run made go when empty.
       self._remove_created = bool(self._created)
@@ -164,7 +159,7 @@ class RunDir:
     if not tf.io.gfile.exists(self.model_dir):
       return set()
     before = {name.rstrip("/") for name in tf.io.gfile.listdir(self.model_dir)
-              if not name.startswith(f".{RUN_FILE}") and name not in dir_lock.NAMES}
+              if not name.startswith(f".{RUN_FILE}") and name not in locks.NAMES}
     if RUN_FILE not in before:
       if before:
         names = sorted(before)
@@ -179,7 +174,7 @@ class RunDir:
     except (ValueError, KeyError, TypeError) as e:
       raise SbsError(f"{path} is damaged ({e}): use a new MODEL_DIR, or delete "
                      f"{self.model_dir} to start over") from None
-    diff = differences(stored_identity, fingerprint)
+    diff = manifest.describe_nested(stored_identity, fingerprint)
     if diff:
       raise _refuse(self.model_dir, "a run of another " + "; ".join(diff))
     if stored_steps != train_steps:
@@ -202,7 +197,7 @@ class RunDir:
         return
       for name in tf.io.gfile.listdir(self.model_dir):
         name = name.rstrip("/")
-        if name not in self._before and name not in dir_lock.NAMES:
+        if name not in self._before and name not in locks.NAMES:
           path = f"{self.model_dir}/{name}"
           if tf.io.gfile.isdir(path):
             tf.io.gfile.rmtree(path)

@@ -1,28 +1,22 @@
-"""One `sbs train` per model dir: a second run on the same dir is refused in one line.
+"""One process per job dir.
 
-Two runs on one dir would both write checkpoints, and orbax in one would delete the other's
-unfinished ones. `sbs eval` (and `sbs predict`) only read and take no lock: the parameters
-under `params/` are replaced whole (written aside, then renamed), so they read the best
-step so far while training runs.
-
-Local dirs: an exclusive `fcntl` lock on `<model_dir>/.lock`. The kernel releases it when
-the process ends however it ends, so a killed run can be rerun (and resumes) at once.
+Local dirs: an exclusive `fcntl` lock on a file (`<dir>/.lock` for a whole dir). The kernel
+releases it when the process ends however it ends, so a killed job can be rerun (and
+resumes) at once.
 
 gs:// (or any URL): `fcntl` cannot lock an object store, so a lease object
-`<model_dir>/.lease.json` names the owner (host, pid, start time) and holds a heartbeat that
-a background thread refreshes every HEARTBEAT_S seconds. A new run refuses while the owner
+`<dir>/.lease.json` names the owner (host, pid, start time) and holds a heartbeat that a
+background thread refreshes every HEARTBEAT_S seconds. A new job refuses while the owner
 lives: on the same host, while its pid is alive; on another host, while its heartbeat is
-younger than STALE_S. A stale lease (a killed or vanished run) is taken over with a log
-line. Two runs that start within a second of each other are told apart by reading the lease
+younger than STALE_S. A stale lease (a killed or vanished job) is taken over with a log
+line. Two jobs that start within a second of each other are told apart by reading the lease
 back after writing it: the last writer keeps it, the other refuses. (An object store without
 conditional writes through tf.io.gfile allows no stronger guarantee.)
-
-Multi-host runs: only process 0 takes the lock (it is the only one that writes shared files);
-its outcome reaches the other processes before any collective work (see run_dir.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,34 +24,28 @@ import socket
 import threading
 import time
 import uuid
-
-import tensorflow as tf
+from typing import Callable, Iterator
 
 from sbs_jax.errors import SbsError
+from sbs_jax.jobdir.files import pid_alive
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 LEASE_FILE = ".lease.json"
-NAMES = (LOCK_FILE, LEASE_FILE)  # the lock's own files: not part of a run's contents
+NAMES = (LOCK_FILE, LEASE_FILE)  # the lock's own files: not part of a dir's contents
 HEARTBEAT_S = 30.0
 STALE_S = 180.0  # six missed heartbeats: room for a slow object store and clock skew
 
 
-def _busy(model_dir: str, holder: str) -> SbsError:
-  return SbsError(f"MODEL_DIR {model_dir} is in use by another `sbs train` ({holder}): "
-                  "wait for it to finish (rerunning the same command then resumes or "
-                  "finishes it), stop it first, or use another MODEL_DIR; `sbs eval` may "
-                  "read the dir meanwhile")
-
-
 class LocalLock:
-  """An exclusive fcntl lock on <model_dir>/.lock, with the holder's pid written in it."""
+  """An exclusive fcntl lock on the file `path`, with the holder's pid written in it;
+  `busy(holder)` makes the error raised while another process holds it. `release()` (or
+  `close()`) removes the file and unlocks."""
 
-  def __init__(self, model_dir: str):
+  def __init__(self, path, busy: Callable[[str], SbsError]):
     import fcntl  # pylint: disable=import-outside-toplevel
-    self.model_dir = model_dir
-    self.path = os.path.join(model_dir, LOCK_FILE)
+    self.path = str(path)
     while True:
       f = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
       try:
@@ -66,7 +54,7 @@ class LocalLock:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
-        raise _busy(model_dir, holder) from None
+        raise busy(holder) from None
       # The file may have been removed (and another made) by a run that released it
       # between our open and flock: then ours locks nothing, and we try again.
       try:
@@ -93,23 +81,16 @@ class LocalLock:
     self._file.close()  # releases the lock
     self._file = None
 
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # alive, another user's
-    return True
-  return True
+  close = release
 
 
 class Lease:
-  """A lease object <model_dir>/.lease.json on an object store, kept fresh by a thread."""
+  """A lease object <directory>/.lease.json on an object store, kept fresh by a thread;
+  `busy(holder)` makes the error raised while a live owner holds it."""
 
-  def __init__(self, model_dir: str, settle_s: float = 1.0):
-    self.model_dir = model_dir
-    self.path = f"{model_dir}/{LEASE_FILE}"
+  def __init__(self, directory: str, busy: Callable[[str], SbsError], settle_s: float = 1.0):
+    self.directory = directory
+    self.path = f"{directory}/{LEASE_FILE}"
     self._stop = threading.Event()
     self._thread = None
     now = time.time()
@@ -119,16 +100,15 @@ class Lease:
     if current is not None:
       live = self._alive(current)
       if live:
-        raise _busy(model_dir, live)
+        raise busy(live)
       log.warning("%s: taking over the stale lease of pid %s on %s (heartbeat %.0f s ago)",
-                  model_dir, current.get("pid"), current.get("host"),
+                  directory, current.get("pid"), current.get("host"),
                   now - float(current.get("heartbeat", 0)))
     self._write()
     time.sleep(settle_s)
     current = self._read()
     if current is None or current.get("token") != self._lease["token"]:
-      raise _busy(model_dir, self._describe(current or {}) or "a run that started with "
-                  "this one")
+      raise busy(self._describe(current or {}) or "a run that started with this one")
     self._thread = threading.Thread(target=self._beat, name="sbs-lease", daemon=True)
     self._thread.start()
 
@@ -147,12 +127,13 @@ class Lease:
     except (KeyError, TypeError, ValueError):
       return ""  # unreadable: treated as stale
     if host == socket.gethostname():
-      alive = _pid_alive(pid)
+      alive = pid_alive(pid)
     else:
       alive = time.time() - beat < STALE_S
     return self._describe(lease) if alive else ""
 
   def _read(self) -> dict | None:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     try:
       with tf.io.gfile.GFile(self.path) as f:
         return json.loads(f.read())
@@ -162,6 +143,7 @@ class Lease:
       return {}  # half-written or unreadable: stale
 
   def _write(self) -> None:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     with tf.io.gfile.GFile(self.path, "w") as f:
       f.write(json.dumps(self._lease))
 
@@ -171,14 +153,15 @@ class Lease:
         current = self._read()
         if current and current.get("token") != self._lease["token"]:
           log.error("%s: the lease was taken over by %s; this run no longer holds the "
-                    "model dir", self.model_dir, self._describe(current))
+                    "model dir", self.directory, self._describe(current))
           return
         self._lease["heartbeat"] = time.time()
         self._write()
       except Exception as e:  # pylint: disable=broad-except  # keep beating; log why not
-        log.warning("%s: could not refresh the lease (%s)", self.model_dir, e)
+        log.warning("%s: could not refresh the lease (%s)", self.directory, e)
 
   def release(self) -> None:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     if self._thread is None:
       return
     self._stop.set()
@@ -189,12 +172,34 @@ class Lease:
       if current and current.get("token") == self._lease["token"]:
         tf.io.gfile.remove(self.path)
     except tf.errors.OpError as e:
-      log.warning("%s: could not remove the lease (%s)", self.model_dir, e)
+      log.warning("%s: could not remove the lease (%s)", self.directory, e)
 
 
-def acquire(model_dir: str):
-  """The model dir's lock (LocalLock or Lease; call `release()`), or SbsError when another
-  run holds it. The dir must exist."""
-  if "://" in model_dir:
-    return Lease(model_dir)
-  return LocalLock(model_dir)
+def acquire(directory: str, busy: Callable[[str], SbsError]):
+  """The lock of a whole directory (a LocalLock on <directory>/.lock, or a Lease on an
+  object store; call `release()`), or `busy(holder)` raised when another process holds it.
+  The directory must exist."""
+  if "://" in directory:
+    return Lease(directory, busy)
+  return LocalLock(os.path.join(directory, LOCK_FILE), busy)
+
+
+def lock_exclusively(path, busy: str) -> LocalLock:
+  """An exclusive lock on the local file `path` (`close()` releases it), or SbsError(busy)
+  when another process holds it."""
+  return LocalLock(path, lambda holder: SbsError(f"{busy} ({holder})"))
+
+
+@contextlib.contextmanager
+def held_if_free(path) -> Iterator[bool]:
+  """Holds the lock on the local file `path` for the block and yields True; yields False
+  (holding nothing) while another process holds it."""
+  try:
+    lock = LocalLock(path, SbsError)
+  except SbsError:
+    yield False
+    return
+  try:
+    yield True
+  finally:
+    lock.release()

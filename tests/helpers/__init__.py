@@ -1,0 +1,19 @@
+"""What the tests share: plain functions and data, imported as `tests.helpers...` (fixtures
+stay in conftest.py). Modules: `data` (rows and files), `multihost` (a two-host cluster of
+`sbs train`), `predict` (a tiny model dir to serve), `batches` (paired and packed batches,
+run configs), `tiny_cqa` (a tiny student trained on CQA)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run_sbs(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+  """Runs `python -m sbs_jax.cli ARGS` and returns the finished process."""
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+  return subprocess.run([sys.executable, "-m", "sbs_jax.cli", *map(str, args)],
+                        capture_output=True, text=True, env=full_env, timeout=timeout,
+                        cwd=REPO, **kwargs)

@@ -1,0 +1,38 @@
+"""Rows and files: JSON Lines writing, an ANLI round-1 stand-in, `sbs annotate` flags."""
+
+import argparse
+import json
+
+from sbs_jax.commands import annotate as annotate_command
+
+
+ANLI_ROWS = [
+    {"uid": "a1", "premise": "The bridge opened in 1932.", "hypothesis": "It opened before "
+     "1940.", "label": 0, "reason": "1932 < 1940"},
+    {"uid": "a2", "premise": "Ann lives in Oslo.", "hypothesis": "Ann likes jazz.", "label": 1,
+     "reason": ""},
+    {"uid": "a3", "premise": "The shop is shut on Sundays.", "hypothesis": "It is open on "
+     "Sundays.", "label": 2, "reason": "shut"},
+]
+
+
+def write_jsonl(path, rows):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def make_anli(root, completions):
+  write_jsonl(root / "anli1" / "anli1_test.json", ANLI_ROWS)
+  (root / "anli1" / "llm").mkdir(parents=True, exist_ok=True)
+  (root / "anli1" / "llm" / "test_CoT_0.json").write_text(json.dumps(completions[:2]))
+  (root / "anli1" / "llm" / "test_CoT_1.json").write_text(json.dumps(completions[2:]))
+
+
+def annotate_args(**kw) -> argparse.Namespace:
+  parser = argparse.ArgumentParser()
+  annotate_command.add_parser(parser.add_subparsers())
+  argv = ["annotate", "--no_progress"]
+  for k, v in kw.items():
+    argv += [f"--{k}", str(v)]
+  return parser.parse_args(argv)
