@@ -43,7 +43,7 @@ from sbs_jax.model.config import config_for  # pylint: disable=wrong-import-posi
 from sbs_jax.serve import job as job_lib  # pylint: disable=wrong-import-position
 from sbs_jax.serve.predictor import (DecodeSettings,  # pylint: disable=wrong-import-position
                                      Predictor)
-from sbs_jax.train import checkpoint as ckpt  # pylint: disable=wrong-import-position
+from sbs_jax.model.model_dir import ModelDir  # pylint: disable=wrong-import-position
 
 
 def make_student(root: pathlib.Path, size: str, data_dir: pathlib.Path, seed: int):
@@ -55,10 +55,10 @@ def make_student(root: pathlib.Path, size: str, data_dir: pathlib.Path, seed: in
   spm = vocab.train_vocabulary((ex.input for ex in split.examples), root / "spm.model", 8000)
   config = config_for(size, dtype="float32")
   model_dir = root / f"{size}_student"
-  ckpt.write_model_info(str(model_dir), config, str(spm), max_input_length=512)
+  ModelDir(str(model_dir)).write_info(config, str(spm), max_input_length=512)
   params = jax.jit(lambda k: nn.unbox(init_params(Transformer(config), k)))(
       jax.random.key(seed))
-  ckpt.save_params(str(model_dir), 0, params, {"step": 0, "source": "random init"})
+  ModelDir(str(model_dir)).save_params(0, params, {"step": 0, "source": "random init"})
   return model_dir, split.examples
 
 

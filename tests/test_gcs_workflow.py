@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from sbs_jax.train.metric_log import read_metrics
+from sbs_jax.model.model_dir import ModelDir
 from tests.helpers import REPO, run_sbs
 from tests.helpers.multihost import tail, two_hosts, wait_all, wait_for
 
@@ -110,8 +110,8 @@ def test_two_hosts_on_gs_resume_a_killed_run_exactly(trained, gcs):
   assert "resumed from step" in resumed_log
   resumed_from = int(resumed_log.split("resumed from step ")[1].split()[0])
   assert 2 <= resumed_from < STEPS  # killed mid-run, resumed from a checkpoint
-  whole = read_metrics(f"{ROOT}/whole")
-  killed = read_metrics(f"{ROOT}/killed")
+  whole = ModelDir(f"{ROOT}/whole").read_metrics("train")
+  killed = ModelDir(f"{ROOT}/killed").read_metrics("train")
   assert [m["step"] for m in whole] == [m["step"] for m in killed] == list(range(1, STEPS + 1))
   for a, b in zip(whole, killed):
     for key in ("loss", "label_loss", "rationale_loss"):

@@ -12,7 +12,7 @@ from sbs_jax.convert import hf
 from sbs_jax.data import vocab
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import config_for
-from sbs_jax.train import checkpoint as ckpt
+from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.train.config import OptimizerConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import build_student, init_state, make_mesh
@@ -32,8 +32,8 @@ def model_dir(spm_file, tmp_path_factory):
   """A model dir of a random tiny network (model.json, spm.model, params/0)."""
   out = tmp_path_factory.mktemp("model") / "m"
   student = build_student(CONFIG, make_optimizer(OptimizerConfig(), 10), make_mesh((1, 1)))
-  ckpt.write_model_info(str(out), CONFIG, str(spm_file))
-  ckpt.save_params(str(out), 0, init_state(student, 0)["params"], {"step": 0})
+  ModelDir(str(out)).write_info(CONFIG, str(spm_file))
+  ModelDir(str(out)).save_params(0, init_state(student, 0)["params"], {"step": 0})
   return out
 
 

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from sbs_jax.convert import hf_dirs as convert  # pylint: disable=wrong-import-position
 from sbs_jax.errors import SbsError  # pylint: disable=wrong-import-position
+from sbs_jax.model.model_dir import ModelDir  # pylint: disable=wrong-import-position
 from sbs_jax.train import checkpoint as ckpt  # pylint: disable=wrong-import-position
 from sbs_jax.train.data import label_examples  # pylint: disable=wrong-import-position
 from sbs_jax.train.evaluate import detokenize  # pylint: disable=wrong-import-position
@@ -63,7 +64,7 @@ def test_import_writes_a_model_dir_training_starts_from(imported, tmp_path):
                            "OptimizerConfig.learning_rate = 0.0",
                            "OptimizerConfig.warmup_steps = 0"])
   student, start, _ = ckpt.load_student(str(out))
-  after, _ = ckpt.load_params(str(tmp_path / "run"), student.abstract_state["params"])
+  after, _ = ModelDir(str(tmp_path / "run")).load_params(student.abstract_state["params"])
   for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(after)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -122,13 +123,13 @@ def test_import_into_an_existing_dir_is_refused_unless_overwrite(imported, tmp_p
   other_hf = hf_folder(tmp_path / "hf", hf_dir / "spiece.model", d_ff=96)
   for out in (str(tmp_path / "out"), f"gs://sbs-test/hf_import/{tmp_path.name}"):
     convert.import_hf(hf_dir, out)
-    config_before, _ = ckpt.read_model_info(out)
+    config_before, _ = ModelDir(out).read_info()
     with pytest.raises(SbsError, match="exists and is not empty: choose a new --out, or pass "
                        "--overwrite"):
       convert.import_hf(other_hf, out)
-    assert ckpt.read_model_info(out)[0] == config_before  # untouched
+    assert ModelDir(out).read_info()[0] == config_before  # untouched
     convert.import_hf(other_hf, out, overwrite=True)
-    config_after, _ = ckpt.read_model_info(out)
+    config_after, _ = ModelDir(out).read_info()
     assert (config_before.mlp_dim, config_after.mlp_dim) == (128, 96)
     student, params, _ = ckpt.load_student(out)
     assert params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].shape == (64, 96)

@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from sbs_jax.train.metric_log import read_metrics
+from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.train.progress import labelled
 from tests.helpers import REPO
 from tests.helpers.multihost import HANG_GUARD, cluster_env, tail, two_hosts, wait_all, wait_for
@@ -64,8 +64,8 @@ def test_two_hosts_train_like_one_host(runs):
   root = runs["root"]
   assert runs["ref_code"] == 0, tail(root / "one_host.log")
   assert runs["report"] == {"differs_from_one_host_stream": True, "global_rows": 8}
-  one = read_metrics(str(root / "one_host"))
-  two = read_metrics(str(root / "two_hosts"))  # written by host 0 alone
+  one = ModelDir(str(root / "one_host")).read_metrics("train")
+  two = ModelDir(str(root / "two_hosts")).read_metrics("train")  # written by host 0 alone
   assert [m["step"] for m in two] == list(range(1, STEPS + 1)), tail(runs["logs"][0])
   assert [m["step"] for m in one] == list(range(1, STEPS + 1))
   for a, b in zip(one, two):
@@ -111,7 +111,7 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(annotated,
     codes = wait_all(procs, expected=143)
   assert codes == [143, 143], "\n".join(tail(log) for log in logs)
   saved = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
-  steps = [m["step"] for m in read_metrics(str(tmp_path / "run"))]
+  steps = [m["step"] for m in ModelDir(str(tmp_path / "run")).read_metrics("train")]
   assert len(saved) == 1 and int(saved[0]) == steps[-1] >= 2 and steps[-1] < 500
   assert steps == list(range(1, steps[-1] + 1))
   for log in logs:

@@ -14,7 +14,7 @@ from sbs_jax.convert import hf
 from sbs_jax.model import decoding
 from sbs_jax.model.config import REMAT_POLICIES, config_for
 from sbs_jax.model.network import Transformer
-from sbs_jax.train import checkpoint
+from sbs_jax.model.model_dir import MODEL_INFO, ModelDir
 from sbs_jax.train import config as train_config
 from sbs_jax.train import state as state_lib
 from sbs_jax.perf.plan import plan
@@ -49,12 +49,12 @@ def test_policy_names_are_checked():
 
 def test_old_model_info_loads_and_hf_export_leaves_the_policy_out(tmp_path):
   config = config_for("tiny", remat_policy="full")
-  checkpoint.write_model_info(str(tmp_path), config, "")
-  assert checkpoint.read_model_info(str(tmp_path))[0] == config
-  info = json.loads((tmp_path / checkpoint.MODEL_INFO).read_text())
+  ModelDir(str(tmp_path)).write_info(config, "")
+  assert ModelDir(str(tmp_path)).read_info()[0] == config
+  info = json.loads((tmp_path / MODEL_INFO).read_text())
   del info["model"]["remat_policy"]  # as written before the field existed
-  (tmp_path / checkpoint.MODEL_INFO).write_text(json.dumps(info))
-  assert checkpoint.read_model_info(str(tmp_path))[0] == config_for("tiny")
+  (tmp_path / MODEL_INFO).write_text(json.dumps(info))
+  assert ModelDir(str(tmp_path)).read_info()[0] == config_for("tiny")
   assert hf.config_to_hf(config) == hf.config_to_hf(config_for("tiny"))
 
 

@@ -33,6 +33,7 @@ import tensorflow as tf
 from sbs_jax.convert import t5x as t5x_format
 from sbs_jax.convert import t5x_dirs
 from sbs_jax.errors import SbsError
+from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.train import checkpoint as ckpt
 from tests.helpers import REPO, run_sbs
 from tests.helpers.tiny_cqa import train_tiny_cqa
@@ -175,7 +176,7 @@ def test_sbs_train_starts_from_the_imported_dir(chain, tmp_path):
                                       "OptimizerConfig.learning_rate = 0.0",
                                       "OptimizerConfig.warmup_steps = 0"])
   student, start, _ = ckpt.load_student(imported)
-  after, _ = ckpt.load_params(str(tmp_path / "run"), student.abstract_state["params"])
+  after, _ = ModelDir(str(tmp_path / "run")).load_params(student.abstract_state["params"])
   for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(after)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

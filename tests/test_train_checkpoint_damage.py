@@ -9,6 +9,8 @@ import pytest
 
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import config_for
+from sbs_jax.model import model_dir
+from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.train import checkpoint as ckpt
 from sbs_jax.train.config import OptimizerConfig
 from sbs_jax.train.optim import make_optimizer
@@ -95,12 +97,12 @@ def test_every_checkpoint_damaged_is_one_error(student, tmp_path):
 @pytest.mark.parametrize("damage", [truncate, garble])
 def test_damaged_best_params_are_one_error_naming_the_dir(student, tmp_path, damage):
   params = init_state(student, seed=0)["params"]
-  ckpt.save_params(str(tmp_path), 4, params, {"step": 4})
-  assert same(ckpt.load_params(str(tmp_path), student.abstract_state["params"])[0], params)
+  ModelDir(str(tmp_path)).save_params(4, params, {"step": 4})
+  assert same(ModelDir(str(tmp_path)).load_params(student.abstract_state["params"])[0], params)
   for path in (tmp_path / "params" / "4" / "params").rglob("d/*"):
     damage(path)
   with pytest.raises(SbsError) as err:
-    ckpt.load_params(str(tmp_path), student.abstract_state["params"])
+    ModelDir(str(tmp_path)).load_params(student.abstract_state["params"])
   message = str(err.value)
   assert message.startswith(f"the parameters in {tmp_path}/params/4 cannot be read (")
   assert message.endswith("the files are damaged; restore the dir from a copy, or train "
@@ -112,6 +114,6 @@ def test_host_and_device_arrays_sum_alike(student):
   checkpoint saved from one and checked from the other agrees."""
   params = init_state(student, seed=3)["params"]
   on_host = jax.tree.map(np.asarray, jax.device_get(params))
-  device, host = ckpt.leaf_sums(params), ckpt.leaf_sums(on_host)
+  device, host = model_dir.leaf_sums(params), model_dir.leaf_sums(on_host)
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(on_host))
   assert np.allclose(device, host, rtol=1e-5) and min(device) > 0

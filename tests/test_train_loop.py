@@ -11,7 +11,7 @@ import pytest
 from sbs_jax.train import config, gin_setup, loop
 from sbs_jax.train.checkpoint import StateCheckpoints
 from sbs_jax.train.preemption import Preempted
-from sbs_jax.train.metric_log import read_metrics
+from sbs_jax.model.model_dir import ModelDir
 from tests.helpers import run_sbs
 
 SMOKE = ["MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = {steps}", "TrainConfig.log_every = 1",
@@ -44,7 +44,7 @@ def trained(annotated, tmp_path_factory):
 
 def test_loss_goes_down_and_results_are_written(trained):
   model_dir, results = trained
-  losses = [m["loss"] for m in read_metrics(str(model_dir))]
+  losses = [m["loss"] for m in ModelDir(str(model_dir)).read_metrics("train")]
   assert len(losses) == 12
   assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
   on_disk = json.loads((model_dir / "results.json").read_text())
@@ -56,14 +56,14 @@ def test_loss_goes_down_and_results_are_written(trained):
   assert set(checked["tasks"]) == {"sbs_cqa_distill_llm_paired"}
   assert all(t["checked"] > 1000 and 0 <= t["cut"] <= t["checked"]
              for t in checked["tasks"].values())
-  assert {m["step"] for m in read_metrics(str(model_dir), "validation")} == {6, 12}
+  assert {m["step"] for m in ModelDir(str(model_dir)).read_metrics("validation")} == {6, 12}
   assert list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_has_the_same_losses(trained, tmp_path):
   model_dir, _ = trained
-  reference = [m["loss"] for m in read_metrics(str(model_dir))]
+  reference = [m["loss"] for m in ModelDir(str(model_dir)).read_metrics("train")]
 
   def stop_at_7(step, metrics):
     if step == 7:  # after the checkpoint of step 6: step 7 is lost, as in a crash
@@ -72,7 +72,7 @@ def test_interrupted_and_resumed_run_has_the_same_losses(trained, tmp_path):
   with pytest.raises(Stop):
     train(str(tmp_path / "cqa"), 12, on_step=stop_at_7)
   train(str(tmp_path / "cqa"), 12)
-  resumed = read_metrics(str(tmp_path / "cqa"))
+  resumed = ModelDir(str(tmp_path / "cqa")).read_metrics("train")
   assert [m["step"] for m in resumed] == list(range(1, 13))
   assert [m["loss"] for m in resumed] == pytest.approx(reference, abs=1e-6)
 
@@ -82,7 +82,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_loses_nothing(trained, tmp
   """A preemption notice mid-run: the step it arrived in is checkpointed (5: not a multiple
   of checkpoint_every 3), the run stops with Preempted, and the rerun repeats no step."""
   model_dir, _ = trained
-  reference = [m["loss"] for m in read_metrics(str(model_dir))]
+  reference = [m["loss"] for m in ModelDir(str(model_dir)).read_metrics("train")]
   before = signal.getsignal(signal.SIGTERM)
 
   def notice_after_4(step, metrics):
@@ -94,9 +94,9 @@ def test_sigterm_saves_the_current_step_and_the_rerun_loses_nothing(trained, tmp
   assert stopped.value.step == 5
   assert signal.getsignal(signal.SIGTERM) == before  # our handler is gone again
   assert StateCheckpoints(str(tmp_path / "cqa"), 3).latest_step() == 5
-  assert [m["step"] for m in read_metrics(str(tmp_path / "cqa"))] == [1, 2, 3, 4, 5]
+  assert [m["step"] for m in ModelDir(str(tmp_path / "cqa")).read_metrics("train")] == [1, 2, 3, 4, 5]
   train(str(tmp_path / "cqa"), 12)
-  resumed = read_metrics(str(tmp_path / "cqa"))
+  resumed = ModelDir(str(tmp_path / "cqa")).read_metrics("train")
   assert [m["step"] for m in resumed] == list(range(1, 13))
   assert [m["loss"] for m in resumed] == pytest.approx(reference, abs=1e-6)
 

@@ -14,7 +14,7 @@ import pytest
 from sbs_jax.data import vocab
 from sbs_jax.errors import SbsError
 from sbs_jax.train import config, gin_setup, loop
-from sbs_jax.train.metric_log import read_metrics
+from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.train.run_dir import RUN_FILE
 from tests.helpers import REPO, run_sbs
 
@@ -64,7 +64,7 @@ def test_a_fresh_run_reports_progress_with_units(annotated, tmp_path, capsys):
   assert lines[0].startswith("step 1/2: loss ") and "examples/s" in lines[0]
   assert "ETA" in lines[1]  # known from the second step on
   assert any(l.startswith("step 2: validation accuracy ") and "%" in l for l in lines)
-  logged = read_metrics(str(tmp_path / "fresh"))
+  logged = ModelDir(str(tmp_path / "fresh")).read_metrics("train")
   # 4 packed rows of 256 tokens hold more than 4 examples; each counted once.
   assert all(m["examples"] > 4 for m in logged) and "examples_per_s" in logged[0]
   assert "\nstep 1/2" not in err.split("starting from")[0]  # the origin comes first
@@ -77,7 +77,7 @@ def test_same_config_resumes_and_may_train_longer(run, capsys):
   capsys.readouterr()
   results = train(model_dir, steps=3)
   assert "resumed from step 2" in capsys.readouterr().err
-  assert [m["step"] for m in read_metrics(str(model_dir))] == [1, 2, 3]
+  assert [m["step"] for m in ModelDir(str(model_dir)).read_metrics("train")] == [1, 2, 3]
   assert results["train_steps"] == 3
   assert json.loads((model_dir / RUN_FILE).read_text())["train_steps"] == 3
 

@@ -87,7 +87,9 @@ def train_main(args) -> int:
 
 def eval_main(args) -> int:
   import sys  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train import checkpoint as ckpt, config  # pylint: disable=import-outside-toplevel
+  from sbs_jax.model import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+  from sbs_jax.model.model_dir import ModelDir  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train import config  # pylint: disable=import-outside-toplevel
   from sbs_jax.train import evaluate as eval_lib  # pylint: disable=import-outside-toplevel
   from sbs_jax.train.data import label_examples  # pylint: disable=import-outside-toplevel
   from sbs_jax.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
@@ -98,10 +100,10 @@ def eval_main(args) -> int:
     _max_examples(args.max_examples)  # a bad value: one line before anything loads
   initialize_distributed(args)
   # Reads only (no lock): a dir that training is writing is scored at its best step so far.
-  saved = f"{args.model_dir}/{ckpt.GIN_CONFIG}"
+  saved = f"{args.model_dir}/{model_dir_lib.GIN_CONFIG}"
   if not tf.io.gfile.exists(saved):
     raise SbsError(f"--model_dir {args.model_dir} is not a model dir of `sbs train` (no "
-                   f"{ckpt.GIN_CONFIG}): pass the MODEL_DIR of a training run")
+                   f"{model_dir_lib.GIN_CONFIG}): pass the MODEL_DIR of a training run")
   parse_gin([saved, *args.gin_file], gin_bindings(args.gin_bindings), args.gin_search_path)
   cfg = gin_check.configured(config.TrainConfig)
   model_config = gin_check.configured(config.student_config)
@@ -119,7 +121,7 @@ def eval_main(args) -> int:
   examples = label_examples(label_task, args.split, limit)  # an unknown split: one line
   student = build_student(model_config, make_optimizer(cfg.optimizer, cfg.train_steps),
                           make_mesh(cfg.mesh), cfg.partitioning_dims)
-  params, best = ckpt.load_params(args.model_dir, student.abstract_state["params"])
+  params, best = ModelDir(args.model_dir).load_params(student.abstract_state["params"])
   metrics, _ = eval_lib.evaluate(student, params, label_task, args.split, cfg.eval, examples)
   if jax.process_index() == 0:
     print(eval_line(best["step"], args.split, metrics, capped_by), file=sys.stderr)

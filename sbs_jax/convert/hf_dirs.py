@@ -20,6 +20,7 @@ import numpy as np
 
 from sbs_jax.convert import hf, replace
 from sbs_jax.errors import SbsError
+from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.train import checkpoint as ckpt
 
 PREFIXES_FILE = "sbs_prefixes.json"
@@ -46,8 +47,8 @@ def import_hf(hf_dir, out: str, allow_pickle: bool = False, overwrite: bool = Fa
   extra_ids = _extra_ids(hf_dir)
 
   def write(folder: str) -> None:
-    ckpt.write_model_info(folder, config, spiece, extra_ids)
-    ckpt.save_params(folder, 0, params, {"step": 0, "source": str(hf_dir)})
+    ModelDir(folder).write_info(config, spiece, extra_ids)
+    ModelDir(folder).save_params(0, params, {"step": 0, "source": str(hf_dir)})
 
   replace.write_whole_dir(out, write)
   return {"model_dir": out, "parameters": int(sum(np.size(x) for x in

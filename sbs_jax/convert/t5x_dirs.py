@@ -30,6 +30,7 @@ def export_t5x(model_dir: str, out: str, overwrite: bool = False) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from sbs_jax.model import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   from sbs_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
   import importlib.util  # pylint: disable=import-outside-toplevel
   if importlib.util.find_spec("t5x") is None:
@@ -41,7 +42,7 @@ def export_t5x(model_dir: str, out: str, overwrite: bool = False) -> dict:
   step = _params_step(model_dir)
   params = jax.tree.map(np.asarray, jax.device_get(params))
   out = out.rstrip("/")
-  vocab_file = f"{out}/{ckpt.VOCAB_FILE}"
+  vocab_file = f"{out}/{model_dir_lib.VOCAB_FILE}"
   if "://" not in vocab_file:
     import os  # pylint: disable=import-outside-toplevel
     vocab_file = os.path.abspath(vocab_file)
@@ -97,7 +98,7 @@ def import_t5x(checkpoint: str, out: str, model_gin: str | None = None,
   `out` is refused unless `overwrite`, and then replaced whole (replace.write_whole_dir)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from sbs_jax.model.config import SIZES, config_for  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  from sbs_jax.model.model_dir import ModelDir  # pylint: disable=import-outside-toplevel
   if not overwrite:
     replace.refuse_nonempty(out)
   gin_vocab, gin_extra_ids = None, 0
@@ -119,8 +120,8 @@ def import_t5x(checkpoint: str, out: str, model_gin: str | None = None,
   t5x_format.check_params(params, config, f"the T5X checkpoint {checkpoint}")
 
   def write(folder: str) -> None:
-    ckpt.write_model_info(folder, config, vocab, extra_ids)
-    ckpt.save_params(folder, 0, params, {"step": 0, "source": checkpoint, "t5x_step": step})
+    ModelDir(folder).write_info(config, vocab, extra_ids)
+    ModelDir(folder).save_params(0, params, {"step": 0, "source": checkpoint, "t5x_step": step})
 
   replace.write_whole_dir(out, write)
   return {"model_dir": out, "t5x_step": step,

@@ -39,6 +39,7 @@ import time
 
 from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files, locks
+from sbs_jax.model.model_dir import RESULTS_FILE, ModelDir
 from sbs_jax.train.gin_setup import GIN_DIR
 
 # method -> (task kind, alpha or None for the sweep's --alpha): the paper's four settings.
@@ -57,7 +58,6 @@ GRID_KEYS = ("methods", "fractions", "sizes", "seeds")
 # another sweep process (or stopped there): the sweep is not done.
 NOT_DONE_EXIT_CODE = 3
 CELLS_DIR = "cells"  # <cell>.json (what it is), <cell>.log (its output), <cell>.lock
-RESULTS_FILE = "results.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,21 +366,16 @@ def cell_file(out_dir, cell: Cell, suffix: str) -> pathlib.Path:
 
 def read_results(out_dir, cell: Cell) -> dict | None:
   """The cell's results.json (None if absent); one line naming the cell for a damaged one."""
-  path = pathlib.Path(out_dir) / cell.name / RESULTS_FILE
+  model = ModelDir(str(pathlib.Path(out_dir) / cell.name))
+  path = model.file(RESULTS_FILE)
   try:
-    results = json.loads(path.read_text(encoding="utf-8"))
-  except FileNotFoundError:
-    return None
-  except (ValueError, UnicodeDecodeError, OSError) as e:
-    results = e
-  if not isinstance(results, dict) or not isinstance(results.get("best_step"), int):
-    what = (f"not JSON ({results})" if isinstance(results, Exception)
-            else "not the trainer's results (no best_step)")
+    return model.read_results()
+  except (ValueError, OSError) as e:
+    what = (str(e) if "best_step" in str(e) else f"not JSON ({e})")
     raise SbsError(f"{path}: {what}: cell {cell.name} has damaged results; delete that file "
                    "and rerun the same `sbs sweep` command, which evaluates the cell again "
                    f"from its last checkpoint (its command: first line of "
-                   f"{cell_file(out_dir, cell, '.log')})")
-  return results
+                   f"{cell_file(out_dir, cell, '.log')})") from None
 
 
 def is_finished(out_dir, cell: Cell) -> bool:

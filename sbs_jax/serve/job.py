@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -47,6 +46,7 @@ from sbs_jax.jobdir.locks import lock_exclusively
 from sbs_jax.jobdir.manifest import describe_difference
 from sbs_jax.jobdir.progress import Progress
 from sbs_jax.metrics import normalize
+from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.serve.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -178,40 +178,19 @@ def _writable(action: str, job: "FileJob", fn, *args):
 
 def manifest(job: FileJob, predictor: Predictor, rows: int) -> dict:
   """What decides the output: a partial run is only continued with exactly these."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   model_dir = str(job.model_dir).rstrip("/")
   if "://" not in model_dir:
     model_dir = str(pathlib.Path(model_dir).resolve())
-  params_dir = f"{model_dir}/params"
-  steps = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(params_dir)) \
-      if tf.io.gfile.isdir(params_dir) else []
+  model = ModelDir(model_dir)
   s = predictor.settings
   return {"input_file": str(job.input_file.resolve()), "input_sha256": file_sha256(
       job.input_file), "rows": rows, "model_dir": model_dir,
-          "params_steps": steps, "model_files": model_fingerprint(model_dir),
+          "params_steps": model.params_steps(), "model_files": model.fingerprint(),
           "input_key": job.input_key, "label_key": job.label_key,
           "id_key": job.row_id_key(), "rationale": job.rationale, "window": job.window,
           "batch_size": predictor.batch_size, "max_input_length": predictor.max_input_length,
           "label_decode_length": s.label_decode_length,
           "rationale_decode_length": s.rationale_decode_length if job.rationale else None}
-
-
-def model_fingerprint(model_dir: str) -> str:
-  """A hash of the names, sizes and modification times of model.json, the vocabulary and
-  every file under params/: it changes when any of them is rewritten (no file is read)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  paths = []
-  for name in ("model.json", "spm.model"):
-    if tf.io.gfile.exists(f"{model_dir}/{name}"):
-      paths.append(f"{model_dir}/{name}")
-  if tf.io.gfile.isdir(f"{model_dir}/params"):
-    for folder, _, files in tf.io.gfile.walk(f"{model_dir}/params"):
-      paths += [f"{str(folder).rstrip('/')}/{name}" for name in files]
-  digest = hashlib.sha256()
-  for path in sorted(paths):
-    st = tf.io.gfile.stat(path)
-    digest.update(f"{path[len(model_dir):]}\t{st.length}\t{st.mtime_nsec}\n".encode())
-  return digest.hexdigest()[:16]
 
 
 def output_row(ex: Example, prediction: dict, with_id: bool) -> dict:

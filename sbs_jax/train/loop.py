@@ -17,8 +17,9 @@ import tensorflow as tf
 
 from sbs_jax.data import vocab as vocab_lib
 from sbs_jax.errors import SbsError, exception_chain
-from sbs_jax.jobdir import files
+from sbs_jax.model import model_dir as model_dir_lib
 from sbs_jax.model.config import T5Config
+from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.train import checkpoint as ckpt
 from sbs_jax.train import evaluate as eval_lib
 from sbs_jax.train import gin_check
@@ -101,9 +102,9 @@ def train(cfg: TrainConfig, model_config: T5Config,
         cfg.data, task_feature_lengths=fitted, fit_lengths=False))
   _check_selection_metric(label_task, cfg.eval.selection_metric)
   if cfg.initial_checkpoint and not tf.io.gfile.exists(
-      f"{cfg.initial_checkpoint}/{ckpt.PARAMS_DIR}"):
+      f"{cfg.initial_checkpoint}/{model_dir_lib.PARAMS_DIR}"):
     raise SbsError(f"INITIAL_CHECKPOINT {cfg.initial_checkpoint} is not a model dir (no "
-                   f"{ckpt.PARAMS_DIR}/): pass a dir written by sbs import-hf, sbs "
+                   f"{model_dir_lib.PARAMS_DIR}/): pass a dir written by sbs import-hf, sbs "
                    "import-t5x or sbs train")
 
   # ---- Model dir: locked (one run per dir), another run's dir refused untouched.
@@ -116,7 +117,7 @@ def train(cfg: TrainConfig, model_config: T5Config,
   try:
     try:
       ckpt.write_gin_config(cfg.model_dir, absolute_paths(cfg, vocabulary_file))
-      ckpt.write_model_info(cfg.model_dir, model_config, vocabulary_file, extra_ids,
+      ModelDir(cfg.model_dir).write_info(model_config, vocabulary_file, extra_ids,
                             label_prefix,
                             max_input_length=configured_lengths["inputs"])
 
@@ -131,7 +132,7 @@ def train(cfg: TrainConfig, model_config: T5Config,
         params = None
         origin = f"starting from a random init (seed {cfg.seed})"
         if cfg.initial_checkpoint:
-          params, _ = ckpt.load_params(cfg.initial_checkpoint,
+          params, _ = ModelDir(cfg.initial_checkpoint).load_params(
                                        student.abstract_state["params"])
           origin = f"starting from {cfg.initial_checkpoint}"
         state, best = init_state(student, cfg.seed, params), None
@@ -306,7 +307,7 @@ def _steps(cfg: TrainConfig, student, state, best: dict | None, label_task: str,
         progress.note(eval_line(step, "validation", val_metrics, VALIDATION_CAP))
         if _better(val_metrics, best, cfg.eval.selection_metric):
           best = {"step": step, "metrics": val_metrics}
-          ckpt.save_params(cfg.model_dir, step, state["params"], best)
+          ModelDir(cfg.model_dir).save_params(step, state["params"], best)
       preempted = preemption.reached(step)
       if step % cfg.checkpoint_every == 0 or last or preempted:
         checkpoints.save(step, state, {"best": best, "data_position": step})
@@ -323,7 +324,7 @@ def _steps(cfg: TrainConfig, student, state, best: dict | None, label_task: str,
 def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation,
            length_check: dict) -> dict:
   """The best step's params on test; a few rationales to look at; results.json."""
-  params, best = ckpt.load_params(cfg.model_dir, student.abstract_state["params"])
+  params, best = ModelDir(cfg.model_dir).load_params(student.abstract_state["params"])
   results = {"model_dir": cfg.model_dir, "mixture_or_task": cfg.data.mixture_or_task,
              "eval_task": label_task, "train_steps": cfg.train_steps,
              "best_step": best["step"], "selection_metric": cfg.eval.selection_metric,
@@ -356,5 +357,5 @@ def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation,
     # Whole or not at all: a sweep or `sbs report` may read it while this run ends, and a
     # crash mid-write must not leave a truncated file that looks finished. (On gs:// an
     # object appears only when its upload completes; the rename is for local disks.)
-    files.write_json_atomically(f"{cfg.model_dir}/results.json", results, sort_keys=False)
+    ModelDir(cfg.model_dir).write_results(results)
   return results

@@ -7,14 +7,15 @@ import json
 import jax
 import tensorflow as tf
 
-from sbs_jax.jobdir import files
+from sbs_jax.model.model_dir import METRICS_FILE, ModelDir
 
 
 class MetricLog:
   """One JSON line per logged step and split; a resumed run drops the lines past its start."""
 
   def __init__(self, model_dir: str, start_step: int):
-    self._path = f"{model_dir}/metrics.jsonl"
+    self._model_dir = ModelDir(model_dir)
+    self._path = self._model_dir.file(METRICS_FILE)
     self._active = jax.process_index() == 0
     self._lines: list[str] = []
     self._writer = None
@@ -36,16 +37,9 @@ class MetricLog:
     self._writer.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
     self._lines.append(json.dumps({"step": step, "split": split, **scalars}, sort_keys=True))
     # Rewritten whole: appending is not possible on every file system (e.g. GCS).
-    files.write_text_atomically(self._path, "\n".join(self._lines) + "\n")
+    self._model_dir.write_metrics(self._lines)
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.flush()
       self._writer.close()
-
-
-def read_metrics(model_dir: str, split: str = "train") -> list[dict]:
-  """The logged lines of one split, in step order."""
-  with tf.io.gfile.GFile(f"{model_dir}/metrics.jsonl") as f:
-    lines = [json.loads(l) for l in f.read().splitlines() if l]
-  return [l for l in lines if l["split"] == split]

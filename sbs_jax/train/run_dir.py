@@ -26,10 +26,10 @@ import tensorflow as tf
 
 from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files, locks, manifest
+from sbs_jax.model.model_dir import RUN_FILE
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 FORMAT = 1
 # Network fields that change neither the parameters nor the numbers (beyond rounding).
 _FREE_NETWORK_FIELDS = ("remat_policy",)

@@ -7,7 +7,7 @@ import jax
 
 from sbs_jax.data.readers import cqa_input, read_json_rows
 from sbs_jax.model.config import T5Config
-from sbs_jax.train import checkpoint as ckpt
+from sbs_jax.model.model_dir import ModelDir
 
 TINY = T5Config(vocab_size=512, emb_dim=32, num_heads=2, num_encoder_layers=2,
                 num_decoder_layers=2, head_dim=16, mlp_dim=64)
@@ -26,11 +26,11 @@ def make_model_dir(root: pathlib.Path, data_dir, max_input_length=MAX_INPUT) -> 
   spm = vocab.train_vocabulary(cqa_texts(data_dir, 1000), root / "vocab" / "spm.model",
                                TINY.vocab_size)
   model_dir = root / "model"
-  ckpt.write_model_info(str(model_dir), TINY, str(spm), max_input_length=max_input_length)
+  ModelDir(str(model_dir)).write_info(TINY, str(spm), max_input_length=max_input_length)
   import flax.linen as nn
   from sbs_jax.model.network import Transformer
   params = nn.unbox(init_params(Transformer(TINY), jax.random.key(3)))
-  ckpt.save_params(str(model_dir), 0, params, {"step": 0})
+  ModelDir(str(model_dir)).save_params(0, params, {"step": 0})
   return model_dir
 
 
