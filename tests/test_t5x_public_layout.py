@@ -32,6 +32,7 @@ from sbs_jax.convert import t5x_dirs
 from sbs_jax.data import vocab
 from sbs_jax.errors import SbsError
 from sbs_jax.model import decoding
+from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.train import checkpoint as ckpt
 from tests.helpers import run_sbs
 
@@ -285,7 +286,7 @@ def test_reimport_into_an_existing_dir(public, tmp_path, monkeypatch):
   # A crash while the new dir is written leaves the old one, whole.
   def crash(*args, **kwargs):
     raise RuntimeError("killed while writing the parameters")
-  monkeypatch.setattr(ckpt, "save_params", crash)
+  monkeypatch.setattr(ModelDir, "save_params", crash)
   with pytest.raises(RuntimeError, match="killed"):
     t5x_dirs.import_t5x(str(public["local_copy"]), str(out),
                            model_gin=str(public["model_gin"]), vocab=str(other_spm),

@@ -4,25 +4,14 @@ silently ignored."""
 import gin
 import pytest
 
-from sbs_jax.errors import SbsError
 from sbs_jax.train import config, gin_check, gin_setup
-from tests.helpers import run_sbs
+from tests.helpers import gin_config, run_sbs
 
 EXPERIMENT = ["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"]
 
-
 def configure(bindings, files=EXPERIMENT):
   """Parses and builds the run's config as `sbs train` does; the SbsError's text."""
-  gin.clear_config()
-  try:
-    gin_setup.parse_gin(files, bindings)
-    gin_check.configured(config.TrainConfig)
-  except SbsError as e:
-    return str(e)
-  finally:
-    gin.clear_config()
-  return None
-
+  return gin_config.configure(files, bindings)
 
 @pytest.mark.parametrize("binding,expected", [
     ("TRAIN_STEPZ = 5", "gin: the macro TRAIN_STEPZ is set but nothing uses it (did you mean "
@@ -48,7 +37,6 @@ def test_each_mistake_is_one_line(binding, expected):
   assert message is not None and message.startswith(expected), message
   assert "\n" not in message
 
-
 def test_correct_bindings_still_apply():
   gin.clear_config()
   try:
@@ -59,12 +47,10 @@ def test_correct_bindings_still_apply():
     gin.clear_config()
   assert (cfg.train_steps, cfg.model_dir, cfg.eval.max_examples) == (7, "runs/x", None)
 
-
 def test_every_experiment_uses_every_macro_it_sets():
   """Our own files pass the unused-macro check (each experiment with the tiny overlay)."""
   for path in sorted((gin_setup.GIN_DIR / "experiments").glob("*.gin")):
     assert configure([], [f"experiments/{path.name}", "overlays/tiny_cpu.gin"]) is None, path
-
 
 def test_required_settings_left_unset():
   assert configure([], ["runs/finetune.gin"]).startswith(
@@ -72,7 +58,6 @@ def test_required_settings_left_unset():
       "--gin.MIXTURE_OR_TASK_NAME=")
   assert configure([], ["models/tiny.gin"]).startswith(
       "TrainConfig needs ['model_dir', 'train_steps', 'data']: include an experiment gin file")
-
 
 def test_train_without_arguments_says_what_is_required():
   proc = run_sbs("train", timeout=300)
@@ -82,14 +67,12 @@ def test_train_without_arguments_says_what_is_required():
       "--gin_file=experiments/cqa_distill_llm.gin --gin.MODEL_DIR=\"'runs/cqa'\" "
       "(experiments: gin_configs/experiments/; see docs/train.md)")
 
-
 def test_unquoted_path_on_the_command_line_is_one_line():
   proc = run_sbs("train", "--gin_file=experiments/cqa_distill_llm.gin",
                  "--gin.MODEL_DIR=runs/x", timeout=300)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "sbs train: error: gin: cannot read the value 'runs' (in --gin.MODEL_DIR=runs/x)")
-
 
 def test_a_gin_file_with_a_byte_order_mark_reads_like_one_without(tmp_path):
   plain = tmp_path / "plain.gin"
@@ -108,7 +91,6 @@ def test_a_gin_file_with_a_byte_order_mark_reads_like_one_without(tmp_path):
     assert gin_check.configured(config.TrainConfig).train_steps == 7
   finally:
     gin.clear_config()
-
 
 def test_plan_with_only_a_model_gin_says_what_is_missing():
   result = run_sbs("plan", "--mesh", "1x1", "--gin_file", "models/tiny.gin")

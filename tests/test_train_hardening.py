@@ -20,7 +20,7 @@ from sbs_jax.commands import train as train_command
 from sbs_jax.jobdir import locks
 from sbs_jax.train import config, gin_check, gin_setup, loop, run_dir
 from sbs_jax.train.data import check_train_split, label_examples
-from tests.helpers import REPO, run_sbs
+from tests.helpers import REPO, gin_config, run_sbs
 from tests.helpers.multihost import two_hosts, wait_all
 
 EXPERIMENT = ["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"]
@@ -32,15 +32,7 @@ SMOKE = ["TrainConfig.log_every = 1", "TrainConfig.checkpoint_every = 1",
 
 def configure(bindings):
   """The run's config built as `sbs train` builds it; the SbsError's text, else None."""
-  gin.clear_config()
-  try:
-    gin_setup.parse_gin(EXPERIMENT, bindings)
-    gin_check.configured(config.TrainConfig)
-  except SbsError as e:
-    return str(e)
-  finally:
-    gin.clear_config()
-  return None
+  return gin_config.configure(EXPERIMENT, bindings)
 
 
 def train(model_dir, steps=1, extra=(), experiment="svamp_distill_llm"):
