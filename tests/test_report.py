@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sbs_jax.errors import SbsError
-from sbs_jax import metrics
+from sbs_jax import environment, metrics
 from sbs_jax.commands import report as report_command
 from sbs_jax.experiments import report, sweep
 from sbs_jax.model import config
@@ -28,7 +28,8 @@ def _settings(tmp_path, dataset="marbles"):
           "bindings": ["TRAIN_STEPS=10"]}
 
 
-def _write_cell(sweep_dir, settings, cell, test, finished=True, length_check=None):
+def _write_cell(sweep_dir, settings, cell, test, finished=True, length_check=None,
+                environment=None):
   cell_dir = sweep_dir / cell.name
   cell_dir.mkdir(parents=True)
   sweep.cell_file(sweep_dir, cell, ".json").parent.mkdir(exist_ok=True)
@@ -42,7 +43,8 @@ def _write_cell(sweep_dir, settings, cell, test, finished=True, length_check=Non
     (cell_dir / "results.json").write_text(json.dumps(
         {"best_step": 3, "validation": {"accuracy": test - 1.0},
          "test": {"accuracy": test, "examples": 100},
-         **({"length_check": length_check} if length_check else {})}))
+         **({"length_check": length_check} if length_check else {}),
+         **({"environment": environment} if environment else {})}))
 
 
 @pytest.fixture
@@ -111,6 +113,32 @@ def test_cut_training_rows_are_shown_per_cell(tmp_path):
   assert row("standard_finetuning-f100-s1").endswith("| 0 of 400 |")
   assert row("distill_llm-f100-s0").endswith("| - |")  # no length check in its results
   assert "Cells whose training rows were cut (1): distill_llm-f100-s1;" in md
+
+
+def test_cells_run_under_other_package_versions_are_named(tmp_path):
+  settings = _settings(tmp_path)
+  out = tmp_path / "sweep"
+  sweep.record_sweep(out, settings, GRID)
+  now = environment.describe()
+  older = {"versions": dict(now["versions"], jaxlib="0.9.0")}
+  for i, cell in enumerate(sweep.cells(GRID)):
+    _write_cell(out, settings, cell, TEST_ACC[(cell.method, cell.fraction)][cell.seed],
+                environment=older if i == 2 else now if i < 6 else None)
+  assert _report(out) == 0
+  md = (out / "results.md").read_text()
+  odd = sweep.cells(GRID)[2].name
+  assert "**Cells ran under different package versions**" in md
+  assert f"jaxlib {now['versions']['jaxlib']} (5 cells: " in md  # the majority first
+  assert f" vs 0.9.0 (1 cell: {odd})." in md
+  assert md.count("different package versions") == 1 and "python" not in md.split(
+      "different package versions")[1]  # only what differs is named
+
+  again = tmp_path / "same"
+  sweep.record_sweep(again, settings, GRID)
+  for cell in sweep.cells(GRID):
+    _write_cell(again, settings, cell, 50.0, environment=now)
+  assert _report(again) == 0
+  assert "different package versions" not in (again / "results.md").read_text()
 
 
 def test_half_finished_sweep_reports_what_it_has(tmp_path):

@@ -6,6 +6,7 @@ import os
 import signal
 
 import gin
+import jax
 import pytest
 
 from sbs_jax.train import config, gin_setup, loop
@@ -57,6 +58,9 @@ def test_loss_goes_down_and_results_are_written(trained):
   assert all(t["checked"] > 1000 and 0 <= t["cut"] <= t["checked"]
              for t in checked["tasks"].values())
   assert {m["step"] for m in ModelDir(str(model_dir)).read_metrics("validation")} == {6, 12}
+  env = on_disk["environment"]  # what the numbers were computed with
+  assert env["backend"] == "cpu" and env["devices"] == jax.device_count()
+  assert env["versions"]["jax"] == jax.__version__ and "flax" in env["versions"]
   assert list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 

@@ -23,6 +23,7 @@ import json
 import pathlib
 import statistics
 
+from sbs_jax import environment
 from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files
 from sbs_jax.experiments import sweep as sweep_lib
@@ -207,6 +208,28 @@ def _pct(mean: float | None, std: float | None) -> str:
   return f"{mean:.1f}%" + (f" ± {std:.1f}" if std is not None else "")
 
 
+def environment_note(cells: list[CellResult]) -> list[str]:
+  """Lines saying which packages differed between the cells' runs (results.json's
+  `environment`), or none: cells computed with other versions may differ for that alone."""
+  diff = environment.differing({c.cell.name: (c.results or {}).get("environment")
+                                for c in cells if c.results})
+  if not diff:
+    return []
+  parts = []
+  for name, by_cell in diff.items():
+    groups: dict[str, list[str]] = {}
+    for cell, version in by_cell.items():
+      groups.setdefault(version, []).append(cell)
+    # The most common version first, then the odd ones, each with the cells that ran it.
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    parts.append(f"{name} " + " vs ".join(
+        f"{v} ({len(cs)} {'cell' if len(cs) == 1 else 'cells'}: {', '.join(cs[:3])}"
+        f"{', ...' if len(cs) > 3 else ''})" for v, cs in ordered))
+  return ["", "**Cells ran under different package versions**, so their numbers may differ "
+          "for that alone (rerun the odd ones in one environment to compare): " +
+          "; ".join(parts) + "."]
+
+
 def write_markdown(path, record: dict, cells: list[CellResult], metric: str,
                    teacher: float | None) -> None:
   """The table of means and standard deviations, every cell, and what is missing."""
@@ -238,6 +261,7 @@ def write_markdown(path, record: dict, cells: list[CellResult], metric: str,
   if cut:
     lines += ["", f"Cells whose training rows were cut ({len(cut)}): " + ", ".join(cut) +
               "; their results hold `length_check` per task."]
+  lines += environment_note(cells)
   missing = [c.cell.name for c in cells if c.status != "done"]
   if missing:
     lines += ["", f"Not finished ({len(missing)}): " + ", ".join(missing)]

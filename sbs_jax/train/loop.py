@@ -16,6 +16,7 @@ import seqio
 import tensorflow as tf
 
 from sbs_jax.data import vocab as vocab_lib
+from sbs_jax import environment
 from sbs_jax.errors import SbsError, exception_chain
 from sbs_jax.model import model_dir as model_dir_lib
 from sbs_jax.model.config import T5Config
@@ -343,6 +344,7 @@ def _final(cfg: TrainConfig, student, label_task: str, vocabulary, validation,
                          ("validation", VALIDATION_CAP, cfg.eval.max_examples,
                           results["validation"]),
                          ("test", TEST_CAP, cfg.eval.max_test_examples, results["test"]))}
+  results["environment"] = environment.describe(jax)  # what these numbers were computed with
   results["length_check"] = length_check  # the lengths set, training examples cut per task
   if cfg.data.task_feature_lengths != length_check["task_feature_lengths"]:
     results["length_check"]["fitted_lengths"] = cfg.data.task_feature_lengths
