@@ -39,7 +39,7 @@ def main():
                             concurrency=args.concurrency, stop=("\n\nQ:",))
     with tempfile.TemporaryDirectory() as out:
       job = job_lib.Job(dataset="bench", split="train", examples=examples,
-                        prompt=prompts.PROMPTS["generic"], prompt_id="bench",
+                        prompt=prompts.GENERIC, prompt_id="bench",
                         parse=parsers.make_generic_parser(),
                         labels_match=lambda a, b: a == b, teacher=teacher,
                         out_dir=pathlib.Path(out), concurrency=args.concurrency,

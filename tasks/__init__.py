@@ -11,7 +11,7 @@ annotation dir (`sbs annotate --dataset jsonl:my_data.jsonl` -> `sbs_my_data_*`)
 a name up with an error that lists what is registered.
 """
 
-from sbs_jax.data.readers import BENCHMARKS
+from sbs_jax.annotate.benchmarks import BENCHMARKS
 from tasks.discovery import (VOCABULARY, get_task_or_mixture, register_annotation_dir,
                              registered_summary)
 from tasks.registry import DEFAULT_FEATURE_LENGTHS, register_dataset, task_names

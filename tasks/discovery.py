@@ -17,15 +17,16 @@ import seqio
 import tensorflow as tf
 
 from sbs_jax.data import vocab as vocab_lib
-from sbs_jax.data.readers import BENCHMARKS
+from sbs_jax.annotate.benchmarks import BENCHMARKS
 from sbs_jax.errors import SbsError
-from tasks.registry import register_dataset, task_names
+from sbs_jax import task_kinds
+from tasks.registry import register_dataset
 
 log = logging.getLogger(__name__)
 
 VOCABULARY = vocab_lib.ConfiguredVocabulary()  # shared by all tasks registered here
 _NAME = re.compile(r"[A-Za-z0-9_.]+")  # what a SeqIO task name may hold
-_KINDS = tuple(task_names("x"))
+_KINDS = tuple(task_kinds.KINDS)
 
 
 def annotated_datasets(annotation_dir: str) -> list[str]:
@@ -71,9 +72,9 @@ def registered_summary() -> str:
   registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   kinds_by_dataset = collections.defaultdict(list)
   for name in sorted(registered):
-    m = re.fullmatch(rf"sbs_(.+)_({'|'.join(_KINDS)})", name)
-    if m:
-      kinds_by_dataset[m.group(1)].append(m.group(2))
+    found = task_kinds.split_name(name)
+    if found:
+      kinds_by_dataset[found[0]].append(found[1].name)
   datasets_by_kinds = collections.defaultdict(list)
   for dataset, kinds in kinds_by_dataset.items():
     datasets_by_kinds[tuple(k for k in _KINDS if k in kinds)].append(dataset)

@@ -24,10 +24,12 @@ from typing import Callable, Sequence
 import seqio
 import tensorflow as tf
 
-from sbs_jax import metrics
+from sbs_jax import metrics, task_kinds
+from sbs_jax.annotate import benchmarks
 from sbs_jax.data import preprocessors as pp
 from sbs_jax.data import vocab as vocab_lib
 from sbs_jax.data.sources import AnnotationSource
+from sbs_jax.task_kinds import task_names  # re-exported: the names by kind
 
 # Task feature lengths of packed training rows. CQA's paired examples have about 2.9
 # encoder tokens per decoder token (8k vocabulary from `sbs vocab`); at 1024 / 352 packed
@@ -35,13 +37,6 @@ from sbs_jax.data.sources import AnnotationSource
 DEFAULT_FEATURE_LENGTHS = {"inputs": 1024, "targets": 352}
 # Per-part caps of a paired example, as the reference caps its sequences.
 PART_LENGTHS = {"input_length": 512, "label_length": 64, "rationale_length": 256}
-
-
-def task_names(dataset: str) -> dict[str, str]:
-  """The names registered for `dataset`, by kind."""
-  kinds = ("label_gt", "label_llm", "rationale", "standard_gt", "standard_llm",
-           "distill_gt", "distill_llm", "distill_gt_paired", "distill_llm_paired")
-  return {k: f"sbs_{dataset}_{k}" for k in kinds}
 
 
 @seqio.map_over_dataset
@@ -66,7 +61,8 @@ def register_dataset(dataset: str, annotation_dir: str | Callable[[], str] | Non
     annotation_dir: where `sbs annotate` wrote records; default: the gin/env setting,
       read when data is first requested.
     vocabulary: default: the SentencePiece model set in gin (`vocabulary_settings.path`).
-    metric_fns: label-task metrics; default label accuracy (+ equation accuracy for svamp).
+    metric_fns: label-task metrics; default: the benchmark's (annotate/benchmarks.py), else
+      label accuracy.
     subsample_seed: the seed of the train_<pct> subsamples.
   """
   names = task_names(dataset)
@@ -82,28 +78,30 @@ def register_dataset(dataset: str, annotation_dir: str | Callable[[], str] | Non
   tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim,
               _task_as_vector]
   if metric_fns is None:
-    metric_fns = [metrics.label_accuracy]
-    if dataset == "svamp":
-      metric_fns.append(metrics.equation_accuracy)
+    metric_fns = benchmarks.metric_fns(dataset)
   common = dict(source=source, output_features=features,
                 postprocess_fn=metrics.strip_postprocessor)
 
-  for kind, field, prefix in (("label_gt", "label", pp.LABEL_PREFIX),
-                              ("label_llm", "llm_label", pp.LABEL_PREFIX),
-                              ("standard_gt", "label", ""),
-                              ("standard_llm", "llm_label", "")):
-    _add_task(names[kind], preprocessors=[
-        functools.partial(pp.label_examples, label_field=field, prefix=prefix), *tokenize],
-              metric_fns=list(metric_fns), **common)
-  _add_task(names["rationale"], preprocessors=[pp.rationale_examples, *tokenize],
-            metric_fns=[], **common)
-  for variant, field in (("gt", "label"), ("llm", "llm_label")):
-    _add_task(names[f"distill_{variant}_paired"], preprocessors=[
-        functools.partial(pp.paired_examples, label_field=field, **PART_LENGTHS),
-        _task_as_vector],
-              metric_fns=list(metric_fns), **common)
-    mixture = names[f"distill_{variant}"]
-    seqio.MixtureRegistry.remove(mixture)
-    seqio.MixtureRegistry.add(mixture, [(names[f"label_{variant}"], 1.0),
-                                        (names["rationale"], 1.0)])
+  # Tasks first (the mixtures name them), in the table's order (sbs_jax/task_kinds.py).
+  kinds = task_kinds.KINDS.values()
+  for kind in kinds:
+    if kind.structure != "task":
+      continue
+    if kind.target == "rationale":
+      steps = [functools.partial(pp.rationale_examples, prefix=kind.prefix), *tokenize]
+      fns = []
+    else:
+      steps = [functools.partial(pp.label_examples, label_field=kind.target,
+                                 prefix=kind.prefix), *tokenize]
+      fns = list(metric_fns)
+    _add_task(names[kind.name], preprocessors=steps, metric_fns=fns, **common)
+  for kind in kinds:
+    if kind.structure == "paired":
+      _add_task(names[kind.name], preprocessors=[
+          functools.partial(pp.paired_examples, label_field=kind.target, **PART_LENGTHS),
+          _task_as_vector], metric_fns=list(metric_fns), **common)
+    elif kind.structure == "mixture":
+      seqio.MixtureRegistry.remove(names[kind.name])
+      seqio.MixtureRegistry.add(names[kind.name], [(names[kind.eval_kind], 1.0),
+                                                   (names["rationale"], 1.0)])
   return names

@@ -74,7 +74,7 @@ def test_faulty_server_every_example_exactly_once(tmp_path):
   # Percent; rows 6, 16, .. are labeled and garbage.
   assert stats["labeled"] == 30 and stats["teacher_accuracy"] == 80.0
   # Token usage is that of the answers kept, one per example.
-  prompt = prompts.PROMPTS["generic"]
+  prompt = prompts.GENERIC
   want_prompt = sum(len(prompt.template.replace("{input}", r["input"]).split()) for r in rows)
   assert stats["usage"]["prompt_tokens"] == want_prompt
   assert stats["client_this_run"]["retries"] >= 6 + 3

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = {
     "sbs_jax": 0,  # the package's __init__ and the shared pieces not listed below
     "sbs_jax.errors": 0, "sbs_jax.jobdir": 0, "sbs_jax.paths": 0, "sbs_jax.redact": 0,
-    "sbs_jax.arith": 0, "sbs_jax.environment": 0,
+    "sbs_jax.arith": 0, "sbs_jax.environment": 0, "sbs_jax.task_kinds": 0,
     "sbs_jax.metrics": 0, "sbs_jax.console": 0, "sbs_jax.testing": 0,
     "sbs_jax.model": 1,
     "sbs_jax.data": 2,

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from sbs_jax.annotate import parsers, prompts
+from sbs_jax.annotate import benchmarks, parsers, prompts
 from sbs_jax.data.readers import Example, cqa_input, nli_input
 
 CHOICES = ("bus station", "park", "train station", "airport", "zoo")
@@ -34,7 +34,7 @@ def test_cqa_keeps_hedged_answer_as_written():
   # A hedge names two choices: it is not an answer, and must not match the gold label.
   p = parsers.parse_cqa("Either. So the answer is (a) bus station or (c) train station.", CQA)
   assert p.ok and p.label == "bus station or (c) train station"
-  assert not parsers.labels_match("cqa", p.label, "train station")
+  assert not benchmarks.BENCHMARKS["cqa"].same_label(p.label, "train station")
 
 
 def test_cqa_without_answer_phrase_is_unparsable():
@@ -111,29 +111,30 @@ def test_generic_parser_custom_regexes():
 @pytest.mark.parametrize("name", ["cqa", "svamp", "esnli", "anli1"])
 def test_each_prompt_exemplar_parses_with_its_benchmark_parser(name):
   """Our own exemplars show the teacher the format the parser reads."""
-  prompt = prompts.PROMPTS[name]
+  bench = benchmarks.BENCHMARKS[name]
+  prompt = bench.prompt
   sep = "\nReasonings:" if name == "esnli" else "\nA:"
   shots = [s for s in prompt.template.split("\n\n") if sep in s and "{input}" not in s]
   assert len(shots) >= 3
   for shot in shots:
     completion = shot.split(sep, 1)[1]
     choices = tuple(re.findall(r"\([a-e]\) (.+)", shot.split(sep)[0]))
-    parsed = parsers.PARSERS[name](completion, Example(0, "x", "x", None, choices))
+    parsed = bench.parse(completion, Example(0, "x", "x", None, choices))
     assert parsed.ok, (shot, parsed)
 
 
 def test_prompt_ids_are_stable_and_follow_the_template():
-  cqa = prompts.PROMPTS["cqa"]
-  assert cqa.id == prompts.PROMPTS["cqa"].id
+  cqa = benchmarks.BENCHMARKS["cqa"].prompt
+  assert cqa.id == prompts.CQA.id
   assert re.fullmatch(r"cqa-cot-v1-[0-9a-f]{8}", cqa.id)
   edited = prompts.Prompt(cqa.name, cqa.version, cqa.template + " ", cqa.stop)
   assert edited.id != cqa.id
-  assert len({p.id for p in prompts.PROMPTS.values()}) == len(prompts.PROMPTS)
+  assert len({p.id for p in prompts.ALL}) == len(prompts.ALL)
 
 
 def test_render_puts_the_input_last_and_keeps_braces():
   ex = Example(0, "x", "What is {this}?", None)
-  text = prompts.PROMPTS["generic"].render(ex)
+  text = prompts.GENERIC.render(ex)
   assert text.endswith("Q: What is {this}?\nA:")
 
 
@@ -145,3 +146,22 @@ def test_prompt_file_needs_one_placeholder(tmp_path):
   bad.write_text("no placeholder")
   with pytest.raises(Exception, match="exactly one"):
     prompts.prompt_from_file(bad)
+
+
+def test_a_benchmark_is_one_object_and_a_custom_dataset_compares_exactly():
+  from sbs_jax import metrics
+  from sbs_jax.data import readers
+  assert set(benchmarks.BENCHMARKS) == set(readers.READERS)
+  for name, bench in benchmarks.BENCHMARKS.items():
+    assert bench.reader.name == name and bench.answer_format == name
+  svamp, cqa = benchmarks.BENCHMARKS["svamp"], benchmarks.BENCHMARKS["cqa"]
+  assert svamp.same_label("( 3.0 * 4.0 )", "12") and not svamp.same_label("13", "12")
+  assert not cqa.same_label("12.0", "12") and cqa.same_label("train  station", "train station")
+  assert metrics.equation_accuracy in benchmarks.metric_fns("svamp")
+  assert benchmarks.metric_fns("cqa") == benchmarks.metric_fns("my_data") == [
+      metrics.label_accuracy]
+  custom = benchmarks.custom("my_data", "number")
+  assert custom.answer_format == "number" and custom.prompt is prompts.GENERIC
+  assert custom.parse("3 + 4 = 7. So the answer is 7 apples.", Example(0, "x", "q", None)).label \
+      == "7"
+  assert not custom.same_label("7", "7.0")  # both sides are normalised before they compare

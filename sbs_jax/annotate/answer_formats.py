@@ -180,41 +180,78 @@ def normalise_text(answer: str, choices: Sequence[str] = ()) -> str:
   return text
 
 
-NORMALISERS: dict[str, Callable[[str, Sequence[str]], str]] = {
-    "choice": normalise_choice, "number": normalise_number, "nli": normalise_nli,
-    "text": normalise_text,
-}
+@dataclasses.dataclass(frozen=True)
+class AnswerFormat:
+  """How one format reads an answer, and what it asks of the gold side.
+
+  Attributes:
+    name: the `--answer_format` value, recorded in the manifest and the stats.
+    normalise: (answer, choices) -> the label; AnswerError where it does not read.
+    answer_regex: the default answer phrase the parser looks for.
+    checks_shape: whether an answer must read as the format (choice, number, nli): then an
+      earlier answer phrase is tried when the last one's line does not read, and the gold
+      labels are normalised by the same rules before anything is asked. `text` takes the
+      last phrase's line as written and leaves the gold labels as they are.
+    choices_from_input: the choices are read from each input (`Answer Choices:`).
+    gold_aliases: gold labels written another way in the data, mapped before normalising
+      (the benchmarks' NLI ids 0 / 1 / 2).
+  """
+  name: str
+  normalise: Callable[[str, Sequence[str]], str]
+  answer_regex: str = ANSWER_PHRASE_REGEX
+  checks_shape: bool = True
+  choices_from_input: bool = False
+  gold_aliases: tuple[tuple[str, str], ...] = ()
+
+
+CHOICE = AnswerFormat("choice", normalise_choice, choices_from_input=True)
+NUMBER = AnswerFormat("number", normalise_number)
+NLI = AnswerFormat("nli", normalise_nli,
+                   gold_aliases=tuple((str(i), word) for i, word in enumerate(NLI_LABELS)))
+TEXT = AnswerFormat("text", normalise_text, answer_regex=r"[Aa]nswer is\s*:?",
+                    checks_shape=False)
+ANSWER_FORMATS: dict[str, AnswerFormat] = {f.name: f for f in (CHOICE, NUMBER, NLI, TEXT)}
+
+
+def get(answer_format: "str | AnswerFormat") -> AnswerFormat:
+  """The format of a `--answer_format` value (`auto`: text), or the format itself."""
+  if isinstance(answer_format, AnswerFormat):
+    return answer_format
+  return ANSWER_FORMATS["text" if answer_format == "auto" else answer_format]
 
 
 # ---------------------------------------------------------------- the gold side
 
 
-def prepare_examples(answer_format: str, examples: Sequence[Example], source: str
-                     ) -> list[Example]:
+def prepare_examples(answer_format: "str | AnswerFormat", examples: Sequence[Example],
+                     source: str) -> list[Example]:
   """Examples with their choices read from the input (choice) and gold labels normalised.
 
   Bad input is refused before anything is asked: a `choice` input that lists no choices,
   or a gold label the format cannot read, is a DataError naming the row.
   """
-  normalise = NORMALISERS[answer_format]
+  fmt = get(answer_format)
+  if not fmt.checks_shape:
+    return list(examples)
+  aliases = dict(fmt.gold_aliases)
   out = []
   for ex in examples:
     where = f"row {ex.index + 1} (id {ex.id})"
     choices = ex.choices
-    if answer_format == "choice":
+    if fmt.choices_from_input:
       choices = choices or choices_in_input(ex.input)
       if not choices:
-        raise DataError(source, "the input lists no answer choices (--answer_format choice "
-                        "reads 'Answer Choices:' then '(a) ...' lines)", where=where)
+        raise DataError(source, f"the input lists no answer choices (--answer_format "
+                        f"{fmt.name} reads 'Answer Choices:' then '(a) ...' lines)",
+                        where=where)
     label = ex.label
     if label is not None:
-      if answer_format == "nli" and label.strip() in ("0", "1", "2"):
-        label = NLI_LABELS[int(label)]
+      label = aliases.get(label.strip(), label)
       try:
-        label = normalise(label, choices)
+        label = fmt.normalise(label, choices)
       except AnswerError as e:
         raise DataError(source, f"gold label does not read as --answer_format "
-                        f"{answer_format}: {e.detail} (fix the row, or use --answer_format "
+                        f"{fmt.name}: {e.detail} (fix the row, or use --answer_format "
                         "text)", where=where) from None
     out.append(dataclasses.replace(ex, label=label, choices=tuple(choices)))
   return out

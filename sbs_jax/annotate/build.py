@@ -8,7 +8,7 @@ import dataclasses
 import re
 
 from sbs_jax.annotate import job as job_lib
-from sbs_jax.annotate import answer_formats, endpoint, parsers, prompts
+from sbs_jax.annotate import answer_formats, benchmarks, endpoint, parsers, prompts
 from sbs_jax.annotate.teachers import OpenAITeacher, ReplayTeacher
 from sbs_jax.data import readers
 from sbs_jax.errors import SbsError
@@ -119,24 +119,19 @@ def build_job(args: Options) -> job_lib.Job:
     raise SbsError(f"the dataset name {data.dataset!r} (the file's stem) may only hold "
                    "letters, digits, '_' and '.' (not first), as the task names made "
                    "from it (sbs_<name>_...): rename the file")
-  if args.prompt_file:
-    prompt = prompts.prompt_from_file(args.prompt_file)
-  else:
-    prompt = prompts.PROMPTS["generic" if custom else args.dataset]
   examples, settings = data.examples, {}
   if custom:
-    answer_format = "text" if args.answer_format == "auto" else args.answer_format
-    answer_regex = args.answer_regex or parsers.default_answer_regex(answer_format)
-    parse = parsers.make_generic_parser(answer_regex, args.stop_regex, answer_format)
-    if answer_format != "text":
-      examples = answer_formats.prepare_examples(answer_format, examples, data.source)
-    match_dataset = "custom"
+    fmt = answer_formats.get(args.answer_format)
+    answer_regex = args.answer_regex or fmt.answer_regex
+    bench = benchmarks.custom(data.dataset, fmt, answer_regex, args.stop_regex)
+    examples = answer_formats.prepare_examples(fmt, examples, data.source)
     settings = {"answer_regex": answer_regex, "stop_regex": args.stop_regex,
                 "input_key": args.input_key, "label_key": args.label_key,
                 "id_key": args.id_key, "completion_key": args.completion_key}
   else:
-    parse, match_dataset = parsers.PARSERS[args.dataset], args.dataset
-    answer_format = args.dataset  # the benchmark's own parser
+    bench = benchmarks.BENCHMARKS[args.dataset]
+  prompt = (prompts.prompt_from_file(args.prompt_file) if args.prompt_file
+            else bench.prompt)
 
   if args.teacher == "replay":
     source = (f"{data.dataset}.{args.completion_key}" if custom
@@ -159,9 +154,8 @@ def build_job(args: Options) -> job_lib.Job:
 
   return job_lib.Job(
       dataset=data.dataset, split=data.split, examples=examples, prompt=prompt,
-      prompt_id=prompt_id, parse=parse,
-      labels_match=lambda pred, gold: parsers.labels_match(match_dataset, pred, gold),
+      prompt_id=prompt_id, parse=bench.parse, labels_match=bench.same_label,
       teacher=teacher, out_dir=args.out_dir, num_shards=args.num_shards,
       shard_index=args.shard_index, concurrency=args.concurrency, restart=args.restart,
-      progress=False if args.no_progress else None, answer_format=answer_format,
+      progress=False if args.no_progress else None, answer_format=bench.answer_format,
       settings=settings)

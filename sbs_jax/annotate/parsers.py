@@ -151,18 +151,19 @@ def parse_anli(completion: str, example: Example) -> Parsed:
   return _nli_parsed(head, answer)
 
 
-DEFAULT_ANSWER_REGEX = r"[Aa]nswer is\s*:?"
+DEFAULT_ANSWER_REGEX = answer_formats.TEXT.answer_regex
 DEFAULT_STOP_REGEX = r"\n\s*Q:"
 _LEAD_IN = re.compile(r"(?:\b[Ss]o\s+)?(?:\b[Tt]he\s+)?$")
 
 
-def default_answer_regex(answer_format: str) -> str:
+def default_answer_regex(answer_format: "str | answer_formats.AnswerFormat") -> str:
   """`answer is` for text; `answer is` or `Answer:`, any case, for the other formats."""
-  return DEFAULT_ANSWER_REGEX if answer_format == "text" else answer_formats.ANSWER_PHRASE_REGEX
+  return answer_formats.get(answer_format).answer_regex
 
 
 def make_generic_parser(answer_regex: str | None = None,
-                        stop_regex: str = DEFAULT_STOP_REGEX, answer_format: str = "text"
+                        stop_regex: str = DEFAULT_STOP_REGEX,
+                        answer_format: "str | answer_formats.AnswerFormat" = "text"
                         ) -> Callable[[str, Example], Parsed]:
   """A parser for custom data: the label is the rest of the line after an answer phrase.
 
@@ -171,11 +172,11 @@ def make_generic_parser(answer_regex: str | None = None,
   whose line reads as an answer of the format, so that a later mention of "answer" in
   passing does not hide the answer.
   """
+  fmt = answer_formats.get(answer_format)
   if answer_regex is None:
-    answer_regex = default_answer_regex(answer_format)
+    answer_regex = fmt.answer_regex
   answer_re = _compile("--answer_regex", answer_regex)
   _compile("--stop_regex", stop_regex)  # fail early on a bad pattern
-  normalise = answer_formats.NORMALISERS[answer_format]
 
   def parse(completion: str, example: Example) -> Parsed:
     text = cut_run_on(completion, stop_regex)
@@ -185,10 +186,10 @@ def make_generic_parser(answer_regex: str | None = None,
     first_error = None
     for m in reversed(matches):
       try:
-        label = normalise(text[m.end():].split("\n", 1)[0], example.choices)
+        label = fmt.normalise(text[m.end():].split("\n", 1)[0], example.choices)
       except answer_formats.AnswerError as e:
         first_error = first_error or e
-        if answer_format == "text":
+        if not fmt.checks_shape:
           break
         continue
       return Parsed(_LEAD_IN.sub("", text[:m.start()]).strip(), label, True)
@@ -205,16 +206,11 @@ def _compile(flag: str, pattern: str) -> re.Pattern:
     raise SbsError(f"{flag} {pattern!r} is not a regular expression: {e}") from None
 
 
-PARSERS: dict[str, Callable[[str, Example], Parsed]] = {
-    "cqa": parse_cqa,
-    "svamp": parse_svamp,
-    "esnli": parse_esnli,
-    "anli1": parse_anli,
-}
-
-
-def labels_match(dataset: str, predicted: str, gold: str) -> bool:
-  """Teacher (or student) label vs gold: SVAMP by value, others exact after whitespace."""
-  if dataset == "svamp":
-    return arith.same_value(predicted, gold)
+def same_text(predicted: str, gold: str) -> bool:
+  """Teacher (or student) label vs gold, exactly after whitespace normalisation."""
   return " ".join(predicted.split()) == " ".join(gold.split())
+
+
+def same_value(predicted: str, gold: str) -> bool:
+  """Teacher (or student) label vs gold by value (SVAMP: `(3 + 4)` equals `7.0`)."""
+  return arith.same_value(predicted, gold)

@@ -136,13 +136,14 @@ _GENERIC = (
 _QA_STOP = ("\n\nQ:",)
 _NLI_STOP = ("\n\nPremise:",)
 
-PROMPTS: dict[str, Prompt] = {
-    "cqa": Prompt("cqa-cot", 1, _CQA, _QA_STOP),
-    "svamp": Prompt("svamp-cot", 1, _SVAMP, _QA_STOP),
-    "esnli": Prompt("esnli-cot", 1, _ESNLI, _NLI_STOP),
-    "anli1": Prompt("anli1-cot", 1, _ANLI, _NLI_STOP),
-    "generic": Prompt("generic-cot", 1, _GENERIC, _QA_STOP),
-}
+# The benchmarks' prompts (each benchmark names its own: annotate/benchmarks.py) and the
+# generic one for custom data.
+CQA = Prompt("cqa-cot", 1, _CQA, _QA_STOP)
+SVAMP = Prompt("svamp-cot", 1, _SVAMP, _QA_STOP)
+ESNLI = Prompt("esnli-cot", 1, _ESNLI, _NLI_STOP)
+ANLI1 = Prompt("anli1-cot", 1, _ANLI, _NLI_STOP)
+GENERIC = Prompt("generic-cot", 1, _GENERIC, _QA_STOP)
+ALL = (CQA, SVAMP, ESNLI, ANLI1, GENERIC)
 
 
 def prompt_from_file(path) -> Prompt:

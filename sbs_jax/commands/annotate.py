@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from sbs_jax.annotate import answer_formats, build, parsers
+from sbs_jax.annotate import answer_formats, benchmarks, build, parsers
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.data import readers
 
@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
       description="Annotates a dataset split with a teacher's chain-of-thought rationales "
       "and labels. Rerun the same command to resume an interrupted run.")
   p.add_argument("--dataset", required=True,
-                 help=f"one of {', '.join(readers.BENCHMARKS)}, or jsonl:PATH")
+                 help=f"one of {', '.join(benchmarks.BENCHMARKS)}, or jsonl:PATH")
   p.add_argument("--split")
   p.add_argument("--teacher", choices=("replay", "openai"), required=True)
   p.add_argument("--out_dir", required=True)

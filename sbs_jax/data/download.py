@@ -45,7 +45,7 @@ def check_data_dir(data_dir) -> dict[str, dict[str, dict]]:
   """
   data_dir = pathlib.Path(data_dir)
   summary: dict[str, dict[str, dict]] = {}
-  for name, bench in readers.BENCHMARKS.items():
+  for name, bench in readers.READERS.items():
     folder = data_dir / name
     if not folder.is_dir():
       continue
@@ -64,7 +64,7 @@ def check_data_dir(data_dir) -> dict[str, dict[str, dict]]:
     summary[name] = splits
   if not summary:
     raise DataError(data_dir, "no benchmark folder found (expected one of "
-                    f"{', '.join(readers.BENCHMARKS)})")
+                    f"{', '.join(readers.READERS)})")
   return summary
 
 
@@ -172,9 +172,9 @@ def _member_path(url: str, info: zipfile.ZipInfo) -> tuple[str, ...] | None:
   parts = tuple(p for p in name.split("/") if p not in ("", "."))
   if ".." in parts:
     raise DownloadError(f"{url}: unsafe archive: entry {name!r} leads outside the folder")
-  if len(parts) > 1 and parts[0] == "datasets" and parts[1] in readers.BENCHMARKS:
+  if len(parts) > 1 and parts[0] == "datasets" and parts[1] in readers.READERS:
     parts = parts[1:]
-  return parts if parts and parts[0] in readers.BENCHMARKS else None
+  return parts if parts and parts[0] in readers.READERS else None
 
 
 def _extract(url: str, archive: pathlib.Path, dest: pathlib.Path,
@@ -191,7 +191,7 @@ def _extract(url: str, archive: pathlib.Path, dest: pathlib.Path,
                             f"limit of {max_unpacked_bytes} bytes")
       if not chosen:
         raise DownloadError(f"{url}: the archive holds no benchmark folder (expected "
-                            f"{', '.join(readers.BENCHMARKS)}, optionally under datasets/)")
+                            f"{', '.join(readers.READERS)}, optionally under datasets/)")
       written = 0
       for info, path in chosen:
         target = dest.joinpath(*path)

@@ -19,9 +19,9 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+from sbs_jax.task_kinds import LABEL_PREFIX, RATIONALE_PREFIX
+
 LABEL, RATIONALE = 1, 2
-LABEL_PREFIX = "predict: "
-RATIONALE_PREFIX = "explain: "
 LABEL_FIELDS = ("label", "llm_label")
 
 

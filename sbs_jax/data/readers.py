@@ -303,8 +303,9 @@ def _anli_example(path, where, row, index, split) -> Example:
 
 
 @dataclasses.dataclass(frozen=True)
-class Benchmark:
-  """A benchmark in the released layout: its name, split files and row format."""
+class Reader:
+  """How a benchmark's files are read, in the released layout: its name, split files and
+  row format (the benchmark as a whole, prompt and parser too: annotate/benchmarks.py)."""
   name: str
   file_splits: tuple[str, ...]  # split names as they appear in file names
   make_example: Callable[..., Example]
@@ -320,12 +321,11 @@ class Benchmark:
                     f"{', '.join(self.file_splits)}")
 
 
-BENCHMARKS: dict[str, Benchmark] = {
-    "cqa": Benchmark("cqa", ("train", "test"), _cqa_example),
-    "svamp": Benchmark("svamp", ("train", "test"), _svamp_example),
-    "esnli": Benchmark("esnli", ("train", "valid", "test"), _esnli_example),
-    "anli1": Benchmark("anli1", ("train", "valid", "test"), _anli_example),
-}
+CQA = Reader("cqa", ("train", "test"), _cqa_example)
+SVAMP = Reader("svamp", ("train", "test"), _svamp_example)
+ESNLI = Reader("esnli", ("train", "valid", "test"), _esnli_example)
+ANLI1 = Reader("anli1", ("train", "valid", "test"), _anli_example)
+READERS: dict[str, Reader] = {r.name: r for r in (CQA, SVAMP, ESNLI, ANLI1)}
 
 
 def _default_candidates() -> list[pathlib.Path]:
@@ -373,10 +373,10 @@ def resolve_data_dir(flag: str | None = None) -> pathlib.Path:
 def load_benchmark(name: str, split: str, data_dir, with_completions: bool = True
                    ) -> LoadedSplit:
   """Reads a benchmark split (and its teacher completions) from the released layout."""
-  if name not in BENCHMARKS:
-    raise DataError(name, f"unknown benchmark; known: {', '.join(BENCHMARKS)} "
+  if name not in READERS:
+    raise DataError(name, f"unknown benchmark; known: {', '.join(READERS)} "
                     "(or jsonl:PATH for your own data)")
-  bench = BENCHMARKS[name]
+  bench = READERS[name]
   file_split = bench.file_split(split)
   path = pathlib.Path(data_dir) / name / f"{name}_{file_split}.json"
   rows = read_json_rows(path)

@@ -37,18 +37,14 @@ import subprocess
 import sys
 import time
 
+from sbs_jax import task_kinds
 from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files, locks
 from sbs_jax.model.model_dir import RESULTS_FILE, ModelDir
 from sbs_jax.train.gin_setup import GIN_DIR
 
-# method -> (task kind, alpha or None for the sweep's --alpha): the paper's four settings.
-METHODS = {
-    "standard_finetuning": ("standard_gt", 1.0),
-    "standard_distillation": ("standard_llm", 1.0),
-    "distill_gt": ("distill_gt_paired", None),
-    "distill_llm": ("distill_llm_paired", None),
-}
+# The paper's four settings, each a task kind with its alpha (None: the sweep's --alpha).
+METHODS = task_kinds.METHODS
 # training-data percent -> the split of `sbs_jax/data/sources.py` that holds it.
 FRACTION_SPLITS = {12.5: "train_12.5", 25.0: "train_25", 50.0: "train_50", 100.0: "train"}
 SWEEP_FILE = "sweep.json"
@@ -125,8 +121,8 @@ def _quoted(value: str) -> str:
 def train_argv(settings: dict, cell: Cell, out_dir: str) -> list[str]:
   """The `sbs train` arguments of one cell (without the leading `sbs train`)."""
   dataset = settings["dataset"]
-  kind, alpha = METHODS[cell.method]
-  alpha = settings["alpha"] if alpha is None else alpha
+  kind = task_kinds.method_kind(cell.method)
+  alpha = settings["alpha"] if kind.alpha is None else kind.alpha
   experiment = f"experiments/{dataset}_{cell.method}.gin"
   files = ([experiment] if (GIN_DIR / experiment).exists()
            else ["models/base.gin", "runs/finetune.gin"])
@@ -134,7 +130,7 @@ def train_argv(settings: dict, cell: Cell, out_dir: str) -> list[str]:
   if cell.size:
     files.append(f"models/{cell.size}.gin")
   bindings = {
-      "MIXTURE_OR_TASK_NAME": _quoted(f"sbs_{dataset}_{kind}"),
+      "MIXTURE_OR_TASK_NAME": _quoted(task_kinds.task_name(dataset, kind.name)),
       "ALPHA": repr(float(alpha)),
       "MODEL_DIR": _quoted(f"{out_dir}/{cell.name}"),
       "DataConfig.train_split": _quoted(FRACTION_SPLITS[cell.fraction]),

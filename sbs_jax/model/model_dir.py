@@ -39,6 +39,7 @@ import tensorflow as tf
 from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files
 from sbs_jax.model.config import T5Config
+from sbs_jax.task_kinds import LABEL_PREFIX, RATIONALE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class ModelDir:
     return T5Config(**info["model"]), info
 
   def write_info(self, config: T5Config, vocabulary_file: str, extra_ids: int = 0,
-                 label_prefix: str = "predict: ", rationale_prefix: str = "explain: ",
+                 label_prefix: str = LABEL_PREFIX, rationale_prefix: str = RATIONALE_PREFIX,
                  max_input_length: int | None = None) -> None:
     """model.json and a copy of the vocabulary; `max_input_length`: the training inputs'
     length, to which `sbs predict` cuts longer inputs."""

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from sbs_jax.errors import SbsError
 from sbs_jax.serve import batching
+from sbs_jax.task_kinds import RATIONALE_PREFIX
 from sbs_jax.train import checkpoint as ckpt
 from sbs_jax.train import evaluate as eval_lib
 
@@ -38,7 +39,7 @@ class Predictor:
   """A student, its parameters and vocabulary, decoding bucketed batches over its mesh."""
 
   def __init__(self, student, params, vocabulary, label_prefix: str,
-               rationale_prefix: str = "explain: ", settings: DecodeSettings = DecodeSettings(),
+               rationale_prefix: str = RATIONALE_PREFIX, settings: DecodeSettings = DecodeSettings(),
                max_input_length: int = DEFAULT_MAX_INPUT_LENGTH):
     self.student, self.params, self.vocabulary = student, params, vocabulary
     self.label_prefix, self.rationale_prefix = label_prefix, rationale_prefix
@@ -56,7 +57,7 @@ class Predictor:
     vocabulary = seqio.SentencePieceVocabulary(f"{model_dir}/{info['vocabulary']}",
                                                extra_ids=info.get("extra_ids", 0))
     return cls(student, params, vocabulary, info["label_prefix"],
-               info.get("rationale_prefix", "explain: "), settings,
+               info.get("rationale_prefix", RATIONALE_PREFIX), settings,
                info.get("max_input_length") or DEFAULT_MAX_INPUT_LENGTH)
 
   def encode(self, texts: Sequence[str], prefix: str) -> list[batching.Encoded]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 import gin
 
+from sbs_jax import task_kinds
 from sbs_jax.model.config import T5Config, config_for
 from sbs_jax.train.gin_check import check_fields, check_range
 
@@ -86,13 +86,9 @@ class DataConfig:
 
 
 def default_eval_task(name: str) -> str:
-  """sbs_<ds>_distill_llm[_paired] -> sbs_<ds>_label_llm; standard and label tasks: same."""
-  m = re.fullmatch(r"(sbs_.+)_distill_(gt|llm)(_paired)?", name)
-  if m:
-    return f"{m.group(1)}_label_{m.group(2)}"
-  if re.fullmatch(r"sbs_.+_(label|standard)_(gt|llm)", name):
-    return name
-  raise ValueError(f"cannot tell the label task of {name!r}: set DataConfig.eval_task")
+  """sbs_<ds>_distill_llm[_paired] -> sbs_<ds>_label_llm; standard and label tasks: same
+  (the task kinds' table, sbs_jax/task_kinds.py)."""
+  return task_kinds.eval_task(name)
 
 
 @gin.configurable

@@ -8,7 +8,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 import seqio
 
-from sbs_jax.data.preprocessors import LABEL_PREFIX, RATIONALE_PREFIX
+from sbs_jax.task_kinds import LABEL_PREFIX, RATIONALE_PREFIX
 from sbs_jax.model import decoding
 from sbs_jax.train.config import EvalConfig
 from sbs_jax.train.data import LabelExamples, label_examples, pad_rows

@@ -16,7 +16,7 @@ import seqio
 import tensorflow as tf
 
 from sbs_jax.data import vocab as vocab_lib
-from sbs_jax import environment
+from sbs_jax import environment, task_kinds
 from sbs_jax.errors import SbsError, exception_chain
 from sbs_jax.model import model_dir as model_dir_lib
 from sbs_jax.model.config import T5Config
@@ -80,7 +80,7 @@ def train(cfg: TrainConfig, model_config: T5Config,
   if vocabulary.vocab_size > model_config.vocab_size:
     raise SbsError(f"the vocabulary has {vocabulary.vocab_size} ids but the network only "
                    f"{model_config.vocab_size}: raise student_config.vocab_size")
-  label_prefix = "" if "_standard_" in label_task else "predict: "
+  label_prefix = task_kinds.label_prefix(label_task)
   vocabulary_file = getattr(vocabulary, "sentencepiece_model_file", "")
   extra_ids = getattr(vocabulary, "extra_ids", 0)
 
