@@ -10,42 +10,23 @@ from __future__ import annotations
 
 import collections
 import difflib
-import logging
-import re
 
 import seqio
-import tensorflow as tf
 
 from sbs_jax.data import vocab as vocab_lib
+from sbs_jax.data.annotation_dir import AnnotationDir
 from sbs_jax.annotate.benchmarks import BENCHMARKS
 from sbs_jax.errors import SbsError
 from sbs_jax import task_kinds
 from tasks.registry import register_dataset
 
-log = logging.getLogger(__name__)
-
 VOCABULARY = vocab_lib.ConfiguredVocabulary()  # shared by all tasks registered here
-_NAME = re.compile(r"[A-Za-z0-9_.]+")  # what a SeqIO task name may hold
 _KINDS = tuple(task_kinds.KINDS)
 
 
 def annotated_datasets(annotation_dir: str) -> list[str]:
   """Names of the subdirectories of `annotation_dir` holding annotation records."""
-  try:
-    files = tf.io.gfile.glob(f"{str(annotation_dir).rstrip('/')}/*/*.tfrecord-*-of-*")
-  except tf.errors.OpError:  # e.g. an unreadable bucket: nothing found there
-    return []
-  names = set()
-  for path in files:
-    name = path.rsplit("/", 2)[-2]
-    if name.startswith("."):
-      continue
-    if not _NAME.fullmatch(name):
-      log.warning("%s/%s: not registered (task names allow letters, digits, '_' and '.')",
-                  annotation_dir, name)
-      continue
-    names.add(name)
-  return sorted(names)
+  return AnnotationDir(annotation_dir).datasets()
 
 
 def register_annotation_dir(annotation_dir: str | None = None) -> list[str]:

@@ -3,8 +3,21 @@
 import json
 import os
 import pathlib
+import tempfile
 
-import pytest
+# One persistent XLA compilation cache for the whole suite: the tests' processes and the
+# `sbs` subprocesses they start compile the same tiny programs many times over. Set before
+# anything imports jax; the environment carries it into every subprocess. Compiled results
+# are keyed by the program, the compiler's flags and the jax version, so a hit is the same
+# executable. $JAX_COMPILATION_CACHE_DIR overrides the place, an empty one turns it off.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"sbs-jax-tests-xla-{os.getuid()}"))
+if not os.environ["JAX_COMPILATION_CACHE_DIR"]:
+  del os.environ["JAX_COMPILATION_CACHE_DIR"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))  # least recent go first
+
+import pytest  # pylint: disable=wrong-import-position
 from tests.helpers import REPO
 from tests.helpers.data import ANLI_ROWS, write_jsonl
 

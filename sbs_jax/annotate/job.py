@@ -34,6 +34,7 @@ import signal
 from typing import Callable, Sequence
 
 from sbs_jax.data import records as records_lib
+from sbs_jax.data.annotation_dir import AnnotationDir
 from sbs_jax.annotate import stats as stats_lib
 from sbs_jax.annotate.parsers import Parsed
 from sbs_jax.annotate.prompts import Prompt
@@ -77,26 +78,34 @@ class Job:
     if self.concurrency < 1:
       raise SbsError(f"--concurrency must be at least 1, got {self.concurrency}")
 
+  # The shard's files, as the annotation dir names them (data/annotation_dir.py).
+  @property
+  def annotation_dir(self) -> AnnotationDir:
+    return AnnotationDir(self.out_dir)
+
   @property
   def dataset_dir(self) -> pathlib.Path:
-    return self.out_dir / self.dataset
+    return pathlib.Path(self.annotation_dir.dataset_dir(self.dataset))
 
   @property
   def records_path(self) -> pathlib.Path:
-    return self.dataset_dir / records_lib.shard_name(self.split, self.shard_index,
-                                                     self.num_shards)
+    return pathlib.Path(self.annotation_dir.records_file(self.dataset, self.split,
+                                                         self.shard_index, self.num_shards))
 
   @property
   def stats_path(self) -> pathlib.Path:
-    if self.num_shards == 1:
-      return self.dataset_dir / f"{self.split}.stats.json"
-    return self.dataset_dir / (f"{self.split}.stats-{self.shard_index:05d}-of-"
-                               f"{self.num_shards:05d}.json")
+    return pathlib.Path(self.annotation_dir.stats_file(self.dataset, self.split,
+                                                       self.shard_index, self.num_shards))
+
+  @property
+  def split_stats_path(self) -> pathlib.Path:
+    """The whole split's stats (the same file as `stats_path` for one shard)."""
+    return pathlib.Path(self.annotation_dir.stats_file(self.dataset, self.split))
 
   @property
   def work_dir(self) -> pathlib.Path:
-    return self.dataset_dir / ".partial" / (f"{self.split}-{self.shard_index:05d}-of-"
-                                            f"{self.num_shards:05d}")
+    return pathlib.Path(self.annotation_dir.work_dir(self.dataset, self.split,
+                                                     self.shard_index, self.num_shards))
 
   def shard_examples(self) -> Sequence[Example]:
     n = len(self.examples)
@@ -308,7 +317,7 @@ def _maybe_merge(job: Job) -> dict | None:
       return None
   merged = stats_lib.merge_stats(parts)
   merged["manifest"] = {k: v for k, v in ours.items() if k not in SHARD_KEYS}
-  write_json_atomically(job.dataset_dir / f"{job.split}.stats.json", merged)
+  write_json_atomically(job.split_stats_path, merged)
   return merged
 
 
@@ -418,7 +427,7 @@ def _run_locked(job: Job) -> Result:
   journal = Journal(job.work_dir / "journal.jsonl")
   manifest = job.manifest()
   for stale in files.remove_stale_temps(
-      [job.records_path, job.stats_path, job.dataset_dir / f"{job.split}.stats.json",
+      [job.records_path, job.stats_path, job.split_stats_path,
        manifest_path]):
     log.info("removed %s, left by an earlier run that was killed", stale)
   if job.restart:

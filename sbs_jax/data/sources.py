@@ -20,6 +20,7 @@ import seqio
 import tensorflow as tf
 
 from sbs_jax.data import records as records_lib
+from sbs_jax.data.annotation_dir import AnnotationDir
 from sbs_jax.errors import DataError
 
 TRAIN_FRACTIONS = {"train": 1.0, "train_50": 0.5, "train_25": 0.25, "train_12.5": 0.125}
@@ -63,8 +64,7 @@ class AnnotationSource(seqio.DataSource):
     return True
 
   def _glob(self, file_split: str) -> list[str]:
-    pattern = f"{self.annotation_dir}/{self.dataset}/{file_split}.tfrecord-*-of-*"
-    return sorted(tf.io.gfile.glob(pattern))
+    return AnnotationDir(self.annotation_dir).record_files(self.dataset, file_split)
 
   def has_own_validation(self) -> bool:
     return bool(self._glob("valid"))

@@ -26,6 +26,7 @@ import statistics
 from sbs_jax import environment
 from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files
+from sbs_jax.data.annotation_dir import AnnotationDir
 from sbs_jax.experiments import sweep as sweep_lib
 from sbs_jax.metrics import mean_std
 
@@ -103,12 +104,14 @@ def teacher_stats_path(settings: dict, sweep_dir=None) -> pathlib.Path | None:
   when that dir is gone (a sweep archived or copied elsewhere, as launch/archive_sweep.sh
   does), under `annotations/` beside the sweep dir, the layout `sbs synthetic prepare` and
   launch/controlled_grid.sh make. None if neither holds them."""
-  relative = pathlib.Path(settings["dataset"]) / "test.stats.json"
-  recorded = pathlib.Path(settings["annotation_dir"]) / relative
+  def stats(annotation_dir) -> pathlib.Path:
+    return pathlib.Path(AnnotationDir(annotation_dir).stats_file(settings["dataset"], "test"))
+
+  recorded = stats(settings["annotation_dir"])
   if recorded.exists():
     return recorded
   if sweep_dir is not None and not pathlib.Path(settings["annotation_dir"]).exists():
-    beside = pathlib.Path(sweep_dir).parent / "annotations" / relative
+    beside = stats(pathlib.Path(sweep_dir).parent / "annotations")
     if beside.exists():
       return beside
   return None
