@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from sbs_jax.metrics import mean_std  # pylint: disable=wrong-import-position
 from sbs_jax.model.config import size_order  # pylint: disable=wrong-import-position
-from sbs_jax.model.model_dir import ModelDir  # pylint: disable=wrong-import-position
+from sbs_jax.experiments.sweep import SweepDir  # pylint: disable=wrong-import-position
 
 _STYLE = {"standard_finetuning": ("tab:blue", "s"), "standard_distillation": ("tab:green", "^"),
           "distill_gt": ("tab:orange", "D"), "distill_llm": ("tab:red", "o")}
@@ -121,7 +121,7 @@ def accuracy_vs_size(out: pathlib.Path, record: dict, cells, metric: str,
 def _metric_rows(sweep_dir: pathlib.Path, cell) -> list[dict] | None:
   """The rows of a cell's metrics.jsonl (None if it has none); a line cut by a crash is
   skipped, so the curves stop there."""
-  return ModelDir(str(sweep_dir / cell.name)).read_metrics()
+  return SweepDir(sweep_dir).model_dir(cell).read_metrics()
 
 
 def validation_vs_step(out: pathlib.Path, sweep_dir: pathlib.Path, record: dict, cells,

@@ -85,16 +85,17 @@ def _check_cell_file(sweep_dir: pathlib.Path, record: dict, cell_file: pathlib.P
 def collect(sweep_dir) -> tuple[dict, list[CellResult]]:
   """The sweep record and every cell of its grid with its status and results."""
   sweep_dir = pathlib.Path(sweep_dir)
-  record = sweep_lib.load_sweep(sweep_dir)
-  for cell_file in sorted((sweep_dir / sweep_lib.CELLS_DIR).glob("*.json")):
+  sweep = sweep_lib.SweepDir(sweep_dir)
+  record = sweep.load()
+  for cell_file in sweep.cell_records():
     _check_cell_file(sweep_dir, record, cell_file)
   out = []
   for cell in sweep_lib.cells(record["grid"]):
-    results = sweep_lib.read_results(sweep_dir, cell)  # one line for a damaged file
+    results = sweep.read_results(cell)  # one line for a damaged file
     if results is not None:
       out.append(CellResult(cell, "done", results))
     else:
-      started = sweep_lib.cell_file(sweep_dir, cell, ".json").exists()
+      started = sweep.cell_file(cell, ".json").exists()
       out.append(CellResult(cell, "partial" if started else "missing", None))
   return record, out
 

@@ -275,26 +275,76 @@ def _check_record(path: pathlib.Path, record) -> dict:
   return record
 
 
+class SweepDir:
+  """The files of one sweep dir (local):
+
+      sweep.json               the settings, the grid, the gin files' pinned sha256
+      cells/<cell>.json        what the cell is (written when it starts)
+      cells/<cell>.log         the trainer's output, its command first
+      cells/<cell>.lock        held while a process runs the cell
+      <cell>/                  the cell's model dir (ModelDir: only what the trainer writes)
+  """
+
+  def __init__(self, path):
+    self.path = pathlib.Path(path)
+
+  @property
+  def sweep_file(self) -> pathlib.Path:
+    return self.path / SWEEP_FILE
+
+  def cell_file(self, cell: Cell, suffix: str) -> pathlib.Path:
+    """`cells/<cell><suffix>`: the sweep's own files of a cell (.json, .log, .lock), kept
+    out of the model dir."""
+    return self.path / CELLS_DIR / f"{cell.name}{suffix}"
+
+  def cell_records(self) -> list[pathlib.Path]:
+    """Every `cells/<cell>.json`, by name."""
+    return sorted((self.path / CELLS_DIR).glob("*.json"))
+
+  def model_dir(self, cell: Cell) -> ModelDir:
+    return ModelDir(str(self.path / cell.name))
+
+  def load(self) -> dict:
+    """The sweep record (settings, grid, pinned gin contents), checked."""
+    path = self.sweep_file
+    if not path.exists():
+      raise SbsError(f"{self.path} is not a sweep dir: no {SWEEP_FILE} (made by `sbs sweep`)")
+    try:
+      record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+      raise SbsError(f"{path}: not JSON ({e}); restore it, or start the sweep again in a "
+                     "fresh --out_dir") from None
+    except OSError as e:
+      raise SbsError(f"{path}: cannot read it ({e.strerror})") from None
+    return _check_record(path, record)
+
+  def any_cell_trained(self, grid: dict) -> bool:
+    """Whether any cell of the grid has trained: its model dir exists (the trainer makes
+    it once its gin files and bindings parse). A cell that failed before it is not
+    counted, so that a corrected command can replace a typo."""
+    return any((self.path / cell.name).exists() for cell in cells(grid))
+
+  def read_results(self, cell: Cell) -> dict | None:
+    """The cell's results.json (None if absent); one line naming the cell for a damaged
+    one."""
+    model = self.model_dir(cell)
+    try:
+      return model.read_results()
+    except (ValueError, OSError) as e:
+      what = (str(e) if "best_step" in str(e) else f"not JSON ({e})")
+      raise SbsError(f"{model.file(RESULTS_FILE)}: {what}: cell {cell.name} has damaged "
+                     "results; delete that file and rerun the same `sbs sweep` command, "
+                     "which evaluates the cell again from its last checkpoint (its command: "
+                     f"first line of {self.cell_file(cell, '.log')})") from None
+
+
 def load_sweep(out_dir) -> dict:
   """The sweep record of `out_dir` (settings, grid, pinned gin contents), checked."""
-  path = pathlib.Path(out_dir) / SWEEP_FILE
-  if not path.exists():
-    raise SbsError(f"{out_dir} is not a sweep dir: no {SWEEP_FILE} (made by `sbs sweep`)")
-  try:
-    record = json.loads(path.read_text(encoding="utf-8"))
-  except (ValueError, UnicodeDecodeError) as e:
-    raise SbsError(f"{path}: not JSON ({e}); restore it, or start the sweep again in a "
-                   "fresh --out_dir") from None
-  except OSError as e:
-    raise SbsError(f"{path}: cannot read it ({e.strerror})") from None
-  return _check_record(path, record)
+  return SweepDir(out_dir).load()
 
 
 def any_cell_trained(out_dir, grid: dict) -> bool:
-  """Whether any cell of the sweep dir has trained: its model dir exists (the trainer makes
-  it once its gin files and bindings parse). A cell that failed before it is not counted,
-  so that a corrected command can replace a typo."""
-  return any((pathlib.Path(out_dir) / cell.name).exists() for cell in cells(grid))
+  return SweepDir(out_dir).any_cell_trained(grid)
 
 
 def _old_gin_files(names: list[str]) -> list[str]:
@@ -318,7 +368,7 @@ def record_sweep(out_dir, settings: dict, grid: dict) -> dict:
   While no cell has trained (no model dir), a rerun may change the settings and the pinned
   contents (e.g. a corrected binding).
   """
-  path = pathlib.Path(out_dir) / SWEEP_FILE
+  path = SweepDir(out_dir).sweep_file
   hashes = grid_gin_hashes(settings, grid)
   if path.exists():
     old = load_sweep(out_dir)
@@ -343,7 +393,7 @@ def record_sweep(out_dir, settings: dict, grid: dict) -> dict:
       grid = {k: old["grid"][k] + [v for v in grid[k] if v not in old["grid"][k]]
               for k in grid}
     else:  # no cell trained: the new settings replace the old; so do the cells' records
-      for stale in (pathlib.Path(out_dir) / CELLS_DIR).glob("*.json"):
+      for stale in SweepDir(out_dir).cell_records():
         stale.unlink()
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -355,23 +405,11 @@ def record_sweep(out_dir, settings: dict, grid: dict) -> dict:
 
 
 def cell_file(out_dir, cell: Cell, suffix: str) -> pathlib.Path:
-  """`<out_dir>/cells/<cell><suffix>`: the sweep's own files of a cell (.json, .log, .lock),
-  kept out of the model dir, which holds only what the trainer writes."""
-  return pathlib.Path(out_dir) / CELLS_DIR / f"{cell.name}{suffix}"
+  return SweepDir(out_dir).cell_file(cell, suffix)
 
 
 def read_results(out_dir, cell: Cell) -> dict | None:
-  """The cell's results.json (None if absent); one line naming the cell for a damaged one."""
-  model = ModelDir(str(pathlib.Path(out_dir) / cell.name))
-  path = model.file(RESULTS_FILE)
-  try:
-    return model.read_results()
-  except (ValueError, OSError) as e:
-    what = (str(e) if "best_step" in str(e) else f"not JSON ({e})")
-    raise SbsError(f"{path}: {what}: cell {cell.name} has damaged results; delete that file "
-                   "and rerun the same `sbs sweep` command, which evaluates the cell again "
-                   f"from its last checkpoint (its command: first line of "
-                   f"{cell_file(out_dir, cell, '.log')})") from None
+  return SweepDir(out_dir).read_results(cell)
 
 
 def is_finished(out_dir, cell: Cell) -> bool:
