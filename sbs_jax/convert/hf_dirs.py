@@ -21,7 +21,7 @@ import numpy as np
 from sbs_jax.convert import hf, replace
 from sbs_jax.errors import SbsError
 from sbs_jax.model.model_dir import ModelDir
-from sbs_jax.train import checkpoint as ckpt
+from sbs_jax.model import student as student_lib
 
 PREFIXES_FILE = "sbs_prefixes.json"
 
@@ -63,7 +63,7 @@ def export_hf(model_dir: str, out: str, overwrite: bool = False) -> pathlib.Path
   if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())) and not overwrite:
     raise SbsError(f"{out} exists and is not an empty dir: choose a new --out, or pass "
                    "--overwrite to replace the files of the same name in it")
-  student, params, info = ckpt.load_student(model_dir)
+  student, params, info = student_lib.load_student(model_dir)
   params = jax.tree.map(np.asarray, jax.device_get(params))
   path = hf.write_hf_dir(out, student.config, params, f"{model_dir}/{info['vocabulary']}")
   (path / PREFIXES_FILE).write_text(json.dumps(

@@ -333,7 +333,7 @@ def check_params(params: dict, config: T5Config, what: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   from sbs_jax.model.network import Transformer  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train.state import init_params  # pylint: disable=import-outside-toplevel
+  from sbs_jax.model.student import init_params  # pylint: disable=import-outside-toplevel
   wanted = {"/".join(k): tuple(v.shape) for k, v in _flatten(nn.unbox(jax.eval_shape(
       lambda: init_params(Transformer(config), jax.random.key(0))))).items()}
   got = {"/".join(k): tuple(np.shape(v)) for k, v in _flatten(params).items()}

@@ -31,14 +31,14 @@ def export_t5x(model_dir: str, out: str, overwrite: bool = False) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from sbs_jax.model import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  from sbs_jax.model import student as student_lib  # pylint: disable=import-outside-toplevel
   import importlib.util  # pylint: disable=import-outside-toplevel
   if importlib.util.find_spec("t5x") is None:
     raise SbsError("export-t5x writes with T5X's own code: install it with "
                    "`bash launch/install_t5x.sh` (docs/t5x.md)")
   if not overwrite:
     replace.refuse_nonempty(out)
-  student, params, info = ckpt.load_student(model_dir)
+  student, params, info = student_lib.load_student(model_dir)
   step = _params_step(model_dir)
   params = jax.tree.map(np.asarray, jax.device_get(params))
   out = out.rstrip("/")

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from sbs_jax.model.decoding import EOS_ID
-from sbs_jax.train.data import pad_rows
+from sbs_jax.model.student import pad_rows
 
 SMALLEST_BUCKET = 16
 

@@ -10,8 +10,7 @@ from typing import Sequence
 from sbs_jax.errors import SbsError
 from sbs_jax.serve import batching
 from sbs_jax.task_kinds import RATIONALE_PREFIX
-from sbs_jax.train import checkpoint as ckpt
-from sbs_jax.train import evaluate as eval_lib
+from sbs_jax.model import student as student_lib
 
 log = logging.getLogger(__name__)
 # The input length for model dirs whose model.json does not record the training run's
@@ -45,7 +44,7 @@ class Predictor:
     self.label_prefix, self.rationale_prefix = label_prefix, rationale_prefix
     self.settings = settings
     self.max_input_length = settings.max_input_length or max_input_length
-    self.batch_size = eval_lib.decode_batch_size(student, settings.batch_size)
+    self.batch_size = student_lib.decode_batch_size(student, settings.batch_size)
     self.buckets = batching.bucket_lengths(self.max_input_length)
 
   @classmethod
@@ -53,7 +52,7 @@ class Predictor:
     """A model dir's student on a (data, 1) mesh of every device of every host; inputs cut
     to --max_input_length, else model.json's, else DEFAULT_MAX_INPUT_LENGTH tokens."""
     import seqio  # pylint: disable=import-outside-toplevel
-    student, params, info = ckpt.load_student(model_dir, mesh=(-1, 1))
+    student, params, info = student_lib.load_student(model_dir, mesh=(-1, 1))
     vocabulary = seqio.SentencePieceVocabulary(f"{model_dir}/{info['vocabulary']}",
                                                extra_ids=info.get("extra_ids", 0))
     return cls(student, params, vocabulary, info["label_prefix"],
@@ -69,10 +68,10 @@ class Predictor:
     out: list[str] = [""] * len(rows)
     for positions, inputs in batching.length_sorted_batches(rows, self.batch_size,
                                                             self.buckets):
-      ids = eval_lib.decode(self.student, self.params, inputs, self.batch_size,
+      ids = student_lib.decode(self.student, self.params, inputs, self.batch_size,
                             max_decode_length)
       for position, row in zip(positions, ids):
-        out[position] = eval_lib.detokenize(self.vocabulary, row)
+        out[position] = student_lib.detokenize(self.vocabulary, row)
     return out
 
   def predict(self, texts: Sequence[str], rationale: bool = False) -> list[dict]:

@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 
 from sbs_jax.errors import SbsError
 from sbs_jax.model import model_dir as model_dir_lib
+from sbs_jax.model.student import load_student  # pylint: disable=unused-import
 from sbs_jax.model.model_dir import (SUMS, ModelDir, check_sums, checkpoint_manager,
                                      first_line, leaf_sums)
 
@@ -59,17 +60,6 @@ class StateCheckpoints:
 
   def close(self) -> None:
     self._manager.close()
-
-
-def load_student(model_dir: str, mesh: tuple[int, int] = (1, 1)):
-  """A model dir's network (no optimizer) on a (data, model) `mesh` of devices (one by
-  default), its best params and model.json."""
-  import optax  # pylint: disable=import-outside-toplevel
-  from sbs_jax.train.state import build_student, make_mesh  # pylint: disable=import-outside-toplevel
-  config, info = ModelDir(model_dir).read_info()
-  student = build_student(config, optax.identity(), make_mesh(mesh))
-  params, _ = ModelDir(model_dir).load_params(student.abstract_state["params"])
-  return student, params, info
 
 
 def write_gin_config(model_dir: str, pinned: dict[str, str] | None = None) -> None:

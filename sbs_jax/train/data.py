@@ -15,7 +15,7 @@ from sbs_jax.data.lengths import (OUR_FLAGS, check_lengths, fitted_lengths,  # n
                                   length_note, tasks_of)
 from sbs_jax.errors import SbsError
 from sbs_jax.train.config import DataConfig
-from sbs_jax.train.state import BATCH_KEYS
+from sbs_jax.model.student import BATCH_KEYS, pad_rows  # noqa: F401 (pad_rows: re-exported)
 
 
 def train_batches(cfg: DataConfig, start_step: int = 0) -> Iterator[dict]:
@@ -107,13 +107,3 @@ def empty_split_message(task: seqio.Task, split: str) -> str:
             f"of its own (sbs annotate --split valid)")
   return (f"dataset {dataset}: split {split!r} has no examples for {task.name}: annotate "
           f"that split (sbs annotate --split ...), or score another split")
-
-
-def pad_rows(rows, length_multiple: int = 64) -> np.ndarray:
-  """Token id rows -> one int32 array, zero-padded to a multiple of `length_multiple`
-  (few distinct shapes, so few compilations)."""
-  length = -(-max(len(r) for r in rows) // length_multiple) * length_multiple
-  out = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    out[i, :len(r)] = r
-  return out

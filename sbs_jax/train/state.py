@@ -7,114 +7,16 @@ sharded init; the step is `jax.jit` with those shardings in and out (pjit semant
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sbs_jax.model import partitioning
-from sbs_jax.model.config import T5Config
-from sbs_jax.model.network import Transformer
+from sbs_jax.model.student import (  # pylint: disable=unused-import
+    BATCH_KEYS, Student, build_student, init_params, make_mesh)
 from sbs_jax.train import loss as loss_lib
-
-BATCH_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
-              "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
-              "decoder_positions", "decoder_task_ids")
-
-
-def make_mesh(shape: tuple[int, int]) -> Mesh:
-  """A (data, model) mesh over all devices of all hosts; -1 takes what is left."""
-  n = jax.device_count()
-  data, model = shape
-  if data == -1:
-    data = n // model
-  if model == -1:
-    model = n // data
-  return partitioning.make_mesh(data, model)
-
-
-def _fit(sharding: NamedSharding, shape) -> NamedSharding:
-  """The sharding, or replication where it does not fit the array (e.g. factored stats)."""
-  spec = tuple(sharding.spec)
-  if len(spec) > len(shape):
-    return NamedSharding(sharding.mesh, P())
-  for dim, axes in zip(shape, spec):
-    if axes is None:
-      continue
-    size = np.prod([sharding.mesh.shape[a] for a in (axes if isinstance(axes, tuple)
-                                                      else (axes,))])
-    if dim % size:
-      return NamedSharding(sharding.mesh, P())
-  return sharding
-
-
-@dataclasses.dataclass
-class Student:
-  """The network, its optimizer and where everything lives."""
-  config: T5Config
-  model: Transformer
-  tx: optax.GradientTransformation
-  mesh: Mesh
-  rules: tuple
-  param_shardings: Any  # unboxed params structure -> NamedSharding
-  state_shardings: Any
-  abstract_state: Any
-
-  @contextlib.contextmanager
-  def sharding_context(self):
-    """The mesh and the logical axis rules, for tracing the network's constraints."""
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      yield
-
-  @property
-  def batch_sharding(self) -> NamedSharding:
-    return NamedSharding(self.mesh, P("data", None))
-
-  @property
-  def replicated(self) -> NamedSharding:
-    return NamedSharding(self.mesh, P())
-
-
-def _dummy_batch(batch: int = 1, length: int = 8) -> dict:
-  return {k: jnp.ones((batch, length), jnp.int32) for k in BATCH_KEYS}
-
-
-def init_params(model: Transformer, rng) -> Any:
-  b = _dummy_batch()
-  return model.init(rng, b["encoder_input_tokens"], b["decoder_input_tokens"],
-                    b["decoder_target_tokens"])["params"]
-
-
-def build_student(config: T5Config, tx: optax.GradientTransformation, mesh: Mesh,
-                  partitioning_dims: tuple[int, int] = (1, 1)) -> Student:
-  """Computes every shape and sharding of the train state without allocating it."""
-  model = Transformer(config)
-  rules = partitioning.standard_logical_axis_rules(*partitioning_dims)
-  boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-  param_shardings = partitioning.param_shardings(boxed, mesh, rules)
-  abstract_params = nn.unbox(boxed)
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  replicated = NamedSharding(mesh, P())
-  opt_shardings = optax.tree_map_params(
-      tx, lambda p, s: _fit(s, p.shape), abstract_opt, param_shardings,
-      transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-  opt_shardings = jax.tree.map(lambda s, a: _fit(s, a.shape), opt_shardings, abstract_opt)
-  state_shardings = {"params": param_shardings, "opt_state": opt_shardings,
-                     "step": replicated}
-  abstract_state = {"params": abstract_params, "opt_state": abstract_opt,
-                    "step": jax.ShapeDtypeStruct((), jnp.int32)}
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-      state_shardings)
-  return Student(config, model, tx, mesh, rules, param_shardings, state_shardings,
-                 abstract_state)
 
 
 def init_state(student: Student, seed: int, params: Any = None) -> dict:

@@ -1,0 +1,185 @@
+"""The student as it is served and trained: the network, where its parameters live on a
+('data', 'model') mesh (T5X's logical axis rules), built from shapes alone; loading a model
+dir's best params onto it; and batched decoding split over the mesh's data axis.
+
+Everything that reads a trained model (the trainer's evaluation, `sbs predict`, the
+converters) uses this module, so none of them imports the trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sbs_jax.model import decoding, partitioning
+from sbs_jax.model.config import T5Config
+from sbs_jax.model.model_dir import ModelDir
+from sbs_jax.model.network import Transformer
+
+EOS_ID = 1
+
+BATCH_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
+              "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
+              "decoder_positions", "decoder_task_ids")
+
+
+def make_mesh(shape: tuple[int, int]) -> Mesh:
+  """A (data, model) mesh over all devices of all hosts; -1 takes what is left."""
+  n = jax.device_count()
+  data, model = shape
+  if data == -1:
+    data = n // model
+  if model == -1:
+    model = n // data
+  return partitioning.make_mesh(data, model)
+
+
+def _fit(sharding: NamedSharding, shape) -> NamedSharding:
+  """The sharding, or replication where it does not fit the array (e.g. factored stats)."""
+  spec = tuple(sharding.spec)
+  if len(spec) > len(shape):
+    return NamedSharding(sharding.mesh, P())
+  for dim, axes in zip(shape, spec):
+    if axes is None:
+      continue
+    size = np.prod([sharding.mesh.shape[a] for a in (axes if isinstance(axes, tuple)
+                                                      else (axes,))])
+    if dim % size:
+      return NamedSharding(sharding.mesh, P())
+  return sharding
+
+
+@dataclasses.dataclass
+class Student:
+  """The network, its optimizer and where everything lives."""
+  config: T5Config
+  model: Transformer
+  tx: optax.GradientTransformation
+  mesh: Mesh
+  rules: tuple
+  param_shardings: Any  # unboxed params structure -> NamedSharding
+  state_shardings: Any
+  abstract_state: Any
+
+  @contextlib.contextmanager
+  def sharding_context(self):
+    """The mesh and the logical axis rules, for tracing the network's constraints."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P("data", None))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+
+def _dummy_batch(batch: int = 1, length: int = 8) -> dict:
+  return {k: jnp.ones((batch, length), jnp.int32) for k in BATCH_KEYS}
+
+
+def init_params(model: Transformer, rng) -> Any:
+  b = _dummy_batch()
+  return model.init(rng, b["encoder_input_tokens"], b["decoder_input_tokens"],
+                    b["decoder_target_tokens"])["params"]
+
+
+def build_student(config: T5Config, tx: optax.GradientTransformation, mesh: Mesh,
+                  partitioning_dims: tuple[int, int] = (1, 1)) -> Student:
+  """Computes every shape and sharding of the train state without allocating it."""
+  model = Transformer(config)
+  rules = partitioning.standard_logical_axis_rules(*partitioning_dims)
+  boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  param_shardings = partitioning.param_shardings(boxed, mesh, rules)
+  abstract_params = nn.unbox(boxed)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  replicated = NamedSharding(mesh, P())
+  opt_shardings = optax.tree_map_params(
+      tx, lambda p, s: _fit(s, p.shape), abstract_opt, param_shardings,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+  opt_shardings = jax.tree.map(lambda s, a: _fit(s, a.shape), opt_shardings, abstract_opt)
+  state_shardings = {"params": param_shardings, "opt_state": opt_shardings,
+                     "step": replicated}
+  abstract_state = {"params": abstract_params, "opt_state": abstract_opt,
+                    "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+      state_shardings)
+  return Student(config, model, tx, mesh, rules, param_shardings, state_shardings,
+                 abstract_state)
+
+
+def load_student(model_dir: str, mesh: tuple[int, int] = (1, 1)):
+  """A model dir's network (no optimizer) on a (data, model) `mesh` of devices (one by
+  default), its best params and model.json."""
+  config, info = ModelDir(model_dir).read_info()
+  student = build_student(config, optax.identity(), make_mesh(mesh))
+  params, _ = ModelDir(model_dir).load_params(student.abstract_state["params"])
+  return student, params, info
+
+
+def pad_rows(rows, length_multiple: int = 64) -> np.ndarray:
+  """Token id rows -> one int32 array, zero-padded to a multiple of `length_multiple`
+  (few distinct shapes, so few compilations)."""
+  length = -(-max(len(r) for r in rows) // length_multiple) * length_multiple
+  out = np.zeros((len(rows), length), np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
+
+
+def decode_batch_size(student: Student, batch_size: int) -> int:
+  """`batch_size` rounded up to a multiple of the mesh's data axis."""
+  shards = student.mesh.shape["data"]
+  return -(-batch_size // shards) * shards
+
+
+def sharded_rows(student: Student, rows: np.ndarray) -> jax.Array:
+  """One decoding batch (the same rows on every host) as a global array split over the
+  mesh's data axis: each data shard decodes its own rows, none decodes all of them."""
+  hosts, host = jax.process_count(), jax.process_index()
+  per_host = len(rows) // hosts  # the data axis is a multiple of the hosts (make_mesh)
+  return jax.make_array_from_process_local_data(
+      student.batch_sharding, rows[host * per_host:(host + 1) * per_host], rows.shape)
+
+
+def decode(student: Student, params, inputs: np.ndarray, batch_size: int,
+           max_decode_length: int, beam_size: int = 1) -> np.ndarray:
+  """Token ids [n, max_decode_length] for input ids [n, length], in fixed-shape batches
+  split over the data axis (every host holds all `inputs` and gets all the ids back)."""
+  n = len(inputs)
+  batch_size = decode_batch_size(student, batch_size)
+  padded = -(-n // batch_size) * batch_size
+  inputs = np.concatenate([inputs, np.zeros((padded - n, inputs.shape[1]), inputs.dtype)])
+  outputs = []
+  with student.sharding_context():
+    for start in range(0, padded, batch_size):
+      chunk = sharded_rows(student, inputs[start:start + batch_size])
+      if beam_size > 1:
+        out = decoding.beam_search(student.model, params, chunk, max_decode_length,
+                                   beam_size=beam_size)
+      else:
+        out = decoding.greedy_decode(student.model, params, chunk, max_decode_length)
+      # All hosts' shards of the output, on every host (device_get fails across hosts).
+      outputs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
+  return np.concatenate(outputs)[:n]
+
+
+def detokenize(vocabulary: seqio.Vocabulary, ids) -> str:
+  """Text of one decoded row: up to EOS, padding dropped."""
+  ids = [int(i) for i in ids]
+  if EOS_ID in ids:
+    ids = ids[:ids.index(EOS_ID)]
+  return vocabulary.decode([i for i in ids if i > 0])
