@@ -33,7 +33,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "docs" / "scale_compiled.jsonl"
 BF16 = "--gin.student_config.dtype='bfloat16'"
-RULES_2D = "--gin.TrainConfig.partitioning_dims=(1,2)"
+RULES_2D = "--gin.ParallelismConfig.partitioning_dims=(1,2)"
 
 
 # libtpu's choice of the slower, leaner collective matmuls (docs/scale.md, "Remat with 2-D
@@ -49,11 +49,11 @@ def _row(size, topology, mesh, *, rules_2d=False, accum=1, optimizer="adamw", re
   if rules_2d:
     args.append(RULES_2D)
   if accum != 1:
-    args.append(f"--gin.OptimizerConfig.grad_accum_steps={accum}")
+    args.append(f"--gin.ParallelismConfig.grad_accum_steps={accum}")
   if optimizer != "adamw":
     args.append(f"--gin.OptimizerConfig.name='{optimizer}'")
   if remat != "none":
-    args.append(f"--gin.student_config.remat_policy='{remat}'")
+    args.append(f"--gin.ParallelismConfig.remat_policy='{remat}'")
   return {"size": size, "topology": topology, "mesh": mesh, "rules": "2-D" if rules_2d else
           "1-D", "accum": accum, "optimizer": optimizer, "remat": remat, "args": args,
           "libtpu": libtpu}

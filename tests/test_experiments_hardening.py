@@ -341,8 +341,8 @@ def test_plan_refuses_bad_meshes(capsys, mesh, message):
 
 
 def test_plan_refuses_a_batch_that_does_not_split_into_micro_batches(capsys):
-  assert cli.main([*PLAN, "--mesh=4x1", "--gin.OptimizerConfig.grad_accum_steps=3"]) == 2
-  assert "into OptimizerConfig.grad_accum_steps = 3 micro-batches" in _one_line(capsys)
+  assert cli.main([*PLAN, "--mesh=4x1", "--gin.ParallelismConfig.grad_accum_steps=3"]) == 2
+  assert "into ParallelismConfig.grad_accum_steps = 3 micro-batches" in _one_line(capsys)
 
 
 def test_plan_without_a_gin_file_is_one_line(capsys):

@@ -324,11 +324,11 @@ def test_check_fit_compiles_the_run_here_before_anything_is_created(tmp_path, mo
   base = ["--name", "sbs-pod", "--state_dir", str(tmp_path / "state"), "--gcloud", gcloud,
           "--sbs", sbs, "--check_fit", "--gin_file=experiments/cqa_distill_llm.gin"]
   code = tpu.main(["create", *base, "--zone", "us-central2-b", "--accelerator_type", "v4-64",
-                   "--gin.TrainConfig.partitioning_dims=(1,2)"])
+                   "--gin.ParallelismConfig.partitioning_dims=(1,2)"])
   (plan_argv,) = [json.loads(l) for l in sbs_calls.read_text().splitlines()]
   assert plan_argv == ["plan", "--topology", "v4-64",
                        "--gin_file=experiments/cqa_distill_llm.gin",
-                       "--gin.TrainConfig.partitioning_dims=(1,2)"]
+                       "--gin.ParallelismConfig.partitioning_dims=(1,2)"]
   if fits:
     assert code == 0 and len(calls.read_text().splitlines()) == 1  # then created
   else:

@@ -126,8 +126,8 @@ def test_recorded_remat_2d_rows_include_refused_answered_and_lean_ones():
 
 def test_plan_command_refuses_remat_with_2d_rules_in_one_line(capsys):
   args = ["plan", "--mesh=8x4", "--gin_file=experiments/cqa_distill_llm.gin",
-          "--gin_file=models/xxl.gin", "--gin.TrainConfig.partitioning_dims=(1,2)",
-          "--gin.student_config.remat_policy='full'", "--chip=v5e"]
+          "--gin_file=models/xxl.gin", "--gin.ParallelismConfig.partitioning_dims=(1,2)",
+          "--gin.ParallelismConfig.remat_policy='full'", "--chip=v5e"]
   assert cli.main(args) == 2
   err = capsys.readouterr().err.strip()
   assert "no estimate for remat with 2-D rules over 8 data shards" in err

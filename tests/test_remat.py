@@ -10,6 +10,8 @@ import numpy as np
 import optax
 import pytest
 
+from sbs_jax.errors import SbsError
+
 from sbs_jax.convert import hf
 from sbs_jax.model import decoding
 from sbs_jax.model.config import REMAT_POLICIES, config_for
@@ -42,8 +44,17 @@ def _shapes(tree):
 def test_policy_names_are_checked():
   with pytest.raises(ValueError, match="remat_policy must be one of.*'none', 'full', 'dots'"):
     config_for("tiny", remat_policy="everything")
-  with pytest.raises(ValueError, match="remat_policy"):  # the gin path builds the same way
-    train_config.student_config(size="tiny", remat_policy="Full")
+  with pytest.raises(SbsError, match=r"ParallelismConfig.remat_policy = 'Full' is out of "
+                     r"range: it must be none or full or dots"):
+    train_config.ParallelismConfig(remat_policy="Full")
+  # The run's layout sets it; the network's gin binding says where it moved.
+  with pytest.raises(SbsError, match="student_config.remat_policy moved to "
+                     "ParallelismConfig.remat_policy"):
+    train_config.student_config(size="tiny", remat_policy="full")
+  layout = train_config.ParallelismConfig(remat_policy="dots")
+  assert layout.network(config_for("tiny")) == config_for("tiny", remat_policy="dots")
+  with pytest.raises(SbsError, match="set ParallelismConfig.remat_policy alone"):
+    layout.network(config_for("tiny", remat_policy="full"))
   assert config_for("tiny").remat_policy == "none"
 
 

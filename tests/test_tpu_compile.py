@@ -43,7 +43,7 @@ def param_count(size: str, **overrides) -> int:
 def test_tiny_student_compiles_for_v4_8_with_the_arithmetic_of_its_shardings():
   proc, records = compile_plan(
       "--topology", "v4-8", "--mesh", "1x4", "--gin_file=models/tiny.gin",
-      "--gin.OptimizerConfig.grad_accum_steps=2", *short_rows(8, 64, 32))
+      "--gin.ParallelismConfig.grad_accum_steps=2", *short_rows(8, 64, 32))
   assert proc.returncode == 0, proc.stderr[-3000:]
   train, decode = records
   assert (train["program"], decode["program"]) == ("train_step", "eval_decode")
@@ -86,8 +86,8 @@ def test_small_student_with_2d_rules_splits_its_state_over_all_chips():
   lean = "--xla_tpu_choose_faster_windowed_einsum_over_mem=false"
   proc, records = compile_plan(
       "--topology", "v4-8", "--mesh", "2x2", "--gin_file=models/small.gin",
-      "--gin.TrainConfig.partitioning_dims=(1,2)", "--programs=train_step",
-      "--gin.student_config.remat_policy='full'", *short_rows(8, 128, 64),
+      "--gin.ParallelismConfig.partitioning_dims=(1,2)", "--programs=train_step",
+      "--gin.ParallelismConfig.remat_policy='full'", *short_rows(8, 128, 64),
       env={"LIBTPU_INIT_ARGS": lean})
   assert proc.returncode == 0, proc.stderr[-3000:]
   (train,) = records

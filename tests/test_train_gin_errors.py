@@ -26,11 +26,18 @@ def configure(bindings, files=EXPERIMENT):
      "place (--gin.MODEL_DIR=\"'runs/cqa'\")"),
     ("TRAIN_STEPS = abc", "gin: cannot read the value 'abc' (in --gin.TRAIN_STEPS=abc)"),
     ("TRAIN_STEPS = ", "gin: cannot parse a value (in --gin.TRAIN_STEPS=)"),
-    ("TrainConfig.mesh = (1,", "gin: cannot parse a value (an unclosed bracket or quote?)"),
+    ("ParallelismConfig.mesh = (1,", "gin: cannot parse a value (an unclosed bracket or quote?)"),
     ("TRAIN_STEPS = '300'", "TrainConfig.train_steps = '300' is not int (set by "
      "--gin.TRAIN_STEPS): numbers go bare"),
     ("ALPHA = 'half'", "TrainConfig.alpha = 'half' is not float (set by --gin.ALPHA)"),
     ("EvalConfig.max_examples = 2.5", "EvalConfig.max_examples = 2.5 is not int or None"),
+    # Settings that moved to ParallelismConfig: where to bind them now.
+    ("TrainConfig.mesh = (2, 1)", "gin: TrainConfig.mesh moved to ParallelismConfig.mesh (in "
+     "--gin.TrainConfig.mesh=(2, 1)): bind that instead"),
+    ("OptimizerConfig.grad_accum_steps = 2", "gin: OptimizerConfig.grad_accum_steps moved to "
+     "ParallelismConfig.grad_accum_steps"),
+    ("ParallelismConfig.grad_accum_steps = 0", "ParallelismConfig.grad_accum_steps = 0 is out "
+     "of range: it must be at least 1"),
 ])
 def test_each_mistake_is_one_line(binding, expected):
   message = configure([binding])

@@ -75,7 +75,9 @@ def test_a_fresh_run_reports_progress_with_units(annotated, tmp_path, capsys):
 def test_same_config_resumes_and_may_train_longer(run, capsys):
   model_dir, _ = run
   capsys.readouterr()
-  results = train(model_dir, steps=3)
+  # Another layout of the step (ParallelismConfig) is the same run.
+  results = train(model_dir, steps=3, extra=["ParallelismConfig.grad_accum_steps = 2",
+                                             "ParallelismConfig.remat_policy = 'full'"])
   assert "resumed from step 2" in capsys.readouterr().err
   assert [m["step"] for m in ModelDir(str(model_dir)).read_metrics("train")] == [1, 2, 3]
   assert results["train_steps"] == 3

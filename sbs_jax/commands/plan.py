@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
       "plan", help="per-device memory of a run on a mesh: on paper, or from the TPU "
       "compiler with --topology")
   p.add_argument("--mesh", help="DATAxMODEL, e.g. 8x4 (with --topology: default "
-                 "TrainConfig.mesh over the slice's chips)")
+                 "ParallelismConfig.mesh over the slice's chips)")
   p.add_argument("--topology", help="a Cloud TPU slice (v4-8, v4-64, v5e-16, v5litepod-16, "
                  "v5p-8, v6e-8, or v4:2x4x4): compile the train and eval decoding steps for "
                  "it and report the compiler's per-chip memory (needs the tpu extra)")
@@ -41,7 +41,7 @@ def compiled_plan(args, cfg, model_config, tpu) -> int:
   """`sbs plan --topology`: one JSON line per compiled program on stdout, a table on
   stderr; an error (exit 2) when a program does not fit the chip."""
   from sbs_jax.perf import tpu_compile  # pylint: disable=import-outside-toplevel  (JAX, libtpu)
-  mesh = plan_lib.parse_mesh(args.mesh, allow_rest=True) if args.mesh else tuple(cfg.mesh)
+  mesh = plan_lib.parse_mesh(args.mesh, allow_rest=True) if args.mesh else tuple(cfg.parallelism.mesh)
   programs = [p for p in args.programs.split(",") if p]
   data, model = tpu_compile.mesh_shape(mesh, tpu.chips)
   plan_lib.check_batch(cfg, data)
@@ -60,8 +60,8 @@ def compiled_plan(args, cfg, model_config, tpu) -> int:
     why = r.get("compiler") or f"needs {r['per_chip_gib']} GiB per chip"
     raise SbsError(f"{r['program']} does not fit {tpu.name} ({r['hbm_gib']} GiB per chip): "
                    f"{why}; try a larger slice, --mesh with a larger model axis, "
-                   "TrainConfig.partitioning_dims=(1,2), student_config.remat_policy, or "
-                   "OptimizerConfig.grad_accum_steps")
+                   "ParallelismConfig.partitioning_dims=(1,2), ParallelismConfig.remat_policy, "
+                   "or ParallelismConfig.grad_accum_steps")
   return 0
 
 
@@ -88,7 +88,7 @@ def main(args) -> int:
   parse_gin(args.gin_file, gin_bindings(args.gin_bindings), args.gin_search_path)
   from sbs_jax.train import gin_check  # pylint: disable=import-outside-toplevel
   cfg = gin_check.configured(config.TrainConfig)
-  model_config = gin_check.configured(config.student_config)
+  model_config = cfg.parallelism.network(gin_check.configured(config.student_config))
   if args.topology:
     return compiled_plan(args, cfg, model_config, tpu)
   data, model = plan_lib.parse_mesh(args.mesh)

@@ -106,7 +106,7 @@ def eval_main(args) -> int:
                    f"{model_dir_lib.GIN_CONFIG}): pass the MODEL_DIR of a training run")
   parse_gin([saved, *args.gin_file], gin_bindings(args.gin_bindings), args.gin_search_path)
   cfg = gin_check.configured(config.TrainConfig)
-  model_config = gin_check.configured(config.student_config)
+  model_config = cfg.parallelism.network(gin_check.configured(config.student_config))
   label_task = cfg.data.label_task()
   # The cap: the flag's; else the run's own for validation and test (so that the numbers
   # are those of results.json); other splits whole. Shown whenever it cuts the split.
@@ -120,7 +120,7 @@ def eval_main(args) -> int:
     limit, capped_by = None, ""
   examples = label_examples(label_task, args.split, limit)  # an unknown split: one line
   student = build_student(model_config, make_optimizer(cfg.optimizer, cfg.train_steps),
-                          make_mesh(cfg.mesh), cfg.partitioning_dims)
+                          make_mesh(cfg.parallelism.mesh), cfg.parallelism.partitioning_dims)
   params, best = ModelDir(args.model_dir).load_params(student.abstract_state["params"])
   metrics, _ = eval_lib.evaluate(student, params, label_task, args.split, cfg.eval, examples)
   if jax.process_index() == 0:

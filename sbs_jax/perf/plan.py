@@ -28,7 +28,7 @@ buffers at its peak; the v4 coefficients are a fit to the v4 rows of docs/scale.
 them the formula is within 10% of the compiler on every recorded v4, v5e and v5p
 configuration without remat (docs/scale_compiled.jsonl), +13% on v6e's one row.
 
-With `student_config.remat_policy = "none"` every layer keeps its working set. With
+With `ParallelismConfig.remat_policy = "none"` every layer keeps its working set. With
 rematerialisation every layer keeps only what the policy saves, and the largest working
 set is rebuilt in the backward pass: one working set on v4, three on v5e/v5p (a fit to the
 v5e and v5p remat rows recorded before the refusal below, not traced; of the rows the
@@ -74,7 +74,7 @@ from sbs_jax.model import partitioning
 from sbs_jax.model.config import T5Config, config_for
 from sbs_jax.model.network import Transformer
 from sbs_jax.perf import tpu_slices
-from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
+from sbs_jax.train.config import DataConfig, OptimizerConfig, ParallelismConfig, TrainConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import init_params
 
@@ -140,7 +140,7 @@ def _layer_activations(c: T5Config, l_enc: int, l_dec: int, model: int,
 def gives_estimate(cfg: TrainConfig, model_config: T5Config, data: int) -> bool:
   """False for remat with 2-D rules over several data shards, which the formula does not
   follow (module docstring)."""
-  return not (model_config.remat_policy != "none" and cfg.partitioning_dims[1] == 2
+  return not (model_config.remat_policy != "none" and cfg.parallelism.partitioning_dims[1] == 2
               and data > 1)
 
 
@@ -160,7 +160,7 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
         "17.7 GiB per chip, 8.9 on paper); run with --topology SLICE for the compiler's "
         "figure")
   mesh_shape = {"data": data, "model": model}
-  rules = partitioning.standard_logical_axis_rules(*cfg.partitioning_dims)
+  rules = partitioning.standard_logical_axis_rules(*cfg.parallelism.partitioning_dims)
   network = Transformer(model_config)
   boxed = jax.eval_shape(lambda: init_params(network, jax.random.key(0)))
   specs = partitioning.mesh_partition_specs(boxed, rules)
@@ -181,7 +181,7 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
   c = model_config
   l_enc = cfg.data.task_feature_lengths["inputs"]
   l_dec = cfg.data.task_feature_lengths["targets"]
-  rows = cfg.data.batch_size / (data * cfg.optimizer.grad_accum_steps)
+  rows = cfg.data.batch_size / (data * cfg.parallelism.grad_accum_steps)
   width = jax.numpy.dtype(c.compute_dtype).itemsize
   activations = rows * (_layer_activations(c, l_enc, l_dec, model, CHIPS[chip]) * width
                         + l_dec * c.vocab_size / model * 4)
@@ -192,11 +192,11 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
     copies = sum(_local_bytes(a.shape, c.compute_dtype, s, mesh_shape)
                  for a, s in zip(jax.tree.leaves(params),
                                  jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
-  accumulator = param_bytes if cfg.optimizer.grad_accum_steps > 1 else 0
+  accumulator = param_bytes if cfg.parallelism.grad_accum_steps > 1 else 0
   parts = {"parameters": param_bytes, "gradients": param_bytes,
            "optimizer_state": total(opt, opt_specs), "compute_weights": copies,
            "gradient_accumulator": accumulator, "activations_estimate": activations}
-  out = {"chip": chip, "mesh": f"{data}x{model}", "partitioning_dims": list(cfg.partitioning_dims),
+  out = {"chip": chip, "mesh": f"{data}x{model}", "partitioning_dims": list(cfg.parallelism.partitioning_dims),
           "parameters": int(sum(a.size for a in jax.tree.leaves(params))),
           "optimizer": cfg.optimizer.name, "remat_policy": model_config.remat_policy,
           "batch_size": cfg.data.batch_size,
@@ -212,11 +212,13 @@ def plan_of_compiled(record: dict, size: str) -> dict:
   mesh, rules, optimizer, accumulation, batch, lengths, dtype, remat), with the published
   T5 v1.1 `size` (the record holds the run's settings, not the network's)."""
   cfg = TrainConfig(model_dir="unused", train_steps=10,
-                    partitioning_dims=tuple(record["partitioning_dims"]),
+                    parallelism=ParallelismConfig(
+                        partitioning_dims=tuple(record["partitioning_dims"]),
+                        grad_accum_steps=record["grad_accum_steps"],
+                        remat_policy=record["remat_policy"]),
                     data=DataConfig(mixture_or_task="unused", batch_size=record["batch_size"],
                                     task_feature_lengths=dict(record["task_feature_lengths"])),
-                    optimizer=OptimizerConfig(name=record["optimizer"],
-                                              grad_accum_steps=record["grad_accum_steps"]))
+                    optimizer=OptimizerConfig(name=record["optimizer"]))
   model_config = config_for(size, dtype=record["dtype"], remat_policy=record["remat_policy"])
   data, model = parse_mesh(record["mesh"])
   return plan(cfg, model_config, data, model,
@@ -225,7 +227,7 @@ def plan_of_compiled(record: dict, size: str) -> dict:
 
 def parse_mesh(text: str, allow_rest: bool = False) -> tuple[int, int]:
   """"8x4" -> (8, 4): positive sizes; with `allow_rest` (a slice whose devices are known)
-  one axis may be -1, the remaining devices, as TrainConfig.mesh takes it."""
+  one axis may be -1, the remaining devices, as ParallelismConfig.mesh takes it."""
   try:
     data, model = (int(x) for x in text.lower().split("x"))
   except ValueError:
@@ -241,12 +243,12 @@ def parse_mesh(text: str, allow_rest: bool = False) -> tuple[int, int]:
 def check_batch(cfg: TrainConfig, data: int) -> None:
   """The batch splits evenly over the data shards (jax refuses an uneven batch sharding
   when the trainer starts) and into the micro-batches (the trainer reshapes it)."""
-  batch, accum = cfg.data.batch_size, cfg.optimizer.grad_accum_steps
+  batch, accum = cfg.data.batch_size, cfg.parallelism.grad_accum_steps
   if batch % data:
     raise SbsError(f"DataConfig.batch_size {batch} does not split evenly over {data} data "
                    f"shards (the trainer would fail at its first step): give a batch size "
                    f"that is a multiple of {data}, or another --mesh DATA")
   if batch % accum:
     raise SbsError(f"DataConfig.batch_size {batch} does not split into "
-                   f"OptimizerConfig.grad_accum_steps = {accum} micro-batches: give a "
+                   f"ParallelismConfig.grad_accum_steps = {accum} micro-batches: give a "
                    f"multiple of {accum}")

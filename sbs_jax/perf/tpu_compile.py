@@ -59,14 +59,14 @@ def slice_student(cfg: TrainConfig, model_config: T5Config, tpu: tpu_slices.TpuS
   except ValueError as e:
     raise SbsError(f"{e} on {tpu.name}") from None
   tx = make_optimizer(cfg.optimizer, cfg.train_steps)
-  return build_student(model_config, tx, device_mesh, cfg.partitioning_dims)
+  return build_student(model_config, tx, device_mesh, cfg.parallelism.partitioning_dims)
 
 
 def abstract_batch(student: Student, cfg: TrainConfig) -> dict:
   """One global batch's shapes, sharded over 'data' as `global_batch` makes it."""
   rows = cfg.data.batch_size
   lengths = cfg.data.task_feature_lengths
-  data, accum = student.mesh.shape["data"], cfg.optimizer.grad_accum_steps
+  data, accum = student.mesh.shape["data"], cfg.parallelism.grad_accum_steps
   if rows % (data * accum):
     raise SbsError(f"batch_size {rows} does not split into {accum} micro-batches over "
                    f"{data} data shards: make it a multiple of {data * accum}")
@@ -150,7 +150,7 @@ def _record(program: str, compiled_or_none, result, hbm_gib: float,
 def compile_train_step(student: Student, cfg: TrainConfig, hbm_gib: float,
                        hlo_dir: str | None = None) -> dict:
   """The train step `sbs train` runs (same loss, accumulation, optimizer, shardings)."""
-  step = make_train_step(student, cfg.alpha, cfg.optimizer.grad_accum_steps, cfg.seed)
+  step = make_train_step(student, cfg.alpha, cfg.parallelism.grad_accum_steps, cfg.seed)
   batch = abstract_batch(student, cfg)
   with student.sharding_context():
     compiled, result = _compile(lambda: step.jitted.lower(student.abstract_state, batch))
@@ -158,7 +158,7 @@ def compile_train_step(student: Student, cfg: TrainConfig, hbm_gib: float,
   if out.get("xla_flops"):
     # Per chip. XLA's cost analysis counts a loop body once: the micro-batch loop runs
     # grad_accum_steps times (the optimizer update outside it, < 0.1%, is counted as often).
-    out["flops_per_step"] = out["xla_flops"] * cfg.optimizer.grad_accum_steps
+    out["flops_per_step"] = out["xla_flops"] * cfg.parallelism.grad_accum_steps
   out["sharded_argument_bytes"] = shard_bytes((student.abstract_state, batch))
   out["replicated_state_gib"] = round(replicated_bytes(student) / GIB, 3)
   return out
@@ -200,9 +200,9 @@ def check(cfg: TrainConfig, model_config: T5Config, tpu: tpu_slices.TpuSlice,
   student = slice_student(cfg, model_config, tpu, mesh)
   run = {"topology": tpu.name, "chips": tpu.chips,
          "mesh": "x".join(str(n) for n in student.mesh.devices.shape),
-         "partitioning_dims": list(cfg.partitioning_dims), "dtype": model_config.dtype,
+         "partitioning_dims": list(cfg.parallelism.partitioning_dims), "dtype": model_config.dtype,
          "optimizer": cfg.optimizer.name, "remat_policy": model_config.remat_policy,
-         "grad_accum_steps": cfg.optimizer.grad_accum_steps,
+         "grad_accum_steps": cfg.parallelism.grad_accum_steps,
          "batch_size": cfg.data.batch_size,
          "task_feature_lengths": dict(cfg.data.task_feature_lengths),
          # libtpu's compiler flags change what the compiled step holds (docs/scale.md)

@@ -1,8 +1,9 @@
 """Configuration of a training run, bound by gin (see gin_configs/runs/ and experiments/).
 
 Groups, each a small dataclass: the student network (`student_config`), the data
-(`DataConfig`), the optimizer (`OptimizerConfig`), evaluation (`EvalConfig`), and the run
-itself (`TrainConfig`), which holds the others.
+(`DataConfig`), the optimizer (`OptimizerConfig`), evaluation (`EvalConfig`), how the step
+is laid out on the devices (`ParallelismConfig`), and the run itself (`TrainConfig`), which
+holds the others.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ import math
 import gin
 
 from sbs_jax import task_kinds
-from sbs_jax.model.config import T5Config, config_for
-from sbs_jax.train.gin_check import check_fields, check_range
+from sbs_jax.model.config import REMAT_POLICIES, T5Config, config_for
+from sbs_jax.train.gin_check import ConfigError, check_fields, check_range
 
 
 @gin.configurable
 def student_config(size: str = gin.REQUIRED, **overrides) -> T5Config:
-  """The student's network: a published T5 v1.1 size with fields overridden."""
+  """The student's network: a published T5 v1.1 size with fields overridden (its remat
+  policy is the run's `ParallelismConfig.remat_policy`, set when the run is built)."""
+  for name in ParallelismConfig.NETWORK_FIELDS:
+    if name in overrides:
+      raise ConfigError(f"student_config.{name} moved to ParallelismConfig.{name}: bind "
+                        "that instead (it lays out the step; it does not change the network)")
   return config_for(size, **overrides)
 
 
@@ -100,7 +106,6 @@ class OptimizerConfig:
   schedule: str = "linear"  # linear (to 0 at the last step), constant, or rsqrt
   warmup_steps: int = 0
   weight_decay: float = 0.0
-  grad_accum_steps: int = 1
 
   def __post_init__(self):
     check_fields(self)
@@ -113,7 +118,51 @@ class OptimizerConfig:
     check_range(self, "warmup_steps", self.warmup_steps >= 0, "0 or more")
     check_range(self, "weight_decay",
                 math.isfinite(self.weight_decay) and self.weight_decay >= 0, "0 or more")
+
+
+@gin.configurable
+@dataclasses.dataclass
+class ParallelismConfig:
+  """How a step is laid out on the devices: none of it changes what is learned (beyond
+  rounding), so a run may resume under other settings (train/run_dir.py).
+
+  Attributes:
+    mesh: (data, model) device mesh; -1 takes the remaining devices.
+    partitioning_dims: (activation, parameter) partitioning dims of T5X's rules, 1 or 2.
+    grad_accum_steps: micro-batches per step (the batch is the same, its activations
+      smaller).
+    remat_policy: which activations each layer keeps for the backward pass: none, dots or
+      full (sbs_jax/model/config.py).
+  """
+  mesh: tuple = (-1, 1)
+  partitioning_dims: tuple = (1, 1)
+  grad_accum_steps: int = 1
+  remat_policy: str = "none"
+
+  # The network's fields this config sets (they are not part of the network's identity).
+  NETWORK_FIELDS = ("remat_policy",)
+
+  def __post_init__(self):
+    check_fields(self)
+    check_range(self, "partitioning_dims",
+                len(self.partitioning_dims) == 2 and all(d in (1, 2) for d in
+                                                         self.partitioning_dims),
+                "(activation, parameter) dims, each 1 or 2")
+    check_range(self, "mesh", len(self.mesh) == 2 and all(
+        isinstance(d, int) and (d >= 1 or d == -1) for d in self.mesh),
+                "(data, model): positive sizes, or -1 for the remaining devices")
     check_range(self, "grad_accum_steps", self.grad_accum_steps >= 1, "at least 1")
+    check_range(self, "remat_policy", self.remat_policy in REMAT_POLICIES,
+                " or ".join(REMAT_POLICIES))
+
+  def network(self, model_config: T5Config) -> T5Config:
+    """The network as this layout runs it (its remat policy set). A network config that
+    already names another policy is refused: one of the two would be ignored."""
+    if model_config.remat_policy not in ("none", self.remat_policy):
+      raise ConfigError(f"the network config says remat_policy {model_config.remat_policy!r} "
+                        f"but ParallelismConfig.remat_policy is {self.remat_policy!r}: set "
+                        "ParallelismConfig.remat_policy alone")
+    return dataclasses.replace(model_config, remat_policy=self.remat_policy)
 
 
 @gin.configurable
@@ -150,8 +199,7 @@ class TrainConfig:
     model_dir: checkpoints, logs, results.json (local or gs://).
     alpha: weight of the label loss; 1 - alpha weighs the rationale loss (standard
       finetuning and distillation use 1.0: the label loss alone).
-    mesh: (data, model) device mesh; -1 takes the remaining devices.
-    partitioning_dims: (activation, parameter) partitioning dims of T5X's rules, 1 or 2.
+    parallelism: the mesh, partitioning, gradient accumulation and remat.
     initial_checkpoint: a directory written by `sbs import-hf` (or a trained model dir) to
       start from, instead of a random init.
   """
@@ -165,8 +213,7 @@ class TrainConfig:
   keep_checkpoints: int = 3
   log_every: int = 50
   seed: int = 0
-  mesh: tuple = (-1, 1)
-  partitioning_dims: tuple = (1, 1)
+  parallelism: ParallelismConfig = dataclasses.field(default_factory=ParallelismConfig)
   initial_checkpoint: str | None = None
 
   def __post_init__(self):
@@ -180,10 +227,3 @@ class TrainConfig:
                 "loss)")
     for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
       check_range(self, name, getattr(self, name) >= 1, "at least 1")
-    check_range(self, "partitioning_dims",
-                len(self.partitioning_dims) == 2 and all(d in (1, 2) for d in
-                                                         self.partitioning_dims),
-                "(activation, parameter) dims, each 1 or 2")
-    check_range(self, "mesh", len(self.mesh) == 2 and all(
-        isinstance(d, int) and (d >= 1 or d == -1) for d in self.mesh),
-                "(data, model): positive sizes, or -1 for the remaining devices")

@@ -34,6 +34,12 @@ class ConfigError(SbsError):
     self.line = line
 
 
+# Settings that moved: (configurable, parameter) -> where it is bound now.
+MOVED = {("TrainConfig", "mesh"): "ParallelismConfig.mesh",
+         ("TrainConfig", "partitioning_dims"): "ParallelismConfig.partitioning_dims",
+         ("OptimizerConfig", "grad_accum_steps"): "ParallelismConfig.grad_accum_steps"}
+
+
 def _close(name: str, known) -> str:
   matches = difflib.get_close_matches(name, sorted(set(known)), n=3, cutoff=0.6)
   return f" (did you mean {' or '.join(matches)}?)" if matches else ""
@@ -75,6 +81,10 @@ def parse_error(error: Exception, bindings=()) -> SbsError:
     return SbsError(f"gin: no configurable {m.group(1)!r}{where}"
                     f"{_close(m.group(1), _configurable_names())}")
   m = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
+  if m and (m.group(1).rpartition(".")[2], m.group(2)) in MOVED:
+    now = MOVED[(m.group(1).rpartition(".")[2], m.group(2))]
+    return SbsError(f"gin: {m.group(1)}.{m.group(2)} moved to {now}{where}: bind that "
+                    "instead")
   if m:
     parameters = []
     try:

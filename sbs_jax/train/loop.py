@@ -72,9 +72,10 @@ def train(cfg: TrainConfig, model_config: T5Config,
   run midway).
   """
   # ---- Mesh, network, optimizer: every shape and sharding before any allocation.
-  mesh = make_mesh(cfg.mesh)
+  model_config = cfg.parallelism.network(model_config)
+  mesh = make_mesh(cfg.parallelism.mesh)
   tx = make_optimizer(cfg.optimizer, cfg.train_steps)
-  student = build_student(model_config, tx, mesh, cfg.partitioning_dims)
+  student = build_student(model_config, tx, mesh, cfg.parallelism.partitioning_dims)
   label_task = cfg.data.label_task()
   vocabulary = _vocabulary(label_task)
   if vocabulary.vocab_size > model_config.vocab_size:
@@ -281,7 +282,7 @@ def _steps(cfg: TrainConfig, student, state, best: dict | None, label_task: str,
   start = int(jax.device_get(state["step"]))
   batches = train_batches(cfg.data, start)
   metric_log = MetricLog(cfg.model_dir, start)
-  train_step = make_train_step(student, cfg.alpha, cfg.optimizer.grad_accum_steps, cfg.seed)
+  train_step = make_train_step(student, cfg.alpha, cfg.parallelism.grad_accum_steps, cfg.seed)
   progress = Progress(cfg.train_steps, start)
   progress.note(origin)
   tic, rows_since, examples_since = time.perf_counter(), 0, 0

@@ -10,8 +10,8 @@ finishes) the run; any other config is refused with one line saying what differs
 
 May differ on resume (how long and how often, not what is learned): `train_steps` (a
 longer or shorter run; the linear schedule then ends at the new last step), how often the
-run logs, evaluates and checkpoints, how many checkpoints it keeps, the mesh and
-partitioning, gradient accumulation, `remat_policy`, and the test / rationale-sample
+run logs, evaluates and checkpoints, how many checkpoints it keeps, `ParallelismConfig` (the
+mesh, partitioning, gradient accumulation and remat), and the test / rationale-sample
 settings of evaluation.
 """
 
@@ -27,13 +27,11 @@ import tensorflow as tf
 from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files, locks, manifest
 from sbs_jax.model.model_dir import RUN_FILE
+from sbs_jax.train.config import ParallelismConfig
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-# Network fields that change neither the parameters nor the numbers (beyond rounding).
-_FREE_NETWORK_FIELDS = ("remat_policy",)
-_FREE_OPTIMIZER_FIELDS = ("grad_accum_steps",)
 
 
 def absolute(path: str | None) -> str | None:
@@ -47,10 +45,12 @@ def absolute(path: str | None) -> str | None:
 def identity(cfg, model_config, label_task: str, vocabulary_file: str, extra_ids: int,
              annotation_dir: str) -> dict:
   """The fingerprint of a run (JSON-canonical: lists, sorted keys)."""
+  # cfg.parallelism is left out whole: it changes neither the parameters nor the numbers
+  # (beyond rounding), so a run may resume on another mesh; so are the network's fields it
+  # sets.
   network = {k: v for k, v in dataclasses.asdict(model_config).items()
-             if k not in _FREE_NETWORK_FIELDS}
-  optimizer = {k: v for k, v in dataclasses.asdict(cfg.optimizer).items()
-               if k not in _FREE_OPTIMIZER_FIELDS}
+             if k not in ParallelismConfig.NETWORK_FIELDS}
+  optimizer = dataclasses.asdict(cfg.optimizer)
   data = cfg.data
   fields = {
       "mixture_or_task": data.mixture_or_task, "eval_task": label_task,

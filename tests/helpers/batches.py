@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from sbs_jax.data.features import DistillFeatureConverter
-from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
+from sbs_jax.train.config import DataConfig, OptimizerConfig, ParallelismConfig, TrainConfig
 from sbs_jax.train.state import BATCH_KEYS
 
 
@@ -29,7 +29,9 @@ def packed_batch(examples, enc_len=64, dec_len=48):
 
 
 def run_config(dims=(1, 1), accum=1, batch=64):
-  return TrainConfig(model_dir="unused", train_steps=10, partitioning_dims=dims,
+  return TrainConfig(model_dir="unused", train_steps=10,
+                     parallelism=ParallelismConfig(partitioning_dims=dims,
+                                                   grad_accum_steps=accum),
                      data=DataConfig(mixture_or_task="sbs_cqa_distill_llm_paired",
                                      batch_size=batch),
-                     optimizer=OptimizerConfig(name="adamw", grad_accum_steps=accum))
+                     optimizer=OptimizerConfig(name="adamw"))
