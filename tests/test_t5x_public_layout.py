@@ -43,32 +43,15 @@ BUCKET = "sbs-test"
 PREFIX = "pretrained_models/t5x/t5_1_1_tiny"
 GS_CHECKPOINT = f"gs://{BUCKET}/{PREFIX}/checkpoint_{STEP}"
 
-MODEL_GIN = """# A T5 v1.1 model gin in the form of t5x/examples/t5/t5_1_1/base.gin, tiny.
-from __gin__ import dynamic_registration
-
-import seqio
-from t5x import adafactor
-from t5x import models
-from t5x.examples.t5 import network
+# A tiny model gin as T5X's own t5_1_1/tiny.gin is written: T5X's base.gin (copied from the
+# installed T5X, beside it in T5X's folder layout), then the network's size. Encoder and
+# decoder depths differ, so that a swap shows.
+MODEL_GIN = """# As t5x/examples/t5/t5_1_1/tiny.gin: the base model, then its size.
+include 't5x/examples/t5/t5_1_1/base.gin'
 
 DROPOUT_RATE = 0.0
-VOCABULARY = @seqio.SentencePieceVocabulary()
 seqio.SentencePieceVocabulary.sentencepiece_model_file = "{vocab}"
 
-OPTIMIZER = @adafactor.Adafactor()
-adafactor.Adafactor:
-  decay_rate = 0.8
-  step_offset = 0
-  logical_factor_rules = @adafactor.standard_logical_factor_rules()
-
-MODEL = @models.EncoderDecoderModel()
-models.EncoderDecoderModel:
-  module = @network.Transformer()
-  input_vocabulary = %VOCABULARY
-  output_vocabulary = %VOCABULARY
-  optimizer_def = %OPTIMIZER
-
-network.Transformer.config = @network.T5Config()
 network.T5Config:
   vocab_size = 384
   dtype = 'float32'
@@ -78,10 +61,20 @@ network.T5Config:
   num_decoder_layers = 3
   head_dim = 8
   mlp_dim = 48
-  mlp_activations = ('gelu', 'linear')
-  dropout_rate = %DROPOUT_RATE
-  logits_via_embedding = False
 """
+
+
+def write_model_gin(root: pathlib.Path, vocab_path: str) -> pathlib.Path:
+  """T5X's t5_1_1/base.gin and MODEL_GIN beside it, under root/t5x/examples/t5/t5_1_1/."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import t5x  # pylint: disable=import-outside-toplevel
+  folder = root / "t5x" / "examples" / "t5" / "t5_1_1"
+  folder.mkdir(parents=True)
+  shutil.copy(pathlib.Path(t5x.__file__).parent / "examples" / "t5" / "t5_1_1" / "base.gin",
+              folder / "base.gin")
+  path = folder / "sbs_tiny.gin"
+  path.write_text(MODEL_GIN.format(vocab=vocab_path))
+  return path
 
 
 @gin.configurable("sbs_test_public_model")
@@ -93,6 +86,8 @@ def t5x_model(model_gin: pathlib.Path):
   """T5X's EncoderDecoderModel, built by gin from the model gin (T5X's own code)."""
   gin.clear_config()
   try:
+    # Its include is found as T5X finds it: under a search path (the folder above t5x/).
+    gin.add_config_file_search_path(str(model_gin.parents[4]))
     gin.parse_config_files_and_bindings([str(model_gin)], ["sbs_test_public_model.model = "
                                                            "%MODEL"], finalize_config=False)
     return _configured()
@@ -125,8 +120,7 @@ def public(gcs, tmp_path_factory):
   gs_vocab = f"gs://{BUCKET}/vocabs/tiny/sentencepiece.model"
   tf.io.gfile.makedirs(gs_vocab.rsplit("/", 1)[0])
   tf.io.gfile.copy(str(spm_path), gs_vocab, overwrite=True)
-  model_gin = root / "tiny.gin"
-  model_gin.write_text(MODEL_GIN.format(vocab=gs_vocab))
+  model_gin = write_model_gin(root, gs_vocab)
   model = t5x_model(model_gin)
   save_with_t5x(model, f"gs://{BUCKET}/{PREFIX}")
   local_copy = root / "copy" / f"checkpoint_{STEP}"

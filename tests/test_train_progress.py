@@ -19,7 +19,7 @@ class Log(io.StringIO):
 
 def test_plain_lines_in_a_log():
   out = Log()
-  p = progress.Progress(total=4, start=0, stream=out)
+  p = progress.StepProgress(total=4, start=0, stream=out)
   p.note("starting from a random init (seed 0)")
   for step in range(1, 5):
     p.step(step, METRICS if step % 2 == 0 else None)
@@ -34,7 +34,7 @@ def test_plain_lines_in_a_log():
 
 def test_a_bar_on_a_terminal():
   out = Terminal()
-  p = progress.Progress(total=4, start=1, stream=out)
+  p = progress.StepProgress(total=4, start=1, stream=out)
   for step in range(2, 5):
     p.step(step, METRICS)
   p.note("step 4: validation accuracy 12.50% (8 examples)")

@@ -74,11 +74,11 @@ from sbs_jax.model import partitioning
 from sbs_jax.model.config import T5Config, config_for
 from sbs_jax.model.network import Transformer
 from sbs_jax.perf import tpu_slices
+from sbs_jax.perf.tpu_slices import GIB
 from sbs_jax.train.config import DataConfig, OptimizerConfig, ParallelismConfig, TrainConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import init_params
 
-GIB = 1024 ** 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,12 +28,12 @@ from sbs_jax.errors import SbsError
 from sbs_jax.model import decoding, partitioning
 from sbs_jax.model.config import T5Config
 from sbs_jax.perf import hlo_stats, tpu_slices
+from sbs_jax.perf.tpu_slices import GIB
 from sbs_jax.perf.flops import xla_flops
 from sbs_jax.train.config import TrainConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import BATCH_KEYS, Student, build_student, make_train_step
 
-GIB = 1024 ** 3
 
 
 def mesh_shape(requested: tuple[int, int], devices: int) -> tuple[int, int]:

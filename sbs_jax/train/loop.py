@@ -31,7 +31,7 @@ from sbs_jax.train.data import (check_lengths, check_train_split, fitted_lengths
 from sbs_jax.train.metric_log import MetricLog
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.preemption import Preempted, PreemptionWatch
-from sbs_jax.train.progress import Progress, eval_line
+from sbs_jax.train.progress import StepProgress, eval_line
 from sbs_jax.train.state import (build_student, global_batch, init_state, make_mesh,
                                  make_train_step)
 
@@ -283,7 +283,7 @@ def _steps(cfg: TrainConfig, student, state, best: dict | None, label_task: str,
   batches = train_batches(cfg.data, start)
   metric_log = MetricLog(cfg.model_dir, start)
   train_step = make_train_step(student, cfg.alpha, cfg.parallelism.grad_accum_steps, cfg.seed)
-  progress = Progress(cfg.train_steps, start)
+  progress = StepProgress(cfg.train_steps, start)
   progress.note(origin)
   tic, rows_since, examples_since = time.perf_counter(), 0, 0
   preemption = PreemptionWatch()

@@ -56,8 +56,9 @@ def labelled(metrics: dict | None) -> dict | None:
   return None if metrics is None else _percent_keys(metrics)
 
 
-class Progress:
-  """Reports each step; `note` prints a line without breaking the bar."""
+class StepProgress:
+  """Reports each training step (a job over items reports with jobdir/progress.py);
+  `note` prints a line without breaking the bar."""
 
   def __init__(self, total: int, start: int, stream=None):
     self._stream = stream or sys.stderr
