@@ -166,22 +166,24 @@ def read_model_gin(path) -> tuple[T5Config, str | None, int]:
 
 
 def _read_model_gin(path: str) -> tuple[T5Config, str | None, int]:
-  macros, fields, vocab, extra_ids = {}, {}, None, 0
+  # The last binding of each wins, as in gin: a model gin that includes T5X's base.gin and
+  # then names its own vocabulary reads that one. Our vocabulary_settings (model.gin of
+  # `sbs export-t5x`) come before seqio.SentencePieceVocabulary's.
+  macros, fields = {}, {}
+  vocabulary = {"settings": {}, "seqio": {}}
   for s in _gin_statements(path):
     if not s.arg_name:
       macros[s.selector] = s.value
     elif s.selector.endswith("T5Config") and s.selector.split(".")[-2:-1] == ["network"]:
       fields[s.arg_name] = s.value
-    elif s.selector.endswith("vocabulary_settings"):
-      if s.arg_name == "path":
-        vocab = s.value
-      elif s.arg_name == "extra_ids":
-        extra_ids = s.value
-    elif s.selector.endswith("SentencePieceVocabulary") and vocab is None:
-      if s.arg_name == "sentencepiece_model_file":
-        vocab = s.value
-      elif s.arg_name == "extra_ids":
-        extra_ids = s.value
+    elif s.selector.endswith("vocabulary_settings") and s.arg_name in ("path", "extra_ids"):
+      vocabulary["settings"][s.arg_name] = s.value
+    elif s.selector.endswith("SentencePieceVocabulary") and s.arg_name in (
+        "sentencepiece_model_file", "extra_ids"):
+      key = "path" if s.arg_name == "sentencepiece_model_file" else s.arg_name
+      vocabulary["seqio"][key] = s.value
+  chosen = vocabulary["settings"] if "path" in vocabulary["settings"] else vocabulary["seqio"]
+  vocab, extra_ids = chosen.get("path"), chosen.get("extra_ids", 0)
 
   def resolve(value, default):
     for _ in range(10):  # macros of macros
