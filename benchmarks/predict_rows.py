@@ -147,7 +147,7 @@ def main() -> int:
                         "loadavg_1m": os.getloadavg()[0]}), flush=True)
     ours_labels = [json.loads(line)["label"] for line in
                    (root / "out.jsonl").read_text().splitlines()]
-    from sbs_jax.train.evaluate import detokenize  # pylint: disable=import-outside-toplevel
+    from sbs_jax.model.student import detokenize  # pylint: disable=import-outside-toplevel
     hf_labels = [detokenize(predictor.vocabulary, ids) for ids in hf_ids]
     agree = sum(a == b for a, b in zip(ours_labels, hf_labels)) / len(rows)
     print(json.dumps({**common, "side": "summary", "ours_best_rows_per_s": round(

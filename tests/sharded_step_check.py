@@ -14,7 +14,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
 from sbs_jax.model.config import config_for  # pylint: disable=wrong-import-position
-from sbs_jax.train import evaluate as eval_lib  # pylint: disable=wrong-import-position
+from sbs_jax.model import student as student_lib  # pylint: disable=wrong-import-position
 from sbs_jax.train import state as state_lib  # pylint: disable=wrong-import-position
 
 # An independent statement of T5X's rules for parameters (1-D and 2-D parameter sharding).
@@ -81,10 +81,10 @@ def main():
   rows = np.random.default_rng(1).integers(2, 128, (5, 10)).astype(np.int32)
   decoded = {}
   for beam in (1, 2):
-    ids_1 = eval_lib.decode(single, params_1, rows, 3, 6, beam_size=beam)
-    ids_8 = eval_lib.decode(sharded, params_8, rows, 3, 6, beam_size=beam)
+    ids_1 = student_lib.decode(single, params_1, rows, 3, 6, beam_size=beam)
+    ids_8 = student_lib.decode(sharded, params_8, rows, 3, 6, beam_size=beam)
     decoded[beam] = {"equal": bool(np.array_equal(ids_1, ids_8)), "shape": list(ids_8.shape)}
-  chunk = eval_lib.sharded_rows(sharded, rows[:4])
+  chunk = student_lib.sharded_rows(sharded, rows[:4])
   print(json.dumps({"devices": jax.device_count(), "loss_1": loss_1, "loss_8": loss_8,
                     "decoded": decoded, "decode_rows_spec": str(chunk.sharding.spec),
                     "decode_rows_per_device": sorted({s.data.shape[0]

@@ -15,9 +15,9 @@ transformers = pytest.importorskip("transformers")
 from sbs_jax.convert import hf_dirs as convert  # pylint: disable=wrong-import-position
 from sbs_jax.errors import SbsError  # pylint: disable=wrong-import-position
 from sbs_jax.model.model_dir import ModelDir  # pylint: disable=wrong-import-position
-from sbs_jax.train import checkpoint as ckpt  # pylint: disable=wrong-import-position
+from sbs_jax.model.student import load_student  # pylint: disable=wrong-import-position
 from sbs_jax.train.data import label_examples  # pylint: disable=wrong-import-position
-from sbs_jax.train.evaluate import detokenize  # pylint: disable=wrong-import-position
+from sbs_jax.model.student import detokenize  # pylint: disable=wrong-import-position
 from tests.helpers.tiny_cqa import train_tiny_cqa
 
 pytestmark = [pytest.mark.slow]
@@ -63,7 +63,7 @@ def test_import_writes_a_model_dir_training_starts_from(imported, tmp_path):
   train(tmp_path / "run", [f"INITIAL_CHECKPOINT = '{out}'", "TRAIN_STEPS = 2",
                            "OptimizerConfig.learning_rate = 0.0",
                            "OptimizerConfig.warmup_steps = 0"])
-  student, start, _ = ckpt.load_student(str(out))
+  student, start, _ = load_student(str(out))
   after, _ = ModelDir(str(tmp_path / "run")).load_params(student.abstract_state["params"])
   for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(after)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -105,7 +105,7 @@ def test_trained_student_exported_serves_the_same_greedy_outputs(imported, tmp_p
   assert len(texts) == 20
 
   from sbs_jax.serve.predictor import predict_labels
-  student, params, _ = ckpt.load_student(str(model_dir))
+  student, params, _ = load_student(str(model_dir))
   raw = [t[len("predict: "):] for t in texts]
   ours = predict_labels(student, params, vocab, raw, "predict: ", max_decode_length=16)
 
@@ -131,5 +131,5 @@ def test_import_into_an_existing_dir_is_refused_unless_overwrite(imported, tmp_p
     convert.import_hf(other_hf, out, overwrite=True)
     config_after, _ = ModelDir(out).read_info()
     assert (config_before.mlp_dim, config_after.mlp_dim) == (128, 96)
-    student, params, _ = ckpt.load_student(out)
+    student, params, _ = load_student(out)
     assert params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].shape == (64, 96)

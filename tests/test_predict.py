@@ -14,7 +14,7 @@ from sbs_jax.data.readers import load_jsonl
 from sbs_jax.errors import DataError, SbsError
 from sbs_jax.serve import batching, job as job_lib
 from sbs_jax.serve.predictor import DecodeSettings, Predictor, predict_labels
-from sbs_jax.train import evaluate as eval_lib
+from sbs_jax.model import student as student_lib
 from tests.helpers import REPO, run_sbs
 from tests.helpers.predict import MAX_INPUT, cqa_texts, make_model_dir, read_lines, write_rows
 
@@ -169,9 +169,9 @@ def test_over_long_input_is_truncated_and_counted(model_dir, texts, tmp_path):
   assert out[1]["input_tokens"] > 20_000
   # The label is that of the input's first MAX_INPUT - 1 tokens.
   ids = list(predictor.vocabulary.encode(predictor.label_prefix + long_text))[:MAX_INPUT - 1]
-  decoded = eval_lib.decode(predictor.student, predictor.params,
+  decoded = student_lib.decode(predictor.student, predictor.params,
                             np.array([ids + [1]], np.int32), 1, 6)
-  assert out[1]["label"] == eval_lib.detokenize(predictor.vocabulary, decoded[0])
+  assert out[1]["label"] == student_lib.detokenize(predictor.vocabulary, decoded[0])
 
 
 # ---------------------------------------------------------------- the command

@@ -33,7 +33,7 @@ from sbs_jax.data import vocab
 from sbs_jax.errors import SbsError
 from sbs_jax.model import decoding
 from sbs_jax.model.model_dir import ModelDir
-from sbs_jax.train import checkpoint as ckpt
+from sbs_jax.model.student import load_student
 from tests.helpers import run_sbs
 
 pytestmark = [pytest.mark.t5x]
@@ -175,7 +175,7 @@ TEXTS = ["which of these is a fruit? apple", "question 3: stone, train 21",
 
 def _check_equals_t5x(public, model_dir, t5x_params):
   """Float32 logits and greedy decodes of our imported student == T5X's own model."""
-  student, params, info = ckpt.load_student(str(model_dir))
+  student, params, info = load_student(str(model_dir))
   assert student.config.dtype == "float32" and info["vocabulary"] == "spm.model"
   encoder = _inputs(public["spm"], TEXTS)
   targets = _inputs(public["spm"], ["apple", "stone train", "fruit", "train 7"], 6)
@@ -375,7 +375,7 @@ def test_export_keeps_the_step_and_round_trips_through_gs(public, tmp_path):
     t5x_dirs.export_t5x(str(tmp_path / "m"), out)
   t5x_dirs.import_t5x(exported["checkpoint"], str(tmp_path / "again"),
                          model_gin=exported["model_gin"])
-  _, a, _ = ckpt.load_student(str(tmp_path / "m"))
-  _, b, _ = ckpt.load_student(str(tmp_path / "again"))
+  _, a, _ = load_student(str(tmp_path / "m"))
+  _, b, _ = load_student(str(tmp_path / "again"))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -34,7 +34,7 @@ from sbs_jax.convert import t5x as t5x_format
 from sbs_jax.convert import t5x_dirs
 from sbs_jax.errors import SbsError
 from sbs_jax.model.model_dir import ModelDir
-from sbs_jax.train import checkpoint as ckpt
+from sbs_jax.model.student import load_student
 from tests.helpers import REPO, run_sbs
 from tests.helpers.tiny_cqa import train_tiny_cqa
 
@@ -129,7 +129,7 @@ def test_export_writes_t5x_format_that_t5x_reads_back(chain):
   assert os.path.isfile(f"{path}/checkpoint")
   assert glob.glob(f"{path}/state.param_states.*")  # Adafactor's state, as the public ones
   theirs = checkpoints.load_t5x_checkpoint(path, restore_dtype=np.float32)
-  _, params, _ = ckpt.load_student(str(chain["student"]))
+  _, params, _ = load_student(str(chain["student"]))
   flat_theirs = t5x_format._flatten(theirs["target"])  # pylint: disable=protected-access
   flat_ours = t5x_format._flatten(jax.device_get(params))  # pylint: disable=protected-access
   assert set(flat_theirs) == set(flat_ours)
@@ -143,7 +143,7 @@ def test_imported_parameters_equal_the_t5x_checkpoint(chain):
   assert imported["t5x_step"] == 6 and imported["skipped_optimizer_arrays"] > 0
   t5x_params, _, _ = t5x_format.read_checkpoint(f"{chain['t5x_dir']}/checkpoint_6")
   exported_params, _, _ = t5x_format.read_checkpoint(chain["exported"]["checkpoint"])
-  student, params, _ = ckpt.load_student(imported["model_dir"])
+  student, params, _ = load_student(imported["model_dir"])
   flat = t5x_format._flatten(jax.device_get(params))  # pylint: disable=protected-access
   for key, value in t5x_format._flatten(t5x_params).items():  # pylint: disable=protected-access
     np.testing.assert_array_equal(np.asarray(flat[key]), value)
@@ -175,7 +175,7 @@ def test_sbs_train_starts_from_the_imported_dir(chain, tmp_path):
   train_student(tmp_path / "run", 1, [f"INITIAL_CHECKPOINT = '{imported}'",
                                       "OptimizerConfig.learning_rate = 0.0",
                                       "OptimizerConfig.warmup_steps = 0"])
-  student, start, _ = ckpt.load_student(imported)
+  student, start, _ = load_student(imported)
   after, _ = ModelDir(str(tmp_path / "run")).load_params(student.abstract_state["params"])
   for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(after)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

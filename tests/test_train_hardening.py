@@ -76,7 +76,8 @@ def snapshot(model_dir) -> dict:
     ("DataConfig.task_feature_lengths = {'inputs': 128}",
      "DataConfig.task_feature_lengths = {'inputs': 128} is out of range"),
     ("TrainConfig.checkpoint_every = 0", "TrainConfig.checkpoint_every = 0 is out of range"),
-    ("ParallelismConfig.partitioning_dims = (1, 3)", "ParallelismConfig.partitioning_dims = (1, 3) is "
+    ("ParallelismConfig.partitioning_dims = (1, 3)",
+     "ParallelismConfig.partitioning_dims = (1, 3) is "
      "out of range"),
 ])
 def test_out_of_range_settings_are_one_line(binding, expected):

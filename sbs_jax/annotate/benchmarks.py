@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-from sbs_jax import metrics
+from sbs_jax import arith, metrics
 from sbs_jax.annotate import answer_formats, parsers, prompts
 from sbs_jax.annotate.parsers import Parsed
 from sbs_jax.data import readers
@@ -50,7 +50,7 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("cqa", readers.CQA, prompts.CQA, parsers.parse_cqa),
     Benchmark("svamp", readers.SVAMP, prompts.SVAMP, parsers.parse_svamp,
-              same_label=parsers.same_value,
+              same_label=arith.same_value,  # by value: `(3 + 4)` equals `7.0`
               metric_fns=(metrics.label_accuracy, metrics.equation_accuracy)),
     Benchmark("esnli", readers.ESNLI, prompts.ESNLI, parsers.parse_esnli),
     Benchmark("anli1", readers.ANLI1, prompts.ANLI1, parsers.parse_anli),

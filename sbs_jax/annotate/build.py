@@ -11,6 +11,7 @@ from sbs_jax.annotate import job as job_lib
 from sbs_jax.annotate import answer_formats, benchmarks, endpoint, parsers, prompts
 from sbs_jax.annotate.teachers import OpenAITeacher, ReplayTeacher
 from sbs_jax.data import readers
+from sbs_jax.data.annotation_dir import DATASET_NAME
 from sbs_jax.errors import SbsError
 
 
@@ -77,10 +78,6 @@ def _load(args) -> readers.LoadedSplit:
                                 with_completions=args.teacher == "replay")
 
 
-# SeqIO task names allow these characters; a dataset's name is part of its task names.
-# A leading '.' is refused: "." or ".." (from files named `..jsonl`, `...jsonl`) would be a
-# folder outside the dataset's own.
-_DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")
 # A split name is part of file names: no path separators, no hidden or dot-only names.
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -115,7 +112,8 @@ def build_job(args: Options) -> job_lib.Job:
     raise SbsError(f"--answer_format is for custom data (jsonl:PATH); {args.dataset} is read "
                    "by its own parser: leave --answer_format out")
   data = _load(args)
-  if custom and not _DATASET_NAME.fullmatch(data.dataset):
+  # A leading '.' is refused too: "." or ".." (from `..jsonl`) would name a folder outside.
+  if custom and not DATASET_NAME.fullmatch(data.dataset):
     raise SbsError(f"the dataset name {data.dataset!r} (the file's stem) may only hold "
                    "letters, digits, '_' and '.' (not first), as the task names made "
                    "from it (sbs_<name>_...): rename the file")

@@ -156,11 +156,6 @@ DEFAULT_STOP_REGEX = r"\n\s*Q:"
 _LEAD_IN = re.compile(r"(?:\b[Ss]o\s+)?(?:\b[Tt]he\s+)?$")
 
 
-def default_answer_regex(answer_format: "str | answer_formats.AnswerFormat") -> str:
-  """`answer is` for text; `answer is` or `Answer:`, any case, for the other formats."""
-  return answer_formats.get(answer_format).answer_regex
-
-
 def make_generic_parser(answer_regex: str | None = None,
                         stop_regex: str = DEFAULT_STOP_REGEX,
                         answer_format: "str | answer_formats.AnswerFormat" = "text"
@@ -209,8 +204,3 @@ def _compile(flag: str, pattern: str) -> re.Pattern:
 def same_text(predicted: str, gold: str) -> bool:
   """Teacher (or student) label vs gold, exactly after whitespace normalisation."""
   return " ".join(predicted.split()) == " ".join(gold.split())
-
-
-def same_value(predicted: str, gold: str) -> bool:
-  """Teacher (or student) label vs gold by value (SVAMP: `(3 + 4)` equals `7.0`)."""
-  return arith.same_value(predicted, gold)

@@ -41,7 +41,8 @@ def compiled_plan(args, cfg, model_config, tpu) -> int:
   """`sbs plan --topology`: one JSON line per compiled program on stdout, a table on
   stderr; an error (exit 2) when a program does not fit the chip."""
   from sbs_jax.perf import tpu_compile  # pylint: disable=import-outside-toplevel  (JAX, libtpu)
-  mesh = plan_lib.parse_mesh(args.mesh, allow_rest=True) if args.mesh else tuple(cfg.parallelism.mesh)
+  mesh = (plan_lib.parse_mesh(args.mesh, allow_rest=True) if args.mesh
+          else tuple(cfg.parallelism.mesh))
   programs = [p for p in args.programs.split(",") if p]
   data, model = tpu_compile.mesh_shape(mesh, tpu.chips)
   plan_lib.check_batch(cfg, data)

@@ -20,8 +20,9 @@ from sbs_jax.data import records
 
 log = logging.getLogger(__name__)
 
-# What a dataset's folder may be called: it becomes part of SeqIO task names.
-DATASET_NAME = re.compile(r"[A-Za-z0-9_.]+")
+# What a dataset may be called (a custom file's stem, a folder here): it becomes part of SeqIO
+# task names, and a leading '.' would hide the folder.
+DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")
 
 
 def _shard(shard_index: int, num_shards: int) -> str:

@@ -168,7 +168,7 @@ def compile_eval_decode(student: Student, cfg: TrainConfig, hbm_gib: float,
                         hlo_dir: str | None = None) -> dict:
   """The label task's decoding step of evaluation (greedy, or beam search), on one batch
   of `EvalConfig.batch_size` rows as long as the training inputs."""
-  from sbs_jax.train.evaluate import decode_batch_size  # pylint: disable=import-outside-toplevel
+  from sbs_jax.model.student import decode_batch_size  # pylint: disable=import-outside-toplevel
   rows = decode_batch_size(student, cfg.eval.batch_size)
   inputs = jax.ShapeDtypeStruct((rows, cfg.data.task_feature_lengths["inputs"]), jnp.int32,
                                 sharding=student.batch_sharding)

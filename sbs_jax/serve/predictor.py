@@ -38,7 +38,8 @@ class Predictor:
   """A student, its parameters and vocabulary, decoding bucketed batches over its mesh."""
 
   def __init__(self, student, params, vocabulary, label_prefix: str,
-               rationale_prefix: str = RATIONALE_PREFIX, settings: DecodeSettings = DecodeSettings(),
+               rationale_prefix: str = RATIONALE_PREFIX,
+               settings: DecodeSettings = DecodeSettings(),
                max_input_length: int = DEFAULT_MAX_INPUT_LENGTH):
     self.student, self.params, self.vocabulary = student, params, vocabulary
     self.label_prefix, self.rationale_prefix = label_prefix, rationale_prefix

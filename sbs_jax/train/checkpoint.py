@@ -12,7 +12,6 @@ import orbax.checkpoint as ocp
 
 from sbs_jax.errors import SbsError
 from sbs_jax.model import model_dir as model_dir_lib
-from sbs_jax.model.student import load_student  # pylint: disable=unused-import
 from sbs_jax.model.model_dir import (SUMS, ModelDir, check_sums, checkpoint_manager,
                                      first_line, leaf_sums)
 

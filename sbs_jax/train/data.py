@@ -15,7 +15,7 @@ from sbs_jax.data.lengths import (OUR_FLAGS, check_lengths, fitted_lengths,  # n
                                   length_note, tasks_of)
 from sbs_jax.errors import SbsError
 from sbs_jax.train.config import DataConfig
-from sbs_jax.model.student import BATCH_KEYS, pad_rows  # noqa: F401 (pad_rows: re-exported)
+from sbs_jax.model.student import BATCH_KEYS, pad_rows
 
 
 def train_batches(cfg: DataConfig, start_step: int = 0) -> Iterator[dict]:

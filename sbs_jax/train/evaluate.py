@@ -8,8 +8,7 @@ import seqio
 
 from sbs_jax.task_kinds import LABEL_PREFIX, RATIONALE_PREFIX
 from sbs_jax.train.config import EvalConfig
-from sbs_jax.model.student import (  # pylint: disable=unused-import
-    EOS_ID, Student, decode, decode_batch_size, detokenize, pad_rows, sharded_rows)
+from sbs_jax.model.student import EOS_ID, Student, decode, detokenize, pad_rows
 from sbs_jax.train.data import LabelExamples, label_examples
 
 
