@@ -10,11 +10,12 @@ import time
 
 import pytest
 
-from sbs_jax.annotate import prompts
+from sbs_jax.annotate import build, prompts
+from sbs_jax.annotate import job as job_lib
 from sbs_jax.data import records
 from sbs_jax.testing.fake_openai import GARBAGE_TEXT, FakeOpenAIServer
 from tests.helpers import REPO, run_sbs
-from tests.helpers.data import write_jsonl
+from tests.helpers.data import annotate_args, write_jsonl
 
 SECRET = "sk-test-secret-0123456789"
 FAULTS = {1: "429", 2: "500", 3: "hang", 4: "garbage_body", 5: "truncated"}
@@ -139,15 +140,27 @@ def _journal_lines(out):
   return paths[0].read_text().count("\n") if paths else 0
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -9), (signal.SIGINT, 130)])
-def test_killed_run_restarted_equals_uninterrupted_run(tmp_path, sig, code):
-  data, rows = make_data(tmp_path, n=80)
-  with FakeOpenAIServer(fault_fn=faulty, hang_seconds=2.0, delay_seconds=0.03) as server:
-    full = run_sbs(*annotate_argv(data, tmp_path / "full", server, "--concurrency", "4"))
-    assert full.returncode == 0, full.stderr
+# With 3 samples (of 30 rows) the server ignores `n`: samples come one request each, so a
+# kill can fall between two samples of one example.
+@pytest.mark.parametrize("sig,code,samples,n", [(signal.SIGKILL, -9, 1, 80),
+                                                (signal.SIGINT, 130, 1, 80),
+                                                (signal.SIGKILL, -9, 3, 30)])
+def test_killed_run_restarted_equals_uninterrupted_run(tmp_path, sig, code, samples, n):
+  data, rows = make_data(tmp_path, n=n)
+  extra = ["--concurrency", "4"] + (["--num_samples", str(samples), "--temperature", "0.5"]
+                                    if samples > 1 else [])
+  with FakeOpenAIServer(fault_fn=faulty, hang_seconds=2.0, delay_seconds=0.03,
+                        n_support="honour" if samples == 1 else "ignore") as server:
+    # The uninterrupted run in this process (the interrupted ones need their own).
+    options = dict(dataset=f"jsonl:{data}", teacher="openai", base_url=server.url,
+                   model="fake-model", out_dir=tmp_path / "full", timeout=0.5,
+                   retry_base_delay=0.01, retry_max_delay=0.05, concurrency=4)
+    if samples > 1:
+      options.update(num_samples=samples, temperature=0.5)
+    job_lib.run(build.build_job(annotate_args(**options)))
 
     server.attempts.clear()
-    proc = _start(annotate_argv(data, tmp_path / "cut", server, "--concurrency", "4"))
+    proc = _start(annotate_argv(data, tmp_path / "cut", server, *extra))
     deadline = time.monotonic() + 300  # a start-up of several seconds, more on a busy CPU
     while (_journal_lines(tmp_path / "cut") < 20 and proc.poll() is None
            and time.monotonic() < deadline):
@@ -159,14 +172,21 @@ def test_killed_run_restarted_equals_uninterrupted_run(tmp_path, sig, code):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err[-2000:]
     journal = next((tmp_path / "cut/sums/.partial").glob("*/journal.jsonl"))
-    done_first = {json.loads(l)["i"] for l in journal.read_text().splitlines()}
-    assert 20 <= len(done_first) < 80
+    pairs = [(e["i"], e["s"]) for e in map(json.loads, journal.read_text().splitlines())]
+    assert len(set(pairs)) == len(pairs)  # no sample journalled twice
+    per_example = {i: sum(1 for j, _ in pairs if j == i) for i, _ in pairs}
+    done_first = {i for i, count in per_example.items() if count == samples}
+    assert 20 <= len(pairs) < n * samples
     assert not list((tmp_path / "cut/sums").glob("train.tfrecord*"))
 
     first_requests = len(server.log)
-    again = run_sbs(*annotate_argv(data, tmp_path / "cut", server, "--concurrency", "4"))
+    again = run_sbs(*annotate_argv(data, tmp_path / "cut", server, *extra))
     assert again.returncode == 0, again.stderr
-    asked_again = {row_number(p) for p, _ in server.log[first_requests:]}
-  assert not asked_again & done_first
-  assert asked_again | done_first == set(range(80))
+    asked_again = [row_number(p) for p, _ in server.log[first_requests:]]
+  assert not set(asked_again) & done_first
+  assert set(asked_again) | done_first == set(range(n))
+  if samples > 1:  # an example stopped between its samples is asked only the rest
+    for i, done in per_example.items():
+      if done < samples and i % 10 not in FAULTS and i % 20 != 1:  # no retries there
+        assert asked_again.count(i) == samples - done, i
   assert read_out(tmp_path / "cut") == read_out(tmp_path / "full")

@@ -72,7 +72,11 @@ def test_records_carry_the_schema(tmp_path, data_dir):
   job = build.build_job(annotate_args(dataset="cqa", split="test", teacher="replay",
                                         out_dir=tmp_path, data_dir=data_dir))
   rec = records.read_records([job_lib.run(job).records_path])[0]
-  assert set(rec) == set(records.BYTES_FEATURES) | set(records.INT_FEATURES)
+  assert set(rec) == (set(records.BYTES_FEATURES) | set(records.INT_FEATURES)
+                      | set(records.FLOAT_FEATURES))
+  # One sample: the vote is the sample's label and its rationale is kept.
+  assert (rec["sample"], rec["num_samples"], rec["vote_label"], rec["vote_share"],
+          rec["kept"]) == (0, 1, "wooded area", 1.0, 1)
   assert rec["id"] == "080ef6941410139d6869e78122bc741e"
   assert (rec["label"], rec["llm_label"], rec["parse_ok"]) == ("wooded area",
                                                               "wooded area", 1)
@@ -167,11 +171,12 @@ class FlakyTeacher(ReplayTeacher):
     self.budget = budget
     self.asked = []
 
-  async def complete(self, example, prompt):
+  async def complete(self, example, prompt, samples=(0,)):
     if len(self.asked) >= self.budget:
       raise SbsError("teacher down")
     self.asked.append(example.index)
-    return Completion(self._completions[example.index], prompt_tokens=3, completion_tokens=2)
+    return [Completion(self._completions[example.index], prompt_tokens=3,
+                       completion_tokens=2)]
 
 
 def test_interrupted_job_resumes_asking_only_for_missing(tmp_path, data_dir):

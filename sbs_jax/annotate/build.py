@@ -5,14 +5,19 @@ parser and the teacher chosen (`sbs annotate`'s flags are these options,
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.annotate import answer_formats, benchmarks, endpoint, parsers, prompts
+from sbs_jax.annotate import samples as samples_lib
+from sbs_jax.annotate.cost import Prices
 from sbs_jax.annotate.teachers import OpenAITeacher, ReplayTeacher
 from sbs_jax.data import readers
 from sbs_jax.data.annotation_dir import DATASET_NAME
 from sbs_jax.errors import SbsError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -50,6 +55,12 @@ class Options:
   retry_max_delay: float = 30.0
   max_tokens: int = 256
   temperature: float = 0.0
+  # several samples, vote, filter, cost
+  num_samples: int | None = None  # None: 1 (replay: the completions' count per row)
+  keep: str = "all"  # all | gold | vote
+  price_in: float | None = None  # dollars per million prompt tokens
+  price_out: float | None = None  # dollars per million completion tokens
+  max_cost: float | None = None  # dollars; needs both prices
 
 
 def defaults() -> dict:
@@ -92,11 +103,38 @@ def _check_numbers(args) -> None:
            ("retry_max_delay", args.retry_max_delay >= 0, "0 or more seconds"),
            ("max_tokens", args.max_tokens >= 1, "at least 1"),
            ("temperature", args.temperature >= 0, "0 or more")]
+  optional = [("num_samples", lambda v: v >= 1, "at least 1"),
+              ("price_in", lambda v: v >= 0, "0 or more dollars per million tokens"),
+              ("price_out", lambda v: v >= 0, "0 or more dollars per million tokens"),
+              ("max_cost", lambda v: v > 0, "more than 0 dollars")]
+  rules += [(name, check(getattr(args, name)), expected) for name, check, expected in optional
+            if getattr(args, name) is not None]
   for name, ok, expected in rules:
     value = getattr(args, name)
     if not ok or value != value:  # NaN compares false with everything
       shown = f"{value:g}" if isinstance(value, float) else value
       raise SbsError(f"--{name} {shown}: must be {expected}")
+  if args.keep not in samples_lib.KEEP:
+    raise SbsError(f"--keep {args.keep}: must be one of {', '.join(samples_lib.KEEP)}")
+  if (args.price_in is None) != (args.price_out is None):
+    raise SbsError("--price_in and --price_out go together (dollars per million prompt and "
+                   "completion tokens; 0 for a free side)")
+  if args.max_cost is not None and args.price_in is None:
+    raise SbsError("--max_cost needs --price_in and --price_out (dollars per million "
+                   "tokens) to count what is spent")
+
+
+def _num_samples(args, data: readers.LoadedSplit) -> int:
+  """The samples per example: --num_samples (default 1); for replay, the completions'."""
+  if args.teacher != "replay":
+    return args.num_samples or 1
+  several = bool(data.completions) and not isinstance(data.completions[0], str)
+  have = len(data.completions[0]) if several else 1
+  if args.num_samples is not None and args.num_samples != have:
+    source = data.completion_source or "the released completions"
+    raise SbsError(f"--num_samples {args.num_samples}: {source} holds {have} completion(s) "
+                   f"per row: leave --num_samples out (replay takes them all) or give {have}")
+  return have
 
 
 def build_job(args: Options) -> job_lib.Job:
@@ -130,6 +168,10 @@ def build_job(args: Options) -> job_lib.Job:
     bench = benchmarks.BENCHMARKS[args.dataset]
   prompt = (prompts.prompt_from_file(args.prompt_file) if args.prompt_file
             else bench.prompt)
+  num_samples = _num_samples(args, data)
+  if args.keep == "gold" and not any(ex.label is not None for ex in examples):
+    raise SbsError(f"--keep gold: {data.source} has no gold labels (no row has "
+                   f"{args.label_key if custom else 'a label'!r}): use --keep vote or all")
 
   if args.teacher == "replay":
     source = (f"{data.dataset}.{args.completion_key}" if custom
@@ -149,6 +191,10 @@ def build_job(args: Options) -> job_lib.Job:
         temperature=args.temperature, stop=prompt.stop,
         retry_base_delay=args.retry_base_delay, retry_max_delay=args.retry_max_delay)
     prompt_id = prompt.id
+    if num_samples > 1 and args.temperature == 0:
+      log.warning("--num_samples %d at --temperature 0: a greedy teacher gives the same "
+                  "answer every time; set --temperature (e.g. 0.7) for different samples",
+                  num_samples)
 
   return job_lib.Job(
       dataset=data.dataset, split=data.split, examples=examples, prompt=prompt,
@@ -156,4 +202,6 @@ def build_job(args: Options) -> job_lib.Job:
       teacher=teacher, out_dir=args.out_dir, num_shards=args.num_shards,
       shard_index=args.shard_index, concurrency=args.concurrency, restart=args.restart,
       progress=False if args.no_progress else None, answer_format=bench.answer_format,
-      settings=settings)
+      settings=settings, num_samples=num_samples, keep=args.keep,
+      prices=(None if args.price_in is None else Prices(args.price_in, args.price_out)),
+      max_cost=args.max_cost)

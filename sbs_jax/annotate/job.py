@@ -1,21 +1,31 @@
-"""The annotation job: ask the teacher for every example of a shard, parse, write TFRecords.
+"""The annotation job: ask the teacher for every sample of every example of a shard, parse,
+vote, write TFRecords.
 
 Exactly-once, resumable design:
-- Each completed teacher answer is appended at once to a journal (JSON Lines) in
-  `<out>/<dataset>/.partial/<split>-SSSSS-of-NNNNN/`, keyed by the example's index and a
-  hash of the prompt it was asked with. A restart reads the journal, drops a half-written
-  last line, and asks the teacher only for the examples not in it.
-- When every example of the shard has an answer, the records are written in index order
-  to a temporary file that is renamed into place, then the stats; then the journal goes.
-  The final file therefore holds every example of the shard exactly once, whatever the
-  order answers arrived in and however often the run was interrupted.
+- Each completed teacher answer is appended at once to a journal (JSON Lines, journal.py)
+  in `<out>/<dataset>/.partial/<split>-SSSSS-of-NNNNN/`, keyed by the example's index, the
+  sample's index and a hash of the prompt it was asked with. Several samples answered by
+  one response are journalled one entry each as the response arrives. A restart reads
+  the journal, drops a half-written last line, and asks the teacher only for the
+  (example, sample) pairs not in it.
+- When every sample of every example of the shard has an answer, the records are written
+  in (index, sample) order to a temporary file that is renamed into place, then the stats;
+  then the journal goes. The final file therefore holds every sample of the shard exactly
+  once, whatever the order answers arrived in and however often the run was interrupted.
 - A manifest pins everything that changes the records: the teacher and its settings (for
-  replay, a hash of the completions), the prompt, the sharding, a hash of the examples
-  (inputs, gold labels, ids) and the parsing (answer format, patterns, keys). A partial
-  run resumed with another teacher, prompt or sharding is refused instead of mixing two
-  runs (answers to changed inputs are asked again); a finished shard whose records were
-  made with any other setting is refused instead of being returned as if current. Both
-  say to pass --restart. A lock keeps two processes off the same shard.
+  replay, a hash of the completions), the prompt, the number of samples, the sharding, a
+  hash of the examples (inputs, gold labels, ids), the parsing (answer format, patterns,
+  keys) and `--keep`. A partial run resumed with another teacher, prompt, number of
+  samples or sharding is refused instead of mixing two runs (answers to changed inputs
+  are asked again); a finished shard whose records were made with any other setting is
+  refused instead of being returned as if current. Both say to pass --restart. The one
+  exception is `--keep` on a finished shard: its records hold every raw completion, so they
+  are put back into a journal (with the stats' token totals spread over them) and written
+  again with the new `--keep`, asking the teacher nothing. A lock keeps two processes off the same shard.
+- A budget (`--max_cost`, with prices) is checked before each request: once the spend of
+  the journal's answers and this run's reaches it, no request starts, those in flight
+  finish and are journalled, and the run stops with an SbsError; a rerun with a higher
+  budget resumes.
 """
 
 from __future__ import annotations
@@ -27,7 +37,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import shutil
 import signal
@@ -35,10 +44,14 @@ from typing import Callable, Sequence
 
 from sbs_jax.data import records as records_lib
 from sbs_jax.data.annotation_dir import AnnotationDir
+from sbs_jax.annotate import asking
+from sbs_jax.annotate import samples as samples_lib
 from sbs_jax.annotate import stats as stats_lib
+from sbs_jax.annotate.cost import Ledger, Prices
+from sbs_jax.annotate.journal import Journal, entry_line
 from sbs_jax.annotate.parsers import Parsed
 from sbs_jax.annotate.prompts import Prompt
-from sbs_jax.annotate.teachers import Completion, Teacher
+from sbs_jax.annotate.teachers import Teacher, split_evenly
 from sbs_jax.data.readers import Example
 from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files
@@ -69,6 +82,10 @@ class Job:
   progress: bool | None = None  # None: a bar when stderr is a terminal
   answer_format: str = "auto"  # what parsing ran, for the stats (see answer_formats.py)
   settings: dict = dataclasses.field(default_factory=dict)  # other parser settings, keys
+  num_samples: int = 1  # samples asked per example
+  keep: str = "all"  # which rationales are kept (samples.py)
+  prices: Prices | None = None  # dollars per million tokens, for the stats and the budget
+  max_cost: float | None = None  # dollars: no request starts once they are spent
 
   def __post_init__(self):
     self.out_dir = pathlib.Path(self.out_dir)
@@ -77,6 +94,13 @@ class Job:
                      f"got {self.shard_index}")
     if self.concurrency < 1:
       raise SbsError(f"--concurrency must be at least 1, got {self.concurrency}")
+    if self.num_samples < 1:
+      raise SbsError(f"--num_samples must be at least 1, got {self.num_samples}")
+    if self.keep not in samples_lib.KEEP:
+      raise SbsError(f"--keep {self.keep}: must be one of {', '.join(samples_lib.KEEP)}")
+    if self.max_cost is not None and self.prices is None:
+      raise SbsError("--max_cost needs --price_in and --price_out (dollars per million "
+                     "tokens) to count what is spent")
 
   # The shard's files, as the annotation dir names them (data/annotation_dir.py).
   @property
@@ -122,15 +146,25 @@ class Job:
             "shard_index": self.shard_index, "examples": len(shard),
             "first_id": shard[0].id if shard else "", "last_id": shard[-1].id if shard else "",
             "examples_sha256": examples_hash(shard), "answer_format": self.answer_format,
-            "parser_settings": dict(self.settings)}
+            "parser_settings": dict(self.settings), "num_samples": self.num_samples,
+            "keep": self.keep}
 
 
 # Settings that only shape the records written at the end: a partial run resumes across a
 # change of these (answers to changed inputs are asked again, by their prompt hash), a
-# finished one does not.
-OUTPUT_KEYS = ("examples_sha256", "answer_format", "parser_settings")
+# finished one does not (but see REWRITE_KEYS).
+OUTPUT_KEYS = ("examples_sha256", "answer_format", "parser_settings", "keep")
 # The keys in which the shards of one split differ.
 SHARD_KEYS = ("shard_index", "examples", "first_id", "last_id", "examples_sha256")
+# Settings a finished shard is rewritten for from its own records, asking nothing.
+REWRITE_KEYS = ("keep",)
+# Settings added to the manifest later, with the value that shards made before meant.
+LATER_SETTINGS = {"num_samples": 1, "keep": "all"}
+
+
+def pinned(manifest: dict) -> dict:
+  """A stored manifest, with the settings it predates at the value they had then."""
+  return {**LATER_SETTINGS, **manifest}
 
 
 def examples_hash(examples: Sequence[Example]) -> str:
@@ -146,155 +180,37 @@ def prompt_hash(prompt_text: str) -> str:
   return hashlib.sha256(prompt_text.encode("utf-8")).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- the journal
-
-
-class Journal:
-  """Append-only JSON Lines of completed answers; tolerant of a half-written last line."""
-
-  def __init__(self, path: pathlib.Path):
-    self.path = path
-    self._fd = None
-    self._broken: OSError | None = None
-
-  def load(self) -> dict[int, dict]:
-    """Entries by example index; truncates a half-written last line off the file."""
-    if not self.path.exists():
-      return {}
-    data = self.path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if complete < len(data):
-      log.warning("%s: dropping a half-written last entry (%d bytes)", self.path,
-                  len(data) - complete)
-      with open(self.path, "r+b") as f:
-        f.truncate(complete)
-    entries = {}
-    for line in data[:complete].splitlines():
-      try:
-        entry = json.loads(line)
-        entries[int(entry["i"])] = entry
-      except (ValueError, KeyError, TypeError):
-        log.warning("%s: skipping an unreadable entry", self.path)
-    return entries
-
-  def append(self, index: int, phash: str, completion: Completion) -> None:
-    """Appends one entry with a single write; on a failed write (disk full, file size
-    limit) cuts the file back to its last whole entry, and refuses later appends."""
-    if self._broken is not None:
-      raise self._broken
-    if self._fd is None:
-      self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    line = (json.dumps({"i": index, "h": phash, "c": completion.text,
-                        "pt": completion.prompt_tokens, "ct": completion.completion_tokens},
-                       ensure_ascii=False) + "\n").encode("utf-8")
-    start = os.fstat(self._fd).st_size
-    try:
-      written = 0
-      while written < len(line):  # in the OS after each answer: a killed process loses none
-        written += os.write(self._fd, line[written:])
-    except OSError as e:
-      if e.filename is None:
-        e.filename = str(self.path)
-      self._broken = e
-      try:
-        os.ftruncate(self._fd, start)  # no half entry left behind
-      except OSError:
-        pass  # a later load() drops a half-written last line anyway
-      raise
-
-  def close(self) -> None:
-    """Closes the file, synced to disk when it can be (errors here are not raised: every
-    entry is already in the OS, and a later load() checks the file)."""
-    if self._fd is not None:
-      fd, self._fd = self._fd, None
-      try:
-        os.fsync(fd)
-      except OSError as e:
-        log.debug("%s: fsync failed: %s", self.path, e)
-      finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------- asking the teacher
-
-
-async def _ask(job: Job, pending: Sequence[Example], journal: Journal,
-               progress: Progress) -> None:
-  """Asks the teacher for every pending example, `job.concurrency` at a time.
-
-  Ctrl-C (SIGINT) stops the run in every case: no example is started after it, the
-  requests in flight are cancelled, and KeyboardInterrupt is raised once they are gone
-  (the journal keeps every answer received). Relying on asyncio.run's own SIGINT handling
-  was not enough: in CI a run given SIGINT finished all its rows and exited 0 (probably a
-  cancellation taken for a timeout inside the HTTP client and retried; not confirmed).
-  """
-  todo = iter(pending)
-  interrupted = asyncio.Event()
-
-  async def worker():
-    for ex in todo:  # one iterator shared by all workers: each example taken once
-      if interrupted.is_set():
-        return
-      text = job.prompt.render(ex)
-      completion = await job.teacher.complete(ex, text)
-      journal.append(ex.index, prompt_hash(text), completion)
-      progress.update()
-
-  workers = [asyncio.ensure_future(worker()) for _ in range(min(job.concurrency,
-                                                                len(pending)))]
-
-  def on_sigint():
-    interrupted.set()
-    for w in workers:
-      w.cancel()
-
-  loop = asyncio.get_running_loop()
-  handled = {}  # signal -> the Python-level handler the loop's replaces
-  for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM (a kill, a scheduler) as Ctrl-C
-    try:
-      previous = signal.getsignal(sig)
-      loop.add_signal_handler(sig, on_sigint)
-      handled[sig] = previous
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-      pass
-  try:
-    await asyncio.gather(*workers)
-  except asyncio.CancelledError:
-    if not interrupted.is_set():
-      raise
-  finally:
-    for sig, previous in handled.items():
-      loop.remove_signal_handler(sig)  # this sets SIG_DFL: put back what was there
-      if previous is not None:
-        signal.signal(sig, previous)
-    for w in workers:
-      w.cancel()
-    await asyncio.gather(*workers, return_exceptions=True)
-    await job.teacher.aclose()
-  if interrupted.is_set():
-    raise KeyboardInterrupt
-
-
 # ---------------------------------------------------------------- records and stats
 
 
-def build_record(job: Job, ex: Example, entry: dict) -> tuple[dict, Parsed]:
-  parsed = job.parse(entry["c"], ex)
-  record = {
-      "id": ex.id, "index": ex.index, "dataset": job.dataset, "split": job.split,
-      "input": ex.input, "label": ex.label or "", "has_label": int(ex.label is not None),
-      "llm_label": parsed.label if parsed.ok else "", "rationale": parsed.rationale,
-      "parse_ok": int(parsed.ok), "parse_error": parsed.error, "completion": entry["c"],
-      "prompt_id": job.prompt_id, "teacher": job.teacher.name,
-  }
-  return record, parsed
+def build_records(job: Job, ex: Example, entries: Sequence[dict]
+                  ) -> list[tuple[dict, Parsed]]:
+  """The records of one example, one per sample (its journal entries, in sample order),
+  with the example's vote and each sample's `kept`."""
+  parsed = [job.parse(entry["c"], ex) for entry in entries]
+  vote = samples_lib.vote(parsed, job.labels_match)
+  rows = []
+  for sample, (entry, p) in enumerate(zip(entries, parsed)):
+    record = {
+        "id": ex.id, "index": ex.index, "dataset": job.dataset, "split": job.split,
+        "input": ex.input, "label": ex.label or "", "has_label": int(ex.label is not None),
+        "llm_label": p.label if p.ok else "", "rationale": p.rationale,
+        "parse_ok": int(p.ok), "parse_error": p.error, "completion": entry["c"],
+        "prompt_id": job.prompt_id, "teacher": job.teacher.name,
+        "sample": sample, "num_samples": len(entries), "vote_label": vote.label,
+        "vote_share": vote.share,
+        "kept": int(samples_lib.kept(job.keep, p, ex.label, vote, job.labels_match)),
+    }
+    rows.append((record, p))
+  return rows
 
 
 def _shard_stats(job: Job, rows: list[tuple[dict, Parsed]], entries: dict) -> dict:
   header = {"dataset": job.dataset, "split": job.split, "teacher": job.teacher.name,
             "prompt_id": job.prompt_id, "num_shards": job.num_shards,
-            "answer_format": job.answer_format, "manifest": job.manifest()}
-  return stats_lib.shard_stats(header, rows, entries, job.labels_match)
+            "answer_format": job.answer_format, "num_samples": job.num_samples,
+            "keep": job.keep, "manifest": job.manifest()}
+  return stats_lib.shard_stats(header, rows, entries.values(), job.labels_match, job.prices)
 
 
 def _maybe_merge(job: Job) -> dict | None:
@@ -309,7 +225,7 @@ def _maybe_merge(job: Job) -> dict | None:
     parts.append(_read_stats(other.stats_path))
   ours = job.manifest()
   for i, part in enumerate(parts):
-    diff = describe_difference(part.get("manifest") or {}, ours, SHARD_KEYS)
+    diff = describe_difference(pinned(part.get("manifest") or {}), ours, SHARD_KEYS)
     if diff:
       log.warning("shard %d of %s was made with other settings (%s): the split's stats are "
                   "written once every shard is rerun with these (--restart)", i, job.split,
@@ -329,8 +245,9 @@ class Result:
   stats: dict  # this shard's
   split_stats: dict | None  # the whole split's, once every shard is done
   records_path: pathlib.Path
-  asked: int  # examples the teacher was asked for in this run
+  asked: int  # samples the teacher was asked for in this run (examples, with one sample)
   already_done: bool = False
+  rewritten: bool = False  # a finished shard written again for another --keep
 
 
 def run(job: Job) -> Result:
@@ -405,32 +322,65 @@ def _run(job: Job) -> Result:
       raise SbsError(f"{job.records_path} was made by an earlier sbs that did not record its "
                      "settings: pass --restart to annotate it again (its records and stats "
                      "are replaced), or choose another --out_dir")
-    diff = describe_difference(stats["manifest"], job.manifest())
-    if diff:
+    stored = pinned(stats["manifest"])
+    diff = describe_difference(stored, job.manifest())
+    rewrite = bool(diff) and not describe_difference(stored, job.manifest(), REWRITE_KEYS)
+    if diff and not rewrite:
       raise SbsError(f"{job.records_path} is finished but was made with other settings "
                      f"({diff}): pass --restart to annotate it again with these (its records "
                      "and stats are replaced), or choose another --out_dir")
-    log.info("%s is already complete (%d examples)", job.records_path, stats["examples"])
-    return Result(stats, _maybe_merge(job), job.records_path, 0, already_done=True)
+    if not rewrite:
+      log.info("%s is already complete (%d examples)", job.records_path, stats["examples"])
+      return Result(stats, _maybe_merge(job), job.records_path, 0, already_done=True)
+    log.info("%s: writing the records again for %s, from the completions they hold (the "
+             "teacher is asked nothing)", job.records_path, diff)
+  else:
+    stats = None
 
   job.work_dir.mkdir(parents=True, exist_ok=True)
   lock = lock_exclusively(job.work_dir / "lock",
                           f"another `sbs annotate` is working on {job.work_dir}")
   try:
-    return _run_locked(job)
+    return _run_locked(job, finished_stats=stats)
   finally:
     lock.close()
 
 
-def _run_locked(job: Job) -> Result:
+def _reopen(job: Job, journal: Journal, stats: dict) -> None:
+  """Puts a finished shard's answers back into its journal, from its records, and removes
+  its stats: the shard is then a partial run with every answer in, which the usual path
+  finishes with this run's settings. A kill at any point leaves a state that the same
+  command (or the old one) completes correctly."""
+  recs = records_lib.read_records([job.records_path])
+  by_pair = {(r["index"], r["sample"]): r for r in recs}
+  pairs = [(ex, s) for ex in job.shard_examples() for s in range(job.num_samples)]
+  if len(by_pair) != len(recs) or any((ex.index, s) not in by_pair for ex, s in pairs):
+    raise SbsError(f"{job.records_path} does not hold every sample of its examples: pass "
+                   "--restart to annotate it again")
+  # Records carry no tokens: the stats' totals, spread over the answers, keep the usage.
+  usage = stats.get("usage") or {}
+  tokens = zip(split_evenly(int(usage.get("prompt_tokens", 0)), len(pairs)),
+               split_evenly(int(usage.get("completion_tokens", 0)), len(pairs)))
+  journal.replace_with(
+      entry_line(ex.index, s, prompt_hash(job.prompt.render(ex)),
+                 by_pair[ex.index, s]["completion"], p, c)
+      for (ex, s), (p, c) in zip(pairs, tokens))
+  for path in {job.stats_path, job.split_stats_path}:
+    path.unlink(missing_ok=True)
+
+
+def _run_locked(job: Job, finished_stats: dict | None = None) -> Result:
   manifest_path = job.work_dir / "manifest.json"
   journal = Journal(job.work_dir / "journal.jsonl")
   manifest = job.manifest()
   for stale in files.remove_stale_temps(
       [job.records_path, job.stats_path, job.split_stats_path,
-       manifest_path]):
+       manifest_path, journal.path]):
     log.info("removed %s, left by an earlier run that was killed", stale)
-  if job.restart:
+  if finished_stats is not None:
+    write_json_atomically(manifest_path, manifest)
+    _reopen(job, journal, finished_stats)
+  elif job.restart:
     journal.path.unlink(missing_ok=True)
   elif manifest_path.exists():
     try:
@@ -438,38 +388,51 @@ def _run_locked(job: Job) -> Result:
     except ValueError:
       raise SbsError(f"{manifest_path}: unreadable: pass --restart to discard this partial "
                      "run") from None
-    diff = describe_difference(old_manifest, manifest, OUTPUT_KEYS)
+    diff = describe_difference(pinned(old_manifest), manifest, OUTPUT_KEYS)
     if diff:
       raise SbsError(f"{job.work_dir} holds a partial run with other settings ({diff}): "
                      "rerun with the original arguments, or pass --restart to discard it")
   write_json_atomically(manifest_path, manifest)
 
   shard = job.shard_examples()
+  k = job.num_samples
   hashes = {ex.index: prompt_hash(job.prompt.render(ex)) for ex in shard}
-  journaled = journal.load()
-  entries = {i: e for i, e in journaled.items() if hashes.get(i) == e.get("h")}
-  stale = len(journaled) - len(entries)
-  if stale:
-    log.warning("%d journaled answers were for other inputs or prompts and are asked again",
-                stale)
-  pending = [ex for ex in shard if ex.index not in entries]
-  if entries:
-    log.info("resuming: %d of %d examples already answered", len(entries), len(shard))
+  entries = _current(journal.load(), hashes, k, warn=True)
+  wanted = ((ex, tuple(s for s in range(k) if (ex.index, s) not in entries)) for ex in shard)
+  pending = [(ex, samples) for ex, samples in wanted if samples]
+  total = len(shard) * k
+  if entries and finished_stats is None:
+    log.info("resuming: %d of %d %s already answered", len(entries), total,
+             "samples" if k > 1 else "examples")
 
   label = f"{job.dataset}/{job.split}[{job.shard_index}/{job.num_shards}]"
-  progress = Progress(len(shard), len(entries), label, job.progress, logger=log)
+  ledger = Ledger(job.prices, job.max_cost,
+                  sum(int(e.get("pt", 0)) for e in entries.values()),
+                  sum(int(e.get("ct", 0)) for e in entries.values()))
+  progress = Progress(total, len(entries), label, job.progress, logger=log,
+                      unit="sample" if k > 1 else "ex",
+                      note=ledger.shown if job.prices else None)
+  unasked = 0
   try:
     if pending:
-      asyncio.run(_ask(job, pending, journal, progress))
+      unasked = asyncio.run(asking.ask(job.teacher, job.prompt, job.concurrency, pending,
+                                       hashes, journal, progress, ledger))
   finally:
     progress.close()
     journal.close()
+  if unasked:
+    raise SbsError(
+        f"--max_cost {job.max_cost:g} reached: ${ledger.spent:.4f} spent on this shard "
+        f"(${ledger.spent_this_run:.4f} in this run), {unasked} of {total} samples not asked "
+        "yet; the answers received are kept: rerun with a higher --max_cost to resume")
 
-  entries = {i: e for i, e in journal.load().items() if hashes.get(i) == e.get("h")}
-  missing = [ex.id for ex in shard if ex.index not in entries]
-  if missing:  # cannot happen unless the journal was tampered with mid-run
-    raise SbsError(f"{len(missing)} examples have no answer (first: {missing[0]}); rerun")
-  rows = [build_record(job, ex, entries[ex.index]) for ex in shard]
+  entries = _current(journal.load(), hashes, k)
+  unanswered = [ex.id for ex in shard for s in range(k) if (ex.index, s) not in entries]
+  if unanswered:  # cannot happen unless the journal was tampered with mid-run
+    raise SbsError(f"{len(unanswered)} samples have no answer (first: example "
+                   f"{unanswered[0]}); rerun")
+  rows = [row for ex in shard
+          for row in build_records(job, ex, [entries[ex.index, s] for s in range(k)])]
   stats = _shard_stats(job, rows, entries)
   counters = getattr(job.teacher, "counters", None)
   if counters is not None:
@@ -479,7 +442,20 @@ def _run_locked(job: Job) -> Result:
   write_json_atomically(job.stats_path, stats)
   shutil.rmtree(job.work_dir, ignore_errors=True)
   _remove_empty(job.dataset_dir / ".partial")
-  return Result(stats, _maybe_merge(job), job.records_path, len(pending))
+  return Result(stats, _maybe_merge(job), job.records_path,
+                sum(len(samples) for _, samples in pending),
+                rewritten=finished_stats is not None)
+
+
+def _current(journaled: dict, hashes: dict[int, str], num_samples: int,
+             warn: bool = False) -> dict[tuple[int, int], dict]:
+  """The journal's entries that answer this shard's prompts, for its samples."""
+  entries = {(i, s): e for (i, s), e in journaled.items()
+             if s < num_samples and hashes.get(i) == e.get("h")}
+  if warn and len(journaled) > len(entries):
+    log.warning("%d journaled answers were for other inputs or prompts and are asked again",
+                len(journaled) - len(entries))
+  return entries
 
 
 def _remove_empty(path: pathlib.Path) -> None:

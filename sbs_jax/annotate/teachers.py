@@ -1,8 +1,18 @@
 """Teacher backends: replay of completions already written, or an OpenAI-compatible server.
 
-A teacher is asked for one example at a time through `await teacher.complete(example,
-prompt_text)` and answers a `Completion`. The job owns the concurrency; a teacher only
-has to be safe to call from many coroutines of one event loop.
+A teacher is asked for samples of one example at a time through `await
+teacher.complete(example, prompt_text, samples)` and answers a list of `Completion`s for
+the first of those samples: all of them, or fewer where it cannot give several at once
+(the job then asks for the rest again; `several_per_request` says whether to ask for
+several together). The job owns the concurrency; a teacher only has to be safe to call
+from many coroutines of one event loop.
+
+Several samples from an OpenAI-compatible server go in one request with the API's `n`.
+A server that answers with fewer choices than `n` (it ignores `n`, or caps it), or
+refuses `n` with HTTP 400/422, is remembered as one that does not take `n`: the missing
+samples, and every later example's, are asked for one request each. A response's usage
+covers all its choices; it is split evenly over them (remainders to the first ones), so
+the tokens journalled per sample add up to what the server counted.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import random
 from typing import Protocol, Sequence
 
@@ -18,7 +29,11 @@ from sbs_jax.redact import redact_text, redact_url
 from sbs_jax.data.readers import Example
 from sbs_jax.errors import TeacherError
 
+log = logging.getLogger(__name__)
+
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+# What a server that does not take `n` may answer a request with n > 1.
+N_REFUSED_STATUSES = frozenset({400, 422})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +46,12 @@ class Completion:
 class Teacher(Protocol):
   name: str  # written into every record's `teacher` field
   settings: dict  # what else changes its answers (the annotation job's manifest pins it)
+  several_per_request: bool  # whether to ask for several samples in one call
 
-  async def complete(self, example: Example, prompt: str) -> Completion:
+  async def complete(self, example: Example, prompt: str,
+                     samples: Sequence[int] = (0,)) -> list[Completion]:
+    """Completions for the first len(result) of `samples` (at least one when only one
+    is asked for)."""
     ...
 
   async def aclose(self) -> None:
@@ -40,16 +59,28 @@ class Teacher(Protocol):
 
 
 class ReplayTeacher:
-  """Answers with completions a teacher already wrote, aligned with the examples by index."""
+  """Answers with completions a teacher already wrote, aligned with the examples by index:
+  one string per example, or a list of K strings (K samples) per example."""
 
-  def __init__(self, completions: Sequence[str], source: str):
+  several_per_request = True
+
+  def __init__(self, completions: Sequence[str] | Sequence[Sequence[str]], source: str):
     self._completions = completions
     self.name = f"replay:{source}"
-    digest = hashlib.sha256(json.dumps(list(completions), ensure_ascii=False).encode("utf-8"))
+    several = bool(completions) and not isinstance(completions[0], str)
+    self.num_samples = len(completions[0]) if several else 1
+    # One string per example hashes as before samples existed (old manifests match).
+    digest = hashlib.sha256(json.dumps([list(c) if several else c for c in completions],
+                                       ensure_ascii=False).encode("utf-8"))
     self.settings = {"completions_sha256": digest.hexdigest()[:16]}
 
-  async def complete(self, example: Example, prompt: str) -> Completion:
-    return Completion(self._completions[example.index])
+  def _sample(self, index: int, sample: int) -> str:
+    value = self._completions[index]
+    return value if isinstance(value, str) else value[sample]
+
+  async def complete(self, example: Example, prompt: str,
+                     samples: Sequence[int] = (0,)) -> list[Completion]:
+    return [Completion(self._sample(example.index, s)) for s in samples]
 
   async def aclose(self) -> None:
     pass
@@ -63,6 +94,10 @@ class ClientCounters:
   timeouts: int = 0
   bad_responses: int = 0
   status_counts: dict = dataclasses.field(default_factory=dict)
+
+
+class _NRefused(Exception):
+  """The server refused a request for several samples (it does not take `n`)."""
 
 
 class _Retryable(Exception):
@@ -123,9 +158,14 @@ class OpenAITeacher:
     self._max_delay = retry_max_delay
     self._rng = random.Random(seed)
     self._session = None
+    self.honours_n: bool | None = None  # unknown until a request with n > 1 is answered
     self.counters = ClientCounters()
     self.settings = {"model": model, "endpoint": endpoint, "max_tokens": max_tokens,
                      "temperature": temperature, "stop": self._stop}
+
+  @property
+  def several_per_request(self) -> bool:
+    return self.honours_n is not False
 
   def _redact(self, text: str) -> str:
     return redact_text(text, self._base_url, self._api_key)
@@ -143,9 +183,11 @@ class OpenAITeacher:
           timeout=aiohttp.ClientTimeout(total=self._timeout))
     return self._session
 
-  def _payload(self, prompt: str) -> dict:
+  def _payload(self, prompt: str, n: int = 1) -> dict:
     body = {"model": self._model, "max_tokens": self._max_tokens,
             "temperature": self._temperature}
+    if n > 1:  # left out for one sample: the request is then as it always was
+      body["n"] = n
     if self._stop:
       body["stop"] = self._stop
     if self._endpoint == "completions":
@@ -154,20 +196,30 @@ class OpenAITeacher:
       body["messages"] = [{"role": "user", "content": prompt}]
     return body
 
-  def _read_answer(self, data) -> Completion:
+  def _read_answer(self, data, n: int = 1) -> list[Completion]:
+    """Up to `n` completions of a response, in the order of their `index`, with its
+    usage split evenly over them."""
     try:
-      choice = data["choices"][0]
-      text = choice["text"] if self._endpoint == "completions" else (
-          choice["message"]["content"])
-      if not isinstance(text, str):
-        raise TypeError("completion text is not a string")
+      choices = list(data["choices"])
+      if not choices:
+        raise IndexError("no choices")
+      if all(isinstance(c.get("index"), int) for c in choices):
+        choices.sort(key=lambda c: c["index"])
+      texts = []
+      for choice in choices[:n]:
+        text = choice["text"] if self._endpoint == "completions" else (
+            choice["message"]["content"])
+        if not isinstance(text, str):
+          raise TypeError("completion text is not a string")
+        texts.append(text)
       usage = data.get("usage") or {}
-      return Completion(text, int(usage.get("prompt_tokens") or 0),
-                        int(usage.get("completion_tokens") or 0))
+      prompt_tokens = split_evenly(int(usage.get("prompt_tokens") or 0), len(texts))
+      completion_tokens = split_evenly(int(usage.get("completion_tokens") or 0), len(texts))
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
       raise _Retryable(f"response without a completion ({type(e).__name__}: {e})")
+    return [Completion(t, p, c) for t, p, c in zip(texts, prompt_tokens, completion_tokens)]
 
-  async def _attempt(self, session, payload: dict) -> Completion:
+  async def _attempt(self, session, payload: dict) -> list[Completion]:
     import aiohttp  # pylint: disable=import-outside-toplevel
     self.counters.requests += 1
     try:
@@ -178,6 +230,8 @@ class OpenAITeacher:
         if status in RETRY_STATUSES:
           retry_after = _retry_after(resp.headers.get("Retry-After"))
           raise _Retryable(f"HTTP {status}", retry_after)
+        if status in N_REFUSED_STATUSES and payload.get("n", 1) > 1:
+          raise _NRefused(f"HTTP {status}")
         if status != 200:
           snippet = self._redact(body[:300].decode("utf-8", "replace"))
           raise TeacherError(f"the teacher server refused the request: HTTP {status} "
@@ -193,18 +247,37 @@ class OpenAITeacher:
       self.counters.bad_responses += 1
       raise _Retryable("the body is not JSON") from None
     try:
-      return self._read_answer(data)
+      return self._read_answer(data, payload.get("n", 1))
     except _Retryable:
       self.counters.bad_responses += 1
       raise
 
-  async def complete(self, example: Example, prompt: str) -> Completion:
+  def _learn_n(self, asked: int, got: int, why: str = "") -> None:
+    """Remembers from an answer to a request with n = `asked` whether the server takes n."""
+    if got >= asked:
+      if self.honours_n is None:
+        self.honours_n = True
+      return
+    if self.honours_n is not False:
+      log.warning("%s answered %s for n=%d samples: asking for each sample with a request "
+                  "of its own from now on", self.shown_url, why or f"{got} choice(s)", asked)
+    self.honours_n = False
+
+  async def complete(self, example: Example, prompt: str,
+                     samples: Sequence[int] = (0,)) -> list[Completion]:
     session = await self._get_session()
-    payload = self._payload(prompt)
+    n = len(samples)
+    payload = self._payload(prompt, n)
     last = ""
     for attempt in range(self._max_retries + 1):
       try:
-        return await self._attempt(session, payload)
+        completions = await self._attempt(session, payload)
+        if n > 1:
+          self._learn_n(n, len(completions))
+        return completions
+      except _NRefused as e:
+        self._learn_n(n, 0, str(e))
+        return []
       except _Retryable as e:
         last = self._redact(str(e))
         if attempt == self._max_retries:
@@ -223,6 +296,14 @@ class OpenAITeacher:
     if self._session is not None:
       await self._session.close()
       self._session = None
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+  """`total` in `parts` whole shares that differ by at most one, the larger ones first."""
+  if parts <= 0:
+    return []
+  share, rest = divmod(max(total, 0), parts)
+  return [share + (i < rest) for i in range(parts)]
 
 
 def _retry_after(value: str | None) -> float | None:

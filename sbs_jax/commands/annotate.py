@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from sbs_jax.annotate import answer_formats, benchmarks, build, parsers
+from sbs_jax.annotate import answer_formats, benchmarks, build, parsers, samples
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.data import readers
 
@@ -64,19 +64,40 @@ def add_parser(subparsers) -> None:
   g.add_argument("--retry_max_delay", type=float)
   g.add_argument("--max_tokens", type=int)
   g.add_argument("--temperature", type=float)
+  g = p.add_argument_group("several samples, vote, filter, cost")
+  g.add_argument("--num_samples", type=int,
+                 help="samples per example (default 1; use with --temperature; sent as the "
+                 "API's n where the server takes it); replay: a list of completions per row "
+                 "gives them, this flag may be left out")
+  g.add_argument("--keep", choices=samples.KEEP,
+                 help="which rationales train the student: all parsed ones, those whose "
+                 "label equals gold, or those equal to the example's majority vote "
+                 "(default: %(default)s)")
+  g.add_argument("--price_in", type=float,
+                 help="dollars per million prompt tokens, for cost_usd and the progress line")
+  g.add_argument("--price_out", type=float, help="dollars per million completion tokens")
+  g.add_argument("--max_cost", type=float,
+                 help="dollars: no request starts once this shard's answers cost this much "
+                 "(the journal's included); rerun with a higher value to resume")
   p.set_defaults(**build.defaults())
   p.set_defaults(func=main, local_only=("out_dir", "data_dir", "prompt_file"))
+
+
+# The summary line's fields (the last line on stdout).
+SUMMARY = ("dataset", "split", "answer_format", "examples", "parsed", "unparsable",
+           "teacher_accuracy", "usage", "num_samples", "keep", "vote_accuracy",
+           "kept_accuracy", "examples_without_kept", "cost_usd")
 
 
 def main(args) -> int:
   job = build.build_job(build.options_of(args))
   result = job_lib.run(job)
   stats = result.split_stats or result.stats
-  shown = {k: stats.get(k) for k in ("dataset", "split", "answer_format", "examples", "parsed",
-                                     "unparsable", "teacher_accuracy", "usage")}
+  shown = {k: stats.get(k) for k in SUMMARY}
   print(json.dumps(shown, sort_keys=True))
-  log.info("records: %s (asked the teacher for %d examples in this run)",
-           result.records_path, result.asked)
+  what = "samples" if job.num_samples > 1 else "examples"
+  log.info("records: %s (asked the teacher for %d %s in this run%s)", result.records_path,
+           result.asked, what, "; rewritten for --keep" if result.rewritten else "")
   if result.split_stats is None:
     log.info("split stats are written when all %d shards are done", job.num_shards)
   return 0

@@ -46,11 +46,13 @@ class Example:
 
 @dataclasses.dataclass(frozen=True)
 class LoadedSplit:
-  """A split of a dataset with, when the source has them, the teacher's completions."""
+  """A split of a dataset with, when the source has them, the teacher's completions: one
+  string per example, or (custom data with several samples) one list of strings per
+  example, all of one length."""
   dataset: str
   split: str
   examples: list[Example]
-  completions: list[str] | None
+  completions: list[str] | list[list[str]] | None
   source: str  # the ground-truth file, for messages
   completion_source: str = ""
 
@@ -399,16 +401,37 @@ def load_jsonl(path, split: str = "train", input_key: str = "input",
   if not rows:
     raise DataError(path, "no rows")
   examples, completions = [], [] if completion_key else None
+  first = None  # (where, number of samples) of the first row's completions
   for i, (where, row) in enumerate(rows):
     examples.append(jsonl_example(path, where, row, i, split, input_key, label_key, id_key))
     if completion_key:
-      if completion_key not in row or not isinstance(row[completion_key], str):
-        raise DataError(path, "missing completion (expected a string)", where=where,
+      value = _completion(path, where, row, completion_key)
+      count = len(value) if isinstance(value, list) else 1
+      if first is None:
+        first = (where, count)
+      elif count != first[1]:
+        raise DataError(path, f"{count} completion(s), but {first[0]} has {first[1]}: "
+                        "every row needs the same number of samples", where=where,
                         field=completion_key)
-      completions.append(row[completion_key])
+      completions.append(value)
   _check_unique_ids(path, examples, rows)
   described = f"{path} field {completion_key!r}" if completion_key else ""
   return LoadedSplit(path.stem, split, examples, completions, str(path), described)
+
+
+def _completion(path, where: str, row: Mapping[str, Any], key: str) -> str | list[str]:
+  """A row's completion: a string, or a non-empty list of strings (several samples)."""
+  value = row.get(key)
+  if isinstance(value, str):
+    return value
+  if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+    return list(value)
+  problem = ("missing completion (expected a string)" if key not in row else
+             "an empty list of completions" if value == [] else
+             "expected a completion string or a list of strings, got "
+             f"{type(value).__name__}" + (" holding other values" if isinstance(value, list)
+                                           else ""))
+  raise DataError(path, problem, where=where, field=key)
 
 
 def jsonl_example(path, where: str, row: Mapping[str, Any], index: int, split: str = "train",

@@ -16,8 +16,22 @@ Each record is a `tf.train.Example` with these features:
     completion   bytes   the raw completion, for audit
     prompt_id    bytes   the prompt the teacher was given (see prompts.py)
     teacher      bytes   the teacher backend and model, e.g. "openai:llama-3-70b"
+    sample       int64   which of the example's samples this is, 0 .. num_samples - 1
+    num_samples  int64   the samples asked per example (`sbs annotate --num_samples`)
+    vote_label   bytes   the example's majority label over its parsed samples ("" when
+                         none parsed); the same in every record of the example
+    vote_share   float32 the share of the example's samples, unparsable ones included,
+                         that gave vote_label (0..1)
+    kept         int64   1 when this sample's rationale is kept for training (by
+                         `--keep`: all parsed ones, those matching gold, or the vote)
 
-Files: `<out>/<dataset>/<split>.tfrecord-SSSSS-of-NNNNN`, records in index order.
+One record per (example, sample); with one sample (the default) vote_label is llm_label,
+vote_share is 1 (0 when it did not parse) and kept is parse_ok. Records written before
+these features existed read with their defaults (sample 0 of 1, kept 1, vote_label "",
+vote_share 0): `feature_spec` and `read_records` fill them in, and the preprocessors treat
+such a record as the one sample of its example, as before.
+
+Files: `<out>/<dataset>/<split>.tfrecord-SSSSS-of-NNNNN`, records in (index, sample) order.
 """
 
 from __future__ import annotations
@@ -29,8 +43,11 @@ from typing import Iterable, Mapping
 from sbs_jax.jobdir.files import discard, temp_path
 
 BYTES_FEATURES = ("id", "dataset", "split", "input", "label", "llm_label", "rationale",
-                  "parse_error", "completion", "prompt_id", "teacher")
-INT_FEATURES = ("index", "has_label", "parse_ok")
+                  "parse_error", "completion", "prompt_id", "teacher", "vote_label")
+INT_FEATURES = ("index", "has_label", "parse_ok", "sample", "num_samples", "kept")
+FLOAT_FEATURES = ("vote_share",)
+# What a record written before a feature existed reads as (see the module doc).
+DEFAULTS = {"vote_label": "", "sample": 0, "num_samples": 1, "kept": 1, "vote_share": 0.0}
 
 
 def shard_name(split: str, shard_index: int, num_shards: int) -> str:
@@ -40,9 +57,10 @@ def shard_name(split: str, shard_index: int, num_shards: int) -> str:
 def feature_spec():
   """The `tf.io.parse_single_example` spec of the schema (for SeqIO sources)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  spec = {k: tf.io.FixedLenFeature([], tf.string) for k in BYTES_FEATURES}
-  spec.update({k: tf.io.FixedLenFeature([], tf.int64) for k in INT_FEATURES})
-  return spec
+  kinds = ([(k, tf.string) for k in BYTES_FEATURES] + [(k, tf.int64) for k in INT_FEATURES]
+           + [(k, tf.float32) for k in FLOAT_FEATURES])
+  return {k: tf.io.FixedLenFeature([], dtype, default_value=DEFAULTS.get(k))
+          for k, dtype in kinds}
 
 
 def _serialize(record: Mapping) -> bytes:
@@ -53,6 +71,8 @@ def _serialize(record: Mapping) -> bytes:
         value=[record[k].encode("utf-8")]))
   for k in INT_FEATURES:
     feature[k] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(record[k])]))
+  for k in FLOAT_FEATURES:
+    feature[k] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(record[k])]))
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -97,13 +117,18 @@ def write_atomically(path, records: Iterable[Mapping]) -> int:
 
 
 def read_records(paths) -> list[dict]:
-  """Reads annotation records back as dicts of Python values (for tests and tools)."""
+  """Reads annotation records back as dicts of Python values (for tests and tools); a
+  feature the record lacks (written before it existed) reads as its default."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   out = []
   for raw in tf.data.TFRecordDataset([str(p) for p in paths]).as_numpy_iterator():
-    ex = tf.train.Example.FromString(raw)
-    f = ex.features.feature
-    rec = {k: f[k].bytes_list.value[0].decode("utf-8") for k in BYTES_FEATURES}
-    rec.update({k: int(f[k].int64_list.value[0]) for k in INT_FEATURES})
+    f = tf.train.Example.FromString(raw).features.feature
+    rec = {}
+    for k in BYTES_FEATURES:
+      rec[k] = f[k].bytes_list.value[0].decode("utf-8") if k in f else DEFAULTS[k]
+    for k in INT_FEATURES:
+      rec[k] = int(f[k].int64_list.value[0]) if k in f else DEFAULTS[k]
+    for k in FLOAT_FEATURES:
+      rec[k] = float(f[k].float_list.value[0]) if k in f else DEFAULTS[k]
     out.append(rec)
   return out

@@ -7,13 +7,16 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Callable
 
 
 class Progress:
-  """A tqdm bar (rate, ETA) on a terminal; otherwise a log line every 10%."""
+  """A tqdm bar (rate, ETA) on a terminal; otherwise a log line every 10%. `note`, when
+  given, adds its text to both (e.g. the dollars spent so far)."""
 
   def __init__(self, total: int, done: int, label: str, enabled: bool | None, *,
-               logger: logging.Logger, unit: str = "ex"):
+               logger: logging.Logger, unit: str = "ex",
+               note: Callable[[], str] | None = None):
     self.total, self.done = total, done
     self._log = logger  # the command's own (`sbs predict`'s lines are logged as predict's)
     self._label = label
@@ -22,6 +25,7 @@ class Progress:
     self._start = time.monotonic()
     self._start_done = done
     self._unit = unit
+    self._note = note
     tty = sys.stderr.isatty() if enabled is None else enabled
     if tty:
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -30,6 +34,8 @@ class Progress:
   def update(self, n: int = 1) -> None:
     self.done += n
     if self._bar is not None:
+      if self._note is not None:
+        self._bar.set_postfix_str(self._note(), refresh=False)
       self._bar.update(n)
     elif self.total and self.done / self.total >= self._next_log:
       self._next_log = (int(self.done / self.total * 10) + 1) / 10
@@ -37,8 +43,9 @@ class Progress:
         return  # a fast run (e.g. replay) needs no progress lines
       rate = (self.done - self._start_done) / max(time.monotonic() - self._start, 1e-9)
       eta = (self.total - self.done) / rate if rate else float("inf")
-      self._log.info("%s: %d/%d (%.0f %s/s, ETA %.0fs)", self._label, self.done,
-                     self.total, rate, self._unit, eta)
+      note = f", {self._note()}" if self._note is not None else ""
+      self._log.info("%s: %d/%d (%.0f %s/s, ETA %.0fs%s)", self._label, self.done,
+                     self.total, rate, self._unit, eta, note)
 
   def close(self) -> None:
     if self._bar is not None:

@@ -10,6 +10,12 @@ names a fault for the attempt-th request (1-based) carrying that prompt:
     "truncated"            HTTP 200 whose body stops short of its Content-Length
     "garbage_text"         HTTP 200, well-formed, but the completion is nonsense
 
+Several samples (`n` in the request): `n_support` "honour" answers n choices, "ignore"
+one (as servers that do not know `n`), "refuse" answers HTTP 400. With `sample_fn(prompt,
+k)` the k-th choice generated for a prompt (0-based, counted over all its requests) is
+`sample_fn`'s answer, so that samples differ; otherwise every choice is `answer_fn`'s.
+Usage counts the prompt once per request and the completion tokens of all its choices.
+
 Run it in a thread (`FakeOpenAIServer(...).start()`) or as a process:
 `python -m sbs_jax.testing.fake_openai --port 0` prints the port it listens on. A port out
 of range or in use is one line and exit code 2 there (`PortError` from `start()`).
@@ -60,8 +66,15 @@ class FakeOpenAIServer:
   def __init__(self, answer_fn: Callable[[str], str] = echo_answer,
                fault_fn: Callable[[str, int], str | None] | None = None,
                hang_seconds: float = 5.0, delay_seconds: float = 0.0,
-               port: int = 0):
+               port: int = 0, n_support: str = "honour",
+               sample_fn: Callable[[str, int], str] | None = None):
+    if n_support not in ("honour", "ignore", "refuse"):
+      raise ValueError(f"n_support must be honour, ignore or refuse, got {n_support!r}")
     self.answer_fn = answer_fn
+    self.n_support = n_support
+    self.sample_fn = sample_fn
+    self.generated: collections.Counter = collections.Counter()  # prompt -> choices made
+    self.n_asked: list[int] = []  # the `n` of each request
     self.fault_fn = fault_fn or (lambda prompt, attempt: None)
     self.hang_seconds = hang_seconds
     self.delay_seconds = delay_seconds
@@ -89,9 +102,11 @@ class FakeOpenAIServer:
         prompt = request["messages"][-1]["content"]
       else:
         prompt = request["prompt"]
+      n = int(request.get("n", 1))
     except (ValueError, KeyError, IndexError, TypeError):
       return None, 400, b'{"error": {"message": "bad request"}}'
     with self._lock:
+      self.n_asked.append(n)
       self.attempts[prompt] += 1
       attempt = self.attempts[prompt]
       fault = self.fault_fn(prompt, attempt)
@@ -101,22 +116,36 @@ class FakeOpenAIServer:
         self.faults[fault] += 1
     if fault in ("429", "500", "401"):
       return fault, int(fault), json.dumps({"error": {"message": fault}}).encode()
-    text = GARBAGE_TEXT if fault == "garbage_text" else self.answer_fn(prompt)
-    for stop in request.get("stop") or ():
-      text = text.split(stop)[0]  # as a server honours stop sequences
-    if path.endswith("/chat/completions"):
-      choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop"}
-    else:
-      choice = {"index": 0, "text": text, "finish_reason": "stop"}
+    if n > 1 and self.n_support == "refuse":
+      return fault, 400, b'{"error": {"message": "n must be 1"}}'
+    choices, completion_tokens = [], 0
+    for j in range(n if self.n_support == "honour" else 1):
+      text = GARBAGE_TEXT if fault == "garbage_text" else self._answer(prompt)
+      for stop in request.get("stop") or ():
+        text = text.split(stop)[0]  # as a server honours stop sequences
+      if path.endswith("/chat/completions"):
+        choice = {"index": j, "message": {"role": "assistant", "content": text},
+                  "finish_reason": "stop"}
+      else:
+        choice = {"index": j, "text": text, "finish_reason": "stop"}
+      choices.append(choice)
+      completion_tokens += len(text.split())
     payload = json.dumps({
         "id": "cmpl-fake", "object": "text_completion", "model": request.get("model"),
-        "choices": [choice],
-        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                  "total_tokens": len(prompt.split()) + len(text.split())}}).encode()
+        "choices": choices,
+        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": completion_tokens,
+                  "total_tokens": len(prompt.split()) + completion_tokens}}).encode()
     if fault == "garbage_body":
       payload = b"<html>502 Bad Gateway, or so</html>"
     return fault, 200, payload
+
+  def _answer(self, prompt: str) -> str:
+    if self.sample_fn is None:
+      return self.answer_fn(prompt)
+    with self._lock:
+      k = self.generated[prompt]
+      self.generated[prompt] += 1
+    return self.sample_fn(prompt, k)
 
   async def _handle(self, reader, writer):
     try:

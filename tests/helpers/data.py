@@ -1,4 +1,5 @@
-"""Rows and files: JSON Lines writing, an ANLI round-1 stand-in, `sbs annotate` flags."""
+"""Rows and files: JSON Lines writing, an ANLI round-1 stand-in, rows with several teacher
+samples each, `sbs annotate` flags."""
 
 import argparse
 import json
@@ -13,6 +14,24 @@ ANLI_ROWS = [
      "reason": ""},
     {"uid": "a3", "premise": "The shop is shut on Sundays.", "hypothesis": "It is open on "
      "Sundays.", "label": 2, "reason": "shut"},
+]
+
+
+# Custom rows with three replayed samples each (`--completion_key out`): 2+2 votes 4 (2 of
+# 3), 3+3 ties 7 and 6 (7 came first), 5+5 votes 10 though sample 0 says 11, Sky? has no
+# gold label, 1*1 never parses.
+SAMPLED_ROWS = [
+    {"input": "2+2?", "label": "4", "out": ["R00. So the answer is 4.",
+                                            "R01. So the answer is 5.",
+                                            "R02. So the answer is 4."]},
+    {"input": "3+3?", "label": "6", "out": ["R10. So the answer is 7.", "no answer here",
+                                            "R12. So the answer is 6."]},
+    {"input": "5+5?", "label": "10", "out": ["R20. So the answer is 11.",
+                                             "R21. So the answer is 10.",
+                                             "R22. So the answer is 10."]},
+    {"input": "Sky?", "out": ["R30. So the answer is blue.", "R31. So the answer is grey.",
+                              "R32. So the answer is blue."]},
+    {"input": "1*1?", "label": "1", "out": ["x", "y", "z"]},
 ]
 
 
