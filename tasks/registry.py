@@ -14,6 +14,10 @@ For a dataset `<ds>` (a benchmark, or a custom dataset annotated by `sbs annotat
                              a packed batch (our trainer's default for distillation)
 
 Splits: train, train_50, train_25, train_12.5, validation, test (see sbs_jax/data/sources.py).
+
+With several teacher samples per example, label rows stay one per example (its sample-0
+record; the teacher's label is the vote) and each kept rationale is a rationale row
+(sbs_jax/data/preprocessors.py).
 """
 
 from __future__ import annotations
