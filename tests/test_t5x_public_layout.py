@@ -230,7 +230,7 @@ def _old_form(tree):
 
 
 @pytest.mark.parametrize("where", ["local", "gs"])
-def test_older_spec_form_reads_as_t5x_reads_it(public, tmp_path, where):
+def test_older_spec_form_reads_as_t5x_reads_it(public, gcs, tmp_path, where):
   import shutil  # pylint: disable=import-outside-toplevel
   old = tmp_path / "old" / f"checkpoint_{STEP}"
   shutil.copytree(public["local_copy"], old)
@@ -239,12 +239,9 @@ def test_older_spec_form_reads_as_t5x_reads_it(public, tmp_path, where):
   (old / "checkpoint").write_bytes(serialization.msgpack_serialize(contents))
   source = str(old)
   if where == "gs":
-    source = f"gs://{BUCKET}/old_form/{tmp_path.name}/checkpoint_{STEP}"
-    for path in old.rglob("*"):
-      if path.is_file():
-        target = f"{source}/{path.relative_to(old)}"
-        tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
-        tf.io.gfile.copy(str(path), target, overwrite=True)
+    prefix = f"old_form/{tmp_path.name}/checkpoint_{STEP}"
+    gcs.upload_folder(old, BUCKET, prefix)
+    source = f"gs://{BUCKET}/{prefix}"
   ours, step, _ = t5x_format.read_checkpoint(source)
   assert step == STEP
   expected = [_t5x_params(public["local_copy"])]

@@ -385,6 +385,22 @@ class GcsEmulator:
       written.append(target)
     return written
 
+  def upload_folder(self, src, bucket: str, prefix: str) -> list[str]:
+    """Every file under the local folder `src` as an object under gs://bucket/prefix/,
+    keeping the paths below `src` (what `gcloud storage cp -r SRC/* gs://bucket/prefix/`
+    makes), straight to the server: one request per file, for test fixtures."""
+    src = pathlib.Path(src)
+    names = []
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+      name = f"{prefix.rstrip('/')}/{path.relative_to(src).as_posix()}"
+      query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+      request = urllib.request.Request(
+          f"{self.url}/upload/storage/v1/b/{bucket}/o?{query}", data=path.read_bytes(),
+          headers={"Content-Type": "application/octet-stream"})
+      self._open(request).read()
+      names.append(name)
+    return names
+
   def stop(self) -> None:
     if self._proxy is not None:
       self._proxy.stop()
