@@ -4,7 +4,8 @@ Annotations made locally are copied up with the real `gcloud storage cp -r`; `sb
 writes to gs://; `sbs train` runs as two processes (as two hosts of a slice) with the
 annotation dir, vocabulary, INITIAL_CHECKPOINT and MODEL_DIR on gs://, is SIGKILLed after
 its first checkpoint and resumed, and ends with the losses and results of an uninterrupted
-two-process run; `sbs eval` and `sbs predict` read the gs:// model dir. Commands that work
+run (one process over as many devices, fed the two hosts' global batches by
+tests/multihost_worker.py, which tests/test_multihost.py checks); `sbs eval` and `sbs predict` read the gs:// model dir. Commands that work
 on local files only refuse a gs:// path in one line and write nothing (pathlib once turned
 `gs://b/x` into a local folder `gs:/b/x`).
 """
@@ -25,7 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.multihost]
 
 BUCKET = "sbs-test"
 ROOT = f"gs://{BUCKET}/workflow"
-STEPS = 10  # room after the first checkpoint, so the SIGKILL lands mid-run
+STEPS = 6
+CHECKPOINT_EVERY = 3  # one checkpoint before the SIGKILL, and room after it
 
 
 def _train_flags(model_dir, *more) -> list[str]:
@@ -33,7 +35,7 @@ def _train_flags(model_dir, *more) -> list[str]:
           f"--gin.MODEL_DIR='{model_dir}'", f"--gin.annotation_dir.path='{ROOT}/ann'",
           f"--gin.vocabulary_settings.path='{ROOT}/vocab/spm.model'",
           "--gin.student_config.vocab_size=1024", f"--gin.TRAIN_STEPS={STEPS}",
-          "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.checkpoint_every=2",
+          "--gin.TrainConfig.log_every=1", f"--gin.TrainConfig.checkpoint_every={CHECKPOINT_EVERY}",
           f"--gin.EvalConfig.every={STEPS}", "--gin.EvalConfig.max_examples=8",
           "--gin.EvalConfig.max_test_examples=8", "--gin.EvalConfig.batch_size=8",
           "--gin.EvalConfig.rationale_samples=0", "--gin.BATCH_SIZE=8",
@@ -44,9 +46,10 @@ def _train_flags(model_dir, *more) -> list[str]:
           "--gin.DataConfig.max_truncated_share=1.0", *more]
 
 
-def _env() -> dict:
+def _env(devices: int = 2) -> dict:
   """For `run_sbs`, which adds it to os.environ (where the emulator's settings are)."""
-  return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  return {"JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +58,12 @@ def setup(gcs, data_dir, tmp_path_factory):
   if shutil.which("gcloud") is None:
     pytest.skip("the annotations go up with `gcloud storage cp -r`, and gcloud is not "
                 "installed")
+  from sbs_jax.annotate import build, job  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("gcs_workflow")
   for split in ("train", "test"):
-    proc = run_sbs("annotate", "--dataset", "svamp", "--split", split, "--teacher", "replay",
-                   "--out_dir", root / "ann", "--data_dir", data_dir, "--no_progress")
-    assert proc.returncode == 0, proc.stderr
+    job.run(build.build_job(build.Options(
+        dataset="svamp", split=split, teacher="replay", out_dir=str(root / "ann"),
+        data_dir=str(data_dir), no_progress=True)))
   copy = subprocess.run(["gcloud", "storage", "cp", "-r", str(root / "ann"), f"{ROOT}/"],
                         capture_output=True, text=True, env=os.environ, timeout=300)
   assert copy.returncode == 0, copy.stderr[-2000:]
@@ -83,33 +87,39 @@ def test_sbs_vocab_and_the_copied_annotations_are_on_gs(setup, gcs):
 
 @pytest.fixture(scope="module")
 def trained(setup, gcs):
-  """An uninterrupted two-process run, and one SIGKILLed after its step-2 checkpoint and
-  rerun, both from INITIAL_CHECKPOINT on gs:// into a gs:// MODEL_DIR."""
+  """An uninterrupted run (one process, the two hosts' four devices), and a two-process
+  run SIGKILLed after its first checkpoint and rerun, both from INITIAL_CHECKPOINT on gs://
+  into a gs:// MODEL_DIR."""
   init = [f"--gin.INITIAL_CHECKPOINT='{ROOT}/init'"]
   logs = {name: [setup / f"{name}{i}.log" for i in range(2)] for name in
-          ("whole", "killed", "resumed")}
-  with two_hosts(_train_flags(f"{ROOT}/whole", *init), logs["whole"]) as procs:
-    whole_codes = wait_all(procs)
-  marker = "workflow/killed/checkpoints/2/commit_success.txt"
+          ("killed", "resumed")}
+  # The reference is fed the two hosts' global batches (tests/multihost_worker.py).
+  whole = subprocess.run(
+      [sys.executable, "tests/multihost_worker.py", "2", str(setup / "whole_report.json"),
+       "train", *_train_flags(f"{ROOT}/whole", *init)], capture_output=True, text=True,
+      cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **_env(4)), timeout=900)
+  marker = f"workflow/killed/checkpoints/{CHECKPOINT_EVERY}/commit_success.txt"
   with two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["killed"]) as procs:
     wait_for(lambda: marker in gcs.list_objects(BUCKET, "workflow/killed/checkpoints/"),
-              procs, "the step-2 checkpoint on gs://", logs["killed"])
+              procs, f"the step-{CHECKPOINT_EVERY} checkpoint on gs://", logs["killed"])
     for p in procs:
       p.send_signal(signal.SIGKILL)
   with two_hosts(_train_flags(f"{ROOT}/killed", *init), logs["resumed"]) as procs:
     resumed_codes = wait_all(procs)
-  return dict(logs=logs, whole_codes=whole_codes, resumed_codes=resumed_codes)
+  return dict(logs=logs, whole=whole, resumed_codes=resumed_codes)
 
 
 def test_two_hosts_on_gs_resume_a_killed_run_exactly(trained, gcs):
   logs = trained["logs"]
-  assert trained["whole_codes"] == [0, 0], "\n".join(tail(l) for l in logs["whole"])
+  whole = trained["whole"]
+  assert whole.returncode == 0, whole.stderr[-3000:]
   assert trained["resumed_codes"] == [0, 0], "\n".join(tail(l) for l in logs["resumed"])
-  assert "starting from gs://sbs-test/workflow/init" in logs["whole"][0].read_text()
+  assert "starting from gs://sbs-test/workflow/init" in whole.stdout + whole.stderr
+  assert "starting from gs://sbs-test/workflow/init" in logs["killed"][0].read_text()
   resumed_log = logs["resumed"][0].read_text()
   assert "resumed from step" in resumed_log
   resumed_from = int(resumed_log.split("resumed from step ")[1].split()[0])
-  assert 2 <= resumed_from < STEPS  # killed mid-run, resumed from a checkpoint
+  assert resumed_from == CHECKPOINT_EVERY  # killed mid-run, resumed from its checkpoint
   whole = ModelDir(f"{ROOT}/whole").read_metrics("train")
   killed = ModelDir(f"{ROOT}/killed").read_metrics("train")
   assert [m["step"] for m in whole] == [m["step"] for m in killed] == list(range(1, STEPS + 1))
@@ -155,12 +165,14 @@ def test_eval_and_predict_read_the_gs_model_dir(trained, tmp_path):
     (["export-hf", "--model_dir", "m", "--out", f"{ROOT}/hf"], "out"),
     (["synthetic", "generate", "--out_dir", f"{ROOT}/synthetic"], "out_dir"),
 ])
-def test_local_only_commands_refuse_gs_paths_in_one_line(tmp_path, args, flag):
-  proc = subprocess.run([sys.executable, "-m", "sbs_jax.cli", *args], capture_output=True,
-                        text=True, cwd=tmp_path, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-                        timeout=300)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  [line] = proc.stderr.strip().splitlines()
+def test_local_only_commands_refuse_gs_paths_in_one_line(tmp_path, monkeypatch, capsys,
+                                                         args, flag):
+  from sbs_jax import cli  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)
+  code = cli.main(args)
+  err = capsys.readouterr().err
+  assert code == 2, err[-2000:]
+  [line] = err.strip().splitlines()
   assert line.startswith(f"sbs {args[0]}: error: --{flag} gs://"), line
   assert "works on local files only" in line and "gcloud storage cp -r" in line
   assert list(tmp_path.iterdir()) == []  # no local `gs:` folder, nothing else either
