@@ -85,8 +85,8 @@ def chain(annotated, tmp_path_factory):
       "--gin_file=gin_configs/t5x/distill_llm.gin", f"--gin_file={model_gin}",
       f"--gin.MODEL_DIR='{t5x_dir}'",
       f"--gin.INITIAL_CHECKPOINT_PATH='{exported['checkpoint']}'",
-      "--gin.TRAIN_STEPS=6", "--gin.EVAL_PERIOD=2", "--gin.EVAL_STEPS=1",
-      "--gin.utils.SaveCheckpointConfig.period=2", "--gin.BATCH_SIZE=4",
+      "--gin.TRAIN_STEPS=6", "--gin.EVAL_PERIOD=6", "--gin.EVAL_STEPS=1",
+      "--gin.utils.SaveCheckpointConfig.period=6", "--gin.BATCH_SIZE=4",
       "--gin.EVALUATOR_NUM_EXAMPLES=8", lengths,
       f"--gin.vocab.annotation_dir.path='{annotated}'").stderr
   few = first_test_records(annotated, root / "ann20")
