@@ -2,7 +2,6 @@
 ledger and `--max_cost`: the job in this process, against replayed lists of completions and
 the fake OpenAI server (honouring `n`, ignoring it, refusing it)."""
 
-import argparse
 import collections
 import json
 
@@ -13,21 +12,11 @@ from sbs_jax.annotate import build, parsers, samples
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.annotate.cost import Ledger, Prices
 from sbs_jax.annotate.teachers import split_evenly
-from sbs_jax.commands import annotate as annotate_command
 from sbs_jax.data import records
 from sbs_jax.errors import SbsError, TeacherError
 from sbs_jax.testing.fake_openai import FakeOpenAIServer
-from tests.helpers.data import SAMPLED_ROWS, write_jsonl
-
-
-def parse(argv) -> argparse.Namespace:
-  parser = argparse.ArgumentParser()
-  annotate_command.add_parser(parser.add_subparsers())
-  return parser.parse_args(["annotate", "--no_progress", *map(str, argv)])
-
-
-def run(*argv) -> job_lib.Result:
-  return job_lib.run(build.build_job(parse(argv)))
+from tests.helpers.data import SAMPLED_ROWS, write_jsonl, write_sums
+from tests.helpers.data import parse_annotate as parse, run_annotate as run
 
 
 def read(result) -> list[dict]:
@@ -208,13 +197,6 @@ def sample_answer(prompt: str, k: int) -> str:
   return f"Sample {k} counts. So the answer is {n}.\n\nQ: a run-on exemplar"
 
 
-def make_rows(tmp_path, n=12):
-  rows = [{"input": f"Question number {i}: what is {i} plus {i}?"} for i in range(n)]
-  for r in rows[::2]:
-    r["label"] = str(len(r["input"]))
-  return write_jsonl(tmp_path / "sums.jsonl", rows), rows
-
-
 def openai_argv(data, out, server, *extra):
   return ["--dataset", f"jsonl:{data}", "--teacher", "openai", "--base_url", server.url,
           "--model", "fake", "--out_dir", out, "--timeout", "5", "--retry_base_delay", "0.01",
@@ -222,7 +204,7 @@ def openai_argv(data, out, server, *extra):
 
 
 def test_n_honoured_ignored_or_refused_gives_the_same_records(tmp_path):
-  data, rows = make_rows(tmp_path)
+  data, rows = write_sums(tmp_path)
   got, requests, usage = {}, {}, {}
   for mode in ("honour", "ignore", "refuse"):
     with FakeOpenAIServer(n_support=mode, sample_fn=sample_answer) as server:
@@ -251,7 +233,7 @@ def test_n_honoured_ignored_or_refused_gives_the_same_records(tmp_path):
 
 
 def test_stopped_run_with_samples_resumes_asking_only_missing_pairs(tmp_path):
-  data, rows = make_rows(tmp_path, n=16)
+  data, rows = write_sums(tmp_path, n=16)
   served = []
 
   def goes_down(prompt, attempt):
@@ -287,7 +269,7 @@ def test_stopped_run_with_samples_resumes_asking_only_missing_pairs(tmp_path):
 
 
 def test_partial_run_with_another_number_of_samples_is_refused(tmp_path):
-  data, _ = make_rows(tmp_path, n=4)
+  data, _ = write_sums(tmp_path, n=4)
   job = build.build_job(parse(replay_argv(write_jsonl(tmp_path / "r.jsonl", SAMPLED_ROWS),
                                           tmp_path / "out")))
   job.work_dir.mkdir(parents=True)
@@ -313,7 +295,7 @@ def test_split_evenly_and_the_ledger():
 
 
 def test_budget_stops_cleanly_and_a_higher_one_resumes(tmp_path):
-  data, rows = make_rows(tmp_path, n=10)
+  data, rows = write_sums(tmp_path, n=10)
   prices = ["--price_in", "1000", "--price_out", "2000"]  # dollars per million tokens
   with FakeOpenAIServer() as server:
     full = run(*openai_argv(data, tmp_path / "full", server, *prices))
@@ -391,7 +373,7 @@ def test_split_stats_of_shards_add_up(tmp_path):
 
 
 def test_requests_in_flight_finish_and_are_journalled_at_the_budget(tmp_path):
-  data, _ = make_rows(tmp_path, n=20)
+  data, _ = write_sums(tmp_path, n=20)
   prices = ["--price_in", "1000", "--price_out", "2000"]
   with FakeOpenAIServer(delay_seconds=0.05) as server:
     one = run(*openai_argv(data, tmp_path / "one", server, *prices)).stats["cost_usd"] / 20

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from typing import Sequence
 
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.annotate import answer_formats, benchmarks, endpoint, parsers, prompts
@@ -16,6 +17,7 @@ from sbs_jax.annotate.teachers import OpenAITeacher, ReplayTeacher
 from sbs_jax.data import readers
 from sbs_jax.data.annotation_dir import DATASET_NAME
 from sbs_jax.errors import SbsError
+from sbs_jax.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class Options:
   answer_regex: str | None = None
   stop_regex: str = parsers.DEFAULT_STOP_REGEX
   # --teacher openai
-  base_url: str | None = None
+  base_url: str | Sequence[str] | None = None  # several: replicas of one model
   model: str | None = None
   api_key_env: str | None = None
   allow_http_key: bool = False
@@ -173,6 +175,8 @@ def build_job(args: Options) -> job_lib.Job:
     raise SbsError(f"--keep gold: {data.source} has no gold labels (no row has "
                    f"{args.label_key if custom else 'a label'!r}): use --keep vote or all")
 
+  urls = _urls(args.base_url)
+  concurrency = args.concurrency
   if args.teacher == "replay":
     source = (f"{data.dataset}.{args.completion_key}" if custom
               else f"{args.dataset}/llm/{data.split}_CoT")
@@ -180,28 +184,39 @@ def build_job(args: Options) -> job_lib.Job:
     # Replayed completions came from the prompts of whoever wrote them, not ours.
     prompt_id = ("external" if custom else f"released-{args.dataset}-cot")
   else:
-    if not args.base_url or not args.model:
+    if not urls or not args.model:
       raise SbsError("--teacher openai needs --base_url and --model")
-    api_key = endpoint.choose_api_key(args.base_url, args.api_key_env,
-                                      args.allow_http_key)
+    api_keys = [endpoint.choose_api_key(url, args.api_key_env, args.allow_http_key)
+                for url in urls]
     teacher = OpenAITeacher(
-        args.base_url, args.model, api_key=api_key,
+        urls[0] if len(urls) == 1 else urls, args.model, api_key=api_keys,
         endpoint=args.endpoint, concurrency=args.concurrency, timeout=args.timeout,
         max_retries=args.max_retries, max_tokens=args.max_tokens,
         temperature=args.temperature, stop=prompt.stop,
         retry_base_delay=args.retry_base_delay, retry_max_delay=args.retry_max_delay)
+    concurrency = args.concurrency * len(urls)  # --concurrency is per replica
     prompt_id = prompt.id
-    if num_samples > 1 and args.temperature == 0:
-      log.warning("--num_samples %d at --temperature 0: a greedy teacher gives the same "
-                  "answer every time; set --temperature (e.g. 0.7) for different samples",
-                  num_samples)
+  if args.teacher != "replay" and num_samples > 1 and args.temperature == 0:
+    log.warning("--num_samples %d at --temperature 0: a greedy teacher gives the same "
+                "answer every time; set --temperature (e.g. 0.7) for different samples",
+                num_samples)
 
   return job_lib.Job(
       dataset=data.dataset, split=data.split, examples=examples, prompt=prompt,
       prompt_id=prompt_id, parse=bench.parse, labels_match=bench.same_label,
       teacher=teacher, out_dir=args.out_dir, num_shards=args.num_shards,
-      shard_index=args.shard_index, concurrency=args.concurrency, restart=args.restart,
+      shard_index=args.shard_index, concurrency=concurrency, restart=args.restart,
       progress=False if args.no_progress else None, answer_format=bench.answer_format,
       settings=settings, num_samples=num_samples, keep=args.keep,
       prices=(None if args.price_in is None else Prices(args.price_in, args.price_out)),
       max_cost=args.max_cost)
+
+
+def _urls(base_url) -> list[str]:
+  """--base_url as a list (one URL, or a pool's replicas); a URL given twice is refused."""
+  urls = [base_url] if isinstance(base_url, str) else list(base_url or ())
+  for i, url in enumerate(urls):
+    if url in urls[:i]:
+      raise SbsError(f"--base_url {redact_url(url)} is given twice: give each replica once "
+                     "(--concurrency sets the requests in flight per replica)")
+  return urls

@@ -412,7 +412,7 @@ def _run_locked(job: Job, finished_stats: dict | None = None) -> Result:
   progress = Progress(total, len(entries), label, job.progress, logger=log,
                       unit="sample" if k > 1 else "ex",
                       note=ledger.shown if job.prices else None)
-  unasked = 0
+  unasked, asked = 0, sum(len(samples) for _, samples in pending)
   try:
     if pending:
       unasked = asyncio.run(asking.ask(job.teacher, job.prompt, job.concurrency, pending,
@@ -434,16 +434,15 @@ def _run_locked(job: Job, finished_stats: dict | None = None) -> Result:
   rows = [row for ex in shard
           for row in build_records(job, ex, [entries[ex.index, s] for s in range(k)])]
   stats = _shard_stats(job, rows, entries)
-  counters = getattr(job.teacher, "counters", None)
-  if counters is not None:
-    stats["client_this_run"] = dataclasses.asdict(counters)
+  report = getattr(job.teacher, "run_report", None)
+  if report is not None:  # what the client saw in this run
+    stats.update(report())
   job.dataset_dir.mkdir(parents=True, exist_ok=True)
   records_lib.write_atomically(job.records_path, (r for r, _ in rows))
   write_json_atomically(job.stats_path, stats)
   shutil.rmtree(job.work_dir, ignore_errors=True)
   _remove_empty(job.dataset_dir / ".partial")
-  return Result(stats, _maybe_merge(job), job.records_path,
-                sum(len(samples) for _, samples in pending),
+  return Result(stats, _maybe_merge(job), job.records_path, asked,
                 rewritten=finished_stats is not None)
 
 

@@ -1,4 +1,5 @@
-"""Teacher backends: replay of completions already written, or an OpenAI-compatible server.
+"""Teacher backends: replay of completions already written, or an OpenAI-compatible server
+or a pool of its replicas (pool.py chooses the replica of each try).
 
 A teacher is asked for samples of one example at a time through `await
 teacher.complete(example, prompt_text, samples)` and answers a list of `Completion`s for
@@ -25,6 +26,7 @@ import logging
 import random
 from typing import Protocol, Sequence
 
+from sbs_jax.annotate.pool import Attempts, ClientCounters, Pool, Replica
 from sbs_jax.redact import redact_text, redact_url
 from sbs_jax.data.readers import Example
 from sbs_jax.errors import TeacherError
@@ -86,16 +88,6 @@ class ReplayTeacher:
     pass
 
 
-@dataclasses.dataclass
-class ClientCounters:
-  """What the client saw, for the stats file (this run only; not part of the records)."""
-  requests: int = 0
-  retries: int = 0
-  timeouts: int = 0
-  bad_responses: int = 0
-  status_counts: dict = dataclasses.field(default_factory=dict)
-
-
 class _NRefused(Exception):
   """The server refused a request for several samples (it does not take `n`)."""
 
@@ -108,45 +100,103 @@ class _Retryable(Exception):
     self.retry_after = retry_after
 
 
+class BadResponse(ValueError):
+  """A response body that holds no completion."""
+
+
+ENDPOINT_PATHS = {"completions": "/completions", "chat": "/chat/completions"}
+
+
+def request_body(model: str, endpoint: str, max_tokens: int, temperature: float,
+                 stop: Sequence[str], prompt: str, n: int = 1) -> dict:
+  """The JSON body of one request for `n` completions of `prompt` (the batch teacher
+  writes these same bodies into its request files)."""
+  body = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
+  if n > 1:  # left out for one sample: the request is then as it always was
+    body["n"] = n
+  if stop:
+    body["stop"] = list(stop)
+  if endpoint == "completions":
+    body["prompt"] = prompt
+  else:
+    body["messages"] = [{"role": "user", "content": prompt}]
+  return body
+
+
+def read_choices(data, endpoint: str, n: int = 1) -> list[Completion]:
+  """Up to `n` completions of a response body, in the order of their `index`, with its
+  usage split evenly over them; BadResponse when it holds no completion."""
+  try:
+    choices = list(data["choices"])
+    if not choices:
+      raise IndexError("no choices")
+    if all(isinstance(c.get("index"), int) for c in choices):
+      choices.sort(key=lambda c: c["index"])
+    texts = []
+    for choice in choices[:n]:
+      text = choice["text"] if endpoint == "completions" else choice["message"]["content"]
+      if not isinstance(text, str):
+        raise TypeError("completion text is not a string")
+      texts.append(text)
+    usage = data.get("usage") or {}
+    prompt_tokens = split_evenly(int(usage.get("prompt_tokens") or 0), len(texts))
+    completion_tokens = split_evenly(int(usage.get("completion_tokens") or 0), len(texts))
+  except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+    raise BadResponse(f"response without a completion ({type(e).__name__}: {e})") from None
+  return [Completion(t, p, c) for t, p, c in zip(texts, prompt_tokens, completion_tokens)]
+
+
 class OpenAITeacher:
-  """Any OpenAI-compatible server (vLLM, TGI, llama.cpp, hosted APIs).
+  """Any OpenAI-compatible server (vLLM, TGI, llama.cpp, hosted APIs), or a pool of
+  replicas serving the same model (pool.py decides which replica takes each try).
 
   Args:
     base_url: e.g. http://127.0.0.1:8000/v1 (the `/completions` or `/chat/completions`
-      path is appended).
-    model: the model name the server expects.
-    api_key: the key, or None for servers without authentication. Only ever sent in the
-      Authorization header; never logged or written. Which endpoint may get which key is
-      decided by the caller (`endpoint.choose_api_key` for the command).
+      path is appended), or a list of such URLs: replicas of one model.
+    model: the model name the servers expect.
+    api_key: the key, or None for servers without authentication; for a pool, one per
+      URL (a single value goes to every replica). Only ever sent in the Authorization
+      header; never logged or written. Which endpoint may get which key is decided by the
+      caller (`endpoint.choose_api_key` for the command).
     endpoint: "completions" (the prompt as text) or "chat" (the prompt as one user turn).
-    concurrency: the connection pool size (the job runs as many requests at once).
+    concurrency: requests in flight per replica (and each replica's connection pool).
     timeout: seconds for one request, from connecting to the last byte of the body.
-    max_retries: tries after the first before the job stops with a TeacherError.
-    retry_base_delay, retry_max_delay: exponential backoff with full jitter, in seconds.
+    max_retries: further tries of a request on each replica; the job stops with a
+      TeacherError once every replica has failed it 1 + max_retries times.
+    retry_base_delay, retry_max_delay: a failed replica's exponential backoff with full
+      jitter, in seconds.
   """
 
-  def __init__(self, base_url: str, model: str, api_key: str | None = None,
+  def __init__(self, base_url: str | Sequence[str], model: str,
+               api_key: str | None | Sequence[str | None] = None,
                endpoint: str = "completions", concurrency: int = 16,
                timeout: float = 120.0, max_retries: int = 8, max_tokens: int = 256,
                temperature: float = 0.0, stop: Sequence[str] = (),
                retry_base_delay: float = 0.5, retry_max_delay: float = 30.0,
                seed: int | None = None):
-    if endpoint not in ("completions", "chat"):
+    if endpoint not in ENDPOINT_PATHS:
       raise ValueError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    keys = (list(api_key) if api_key is not None and not isinstance(api_key, str)
+            else [api_key] * len(urls))
+    if len(keys) != len(urls):
+      raise ValueError(f"{len(urls)} URLs but {len(keys)} API keys")
     self.name = f"openai:{model}"
-    self._base_url = base_url
-    self._url = base_url.rstrip("/") + ("/completions" if endpoint == "completions"
-                                        else "/chat/completions")
-    self.shown_url = redact_url(self._url)  # the only form of the URL that is printed
-    api_key = api_key.strip() if api_key else None
-    if api_key and any(ord(c) <= 32 or ord(c) >= 127 for c in api_key):
-      raise TeacherError("the API key holds whitespace, control or non-ASCII characters "
-                         "inside it: pass the key alone")
-    if api_key and "@" in base_url.split("://", 1)[-1].split("/", 1)[0]:
-      raise TeacherError(f"{redact_url(base_url)} holds credentials and an API key is "
-                         "given too: use one or the other")
+    self.pool = Pool([u.rstrip("/") + ENDPOINT_PATHS[endpoint] for u in urls], concurrency,
+                     retry_base_delay, retry_max_delay, random.Random(seed))
+    self._base_urls, self._keys = {}, {}  # by id(replica)
+    for replica, url, key in zip(self.pool.replicas, urls, keys):
+      key = key.strip() if key else None
+      if key and any(ord(c) <= 32 or ord(c) >= 127 for c in key):
+        raise TeacherError("the API key holds whitespace, control or non-ASCII characters "
+                           "inside it: pass the key alone")
+      if key and "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+        raise TeacherError(f"{redact_url(url)} holds credentials and an API key is "
+                           "given too: use one or the other")
+      self._base_urls[id(replica)], self._keys[id(replica)] = url, key or None
+    # The only forms of the URLs that are printed.
+    self.shown_url = ", ".join(r.shown for r in self.pool.replicas)
     self._model = model
-    self._api_key = api_key or None
     self._endpoint = endpoint
     self._concurrency = concurrency
     self._timeout = timeout
@@ -154,12 +204,8 @@ class OpenAITeacher:
     self._max_tokens = max_tokens
     self._temperature = temperature
     self._stop = list(stop)[:4]
-    self._base_delay = retry_base_delay
-    self._max_delay = retry_max_delay
-    self._rng = random.Random(seed)
-    self._session = None
+    self._sessions: dict[int, object] = {}  # by id(replica)
     self.honours_n: bool | None = None  # unknown until a request with n > 1 is answered
-    self.counters = ClientCounters()
     self.settings = {"model": model, "endpoint": endpoint, "max_tokens": max_tokens,
                      "temperature": temperature, "stop": self._stop}
 
@@ -167,65 +213,54 @@ class OpenAITeacher:
   def several_per_request(self) -> bool:
     return self.honours_n is not False
 
-  def _redact(self, text: str) -> str:
-    return redact_text(text, self._base_url, self._api_key)
+  @property
+  def counters(self) -> ClientCounters:
+    """This run's counters, summed over the replicas."""
+    return self.pool.totals()
 
-  async def _get_session(self):
+  def run_report(self) -> dict:
+    """What the stats file records of this run's client: the totals and, per replica (by
+    its redacted URL), its own counters."""
+    per_replica = {}
+    for replica in self.pool.replicas:
+      name = replica.shown
+      while name in per_replica:  # URLs that differ only in their secrets
+        name += "'"
+      per_replica[name] = dataclasses.asdict(replica.counters)
+    return {"client_this_run": {**dataclasses.asdict(self.counters),
+                                "replicas": per_replica}}
+
+  def _redact(self, replica: Replica, text: str) -> str:
+    return redact_text(text, self._base_urls[id(replica)], self._keys[id(replica)])
+
+  async def _get_session(self, replica: Replica):
     import aiohttp  # pylint: disable=import-outside-toplevel
-    if self._session is None:
+    session = self._sessions.get(id(replica))
+    if session is None:
       headers = {"Content-Type": "application/json"}
-      if self._api_key:
-        headers["Authorization"] = f"Bearer {self._api_key}"
-      self._session = aiohttp.ClientSession(
+      if self._keys[id(replica)]:
+        headers["Authorization"] = f"Bearer {self._keys[id(replica)]}"
+      session = aiohttp.ClientSession(
           headers=headers,
           connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0,
                                          ttl_dns_cache=300),
           timeout=aiohttp.ClientTimeout(total=self._timeout))
-    return self._session
+      self._sessions[id(replica)] = session
+    return session
 
   def _payload(self, prompt: str, n: int = 1) -> dict:
-    body = {"model": self._model, "max_tokens": self._max_tokens,
-            "temperature": self._temperature}
-    if n > 1:  # left out for one sample: the request is then as it always was
-      body["n"] = n
-    if self._stop:
-      body["stop"] = self._stop
-    if self._endpoint == "completions":
-      body["prompt"] = prompt
-    else:
-      body["messages"] = [{"role": "user", "content": prompt}]
-    return body
+    return request_body(self._model, self._endpoint, self._max_tokens, self._temperature,
+                        self._stop, prompt, n)
 
-  def _read_answer(self, data, n: int = 1) -> list[Completion]:
-    """Up to `n` completions of a response, in the order of their `index`, with its
-    usage split evenly over them."""
-    try:
-      choices = list(data["choices"])
-      if not choices:
-        raise IndexError("no choices")
-      if all(isinstance(c.get("index"), int) for c in choices):
-        choices.sort(key=lambda c: c["index"])
-      texts = []
-      for choice in choices[:n]:
-        text = choice["text"] if self._endpoint == "completions" else (
-            choice["message"]["content"])
-        if not isinstance(text, str):
-          raise TypeError("completion text is not a string")
-        texts.append(text)
-      usage = data.get("usage") or {}
-      prompt_tokens = split_evenly(int(usage.get("prompt_tokens") or 0), len(texts))
-      completion_tokens = split_evenly(int(usage.get("completion_tokens") or 0), len(texts))
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-      raise _Retryable(f"response without a completion ({type(e).__name__}: {e})")
-    return [Completion(t, p, c) for t, p, c in zip(texts, prompt_tokens, completion_tokens)]
-
-  async def _attempt(self, session, payload: dict) -> list[Completion]:
+  async def _attempt(self, replica: Replica, payload: dict) -> list[Completion]:
     import aiohttp  # pylint: disable=import-outside-toplevel
-    self.counters.requests += 1
+    counters = replica.counters
+    session = await self._get_session(replica)
+    counters.requests += 1
     try:
-      async with session.post(self._url, json=payload) as resp:
+      async with session.post(replica.url, json=payload) as resp:
         status = resp.status
-        self.counters.status_counts[status] = self.counters.status_counts.get(status, 0) + 1
+        counters.status_counts[status] = counters.status_counts.get(status, 0) + 1
         body = await resp.read()
         if status in RETRY_STATUSES:
           retry_after = _retry_after(resp.headers.get("Retry-After"))
@@ -233,26 +268,26 @@ class OpenAITeacher:
         if status in N_REFUSED_STATUSES and payload.get("n", 1) > 1:
           raise _NRefused(f"HTTP {status}")
         if status != 200:
-          snippet = self._redact(body[:300].decode("utf-8", "replace"))
+          snippet = self._redact(replica, body[:300].decode("utf-8", "replace"))
           raise TeacherError(f"the teacher server refused the request: HTTP {status} "
-                             f"from {self.shown_url}: {snippet}")
+                             f"from {replica.shown}: {snippet}")
     except asyncio.TimeoutError:
-      self.counters.timeouts += 1
+      counters.timeouts += 1
       raise _Retryable(f"no answer within {self._timeout:g}s") from None
     except (aiohttp.ClientError, OSError) as e:
-      raise _Retryable(f"{type(e).__name__}: {self._redact(str(e))[:200]}") from None
+      raise _Retryable(f"{type(e).__name__}: {self._redact(replica, str(e))[:200]}") from None
     try:
       data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-      self.counters.bad_responses += 1
+      counters.bad_responses += 1
       raise _Retryable("the body is not JSON") from None
     try:
-      return self._read_answer(data, payload.get("n", 1))
-    except _Retryable:
-      self.counters.bad_responses += 1
-      raise
+      return read_choices(data, self._endpoint, payload.get("n", 1))
+    except BadResponse as e:
+      counters.bad_responses += 1
+      raise _Retryable(str(e)) from None
 
-  def _learn_n(self, asked: int, got: int, why: str = "") -> None:
+  def _learn_n(self, replica: Replica, asked: int, got: int, why: str = "") -> None:
     """Remembers from an answer to a request with n = `asked` whether the server takes n."""
     if got >= asked:
       if self.honours_n is None:
@@ -260,42 +295,52 @@ class OpenAITeacher:
       return
     if self.honours_n is not False:
       log.warning("%s answered %s for n=%d samples: asking for each sample with a request "
-                  "of its own from now on", self.shown_url, why or f"{got} choice(s)", asked)
+                  "of its own from now on", replica.shown, why or f"{got} choice(s)", asked)
     self.honours_n = False
 
   async def complete(self, example: Example, prompt: str,
                      samples: Sequence[int] = (0,)) -> list[Completion]:
-    session = await self._get_session()
     n = len(samples)
     payload = self._payload(prompt, n)
-    last = ""
-    for attempt in range(self._max_retries + 1):
+    attempts = Attempts(self._max_retries + 1)
+    while not self.pool.exhausted(attempts):
+      replica = await self.pool.acquire(attempts)
+      failed, retry_after = False, None
       try:
-        completions = await self._attempt(session, payload)
-        if n > 1:
-          self._learn_n(n, len(completions))
-        return completions
+        completions = await self._attempt(replica, payload)
       except _NRefused as e:
-        self._learn_n(n, 0, str(e))
+        self._learn_n(replica, n, 0, str(e))
         return []
       except _Retryable as e:
-        last = self._redact(str(e))
-        if attempt == self._max_retries:
-          break
-        self.counters.retries += 1
-        cap = min(self._max_delay, self._base_delay * 2 ** attempt)
-        delay = self._rng.uniform(0, cap)
-        if e.retry_after is not None:
-          delay = max(delay, min(e.retry_after, self._max_delay))
-        await asyncio.sleep(delay)
-    raise TeacherError(f"the teacher at {self.shown_url} failed {self._max_retries + 1} times "
-                       f"for example {example.id!r} (last: {last}); completed examples are "
-                       "kept: rerun the same command to resume")
+        failed, retry_after = True, e.retry_after
+        attempts.failed(replica, self._redact(replica, str(e)))
+        if not self.pool.exhausted(attempts):
+          replica.counters.retries += 1
+        continue
+      finally:  # a refusal (4xx) or a cancellation is no failure of the replica
+        self.pool.release(replica, ok=not failed, retry_after=retry_after)
+      if n > 1:
+        self._learn_n(replica, n, len(completions))
+      return completions
+    raise TeacherError(self._gave_up(example, attempts))
+
+  def _gave_up(self, example: Example, attempts: Attempts) -> str:
+    tries = self._max_retries + 1
+    if len(self.pool.replicas) == 1:
+      replica = self.pool.replicas[0]
+      what = (f"the teacher at {replica.shown} failed {tries} times for example "
+              f"{example.id!r} (last: {attempts.last[id(replica)]})")
+    else:
+      lasts = "; ".join(f"{r.shown}: {attempts.last[id(r)]}" for r in self.pool.replicas)
+      what = (f"every replica of the teacher failed {tries} times for example "
+              f"{example.id!r} (last failures: {lasts})")
+    return f"{what}; completed examples are kept: rerun the same command to resume"
 
   async def aclose(self) -> None:
-    if self._session is not None:
-      await self._session.close()
-      self._session = None
+    sessions, self._sessions = list(self._sessions.values()), {}
+    for session in sessions:
+      await session.close()
+    self.pool.forget_loop()
 
 
 def split_evenly(total: int, parts: int) -> list[int]:

@@ -21,7 +21,9 @@ def add_parser(subparsers) -> None:
   p.add_argument("--dataset", required=True,
                  help=f"one of {', '.join(benchmarks.BENCHMARKS)}, or jsonl:PATH")
   p.add_argument("--split")
-  p.add_argument("--teacher", choices=("replay", "openai"), required=True)
+  p.add_argument("--teacher", choices=("replay", "openai"), required=True,
+                 help="replay: completions already written; openai: an OpenAI-compatible "
+                 "server (or a pool of replicas)")
   p.add_argument("--out_dir", required=True)
   p.add_argument("--data_dir", help=f"benchmarks' dir (default ${readers.DATA_DIR_ENV}, "
                  "else ../shared/datasets)")
@@ -48,7 +50,10 @@ def add_parser(subparsers) -> None:
   g.add_argument("--stop_regex",
                  help="where a completion runs on into the next exemplar")
   g = p.add_argument_group("--teacher openai")
-  g.add_argument("--base_url", help="e.g. http://127.0.0.1:8000/v1")
+  g.add_argument("--base_url", action="append",
+                 help="e.g. http://127.0.0.1:8000/v1; give it several times for replicas of "
+                 "one model: each request goes to the replica with the most free slots, and "
+                 "one that fails rests while the others take its work")
   g.add_argument("--model")
   g.add_argument("--api_key_env",
                  help="the environment variable holding this endpoint's API key (default: "
@@ -57,9 +62,10 @@ def add_parser(subparsers) -> None:
   g.add_argument("--allow_http_key", action="store_true",
                  help="send the key over plain http to a host other than this machine")
   g.add_argument("--endpoint", choices=("completions", "chat"))
-  g.add_argument("--concurrency", type=int)
+  g.add_argument("--concurrency", type=int, help="requests in flight per replica")
   g.add_argument("--timeout", type=float, help="seconds per request")
-  g.add_argument("--max_retries", type=int)
+  g.add_argument("--max_retries", type=int,
+                 help="further tries of a request on each replica before the job stops")
   g.add_argument("--retry_base_delay", type=float)
   g.add_argument("--retry_max_delay", type=float)
   g.add_argument("--max_tokens", type=int)

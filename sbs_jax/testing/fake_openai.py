@@ -42,6 +42,33 @@ def echo_answer(prompt: str) -> str:
           "\n\nQ: a run-on exemplar that the parser must cut")
 
 
+def prompt_of(chat: bool, request: dict) -> str:
+  """The prompt of a completions request, or the last message of a chat request."""
+  return request["messages"][-1]["content"] if chat else request["prompt"]
+
+
+def response_body(chat: bool, request: dict, prompt: str, texts: list[str]) -> dict:
+  """The JSON body a server answers `request` with, one choice per text (cut at the
+  request's stop sequences, as a server honours them). Usage counts the prompt's words
+  once and the words of every choice."""
+  choices, completion_tokens = [], 0
+  for j, text in enumerate(texts):
+    for stop in request.get("stop") or ():
+      text = text.split(stop)[0]
+    if chat:
+      choices.append({"index": j, "message": {"role": "assistant", "content": text},
+                      "finish_reason": "stop"})
+    else:
+      choices.append({"index": j, "text": text, "logprobs": None, "finish_reason": "stop"})
+    completion_tokens += len(text.split())
+  prompt_tokens = len(prompt.split())
+  return {"id": "chatcmpl-fake" if chat else "cmpl-fake",
+          "object": "chat.completion" if chat else "text_completion", "created": 1700000000,
+          "model": request.get("model"), "choices": choices,
+          "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens}}
+
+
 class PortError(ValueError):
   """The server cannot listen on the port asked for (out of range, in use, not allowed)."""
 
@@ -75,6 +102,7 @@ class FakeOpenAIServer:
     self.sample_fn = sample_fn
     self.generated: collections.Counter = collections.Counter()  # prompt -> choices made
     self.n_asked: list[int] = []  # the `n` of each request
+    self.bodies: list[dict] = []  # each request's JSON body, as sent
     self.fault_fn = fault_fn or (lambda prompt, attempt: None)
     self.hang_seconds = hang_seconds
     self.delay_seconds = delay_seconds
@@ -98,15 +126,13 @@ class FakeOpenAIServer:
     """Returns (fault, status, payload bytes)."""
     try:
       request = json.loads(body)
-      if path.endswith("/chat/completions"):
-        prompt = request["messages"][-1]["content"]
-      else:
-        prompt = request["prompt"]
+      prompt = prompt_of(path.endswith("/chat/completions"), request)
       n = int(request.get("n", 1))
     except (ValueError, KeyError, IndexError, TypeError):
       return None, 400, b'{"error": {"message": "bad request"}}'
     with self._lock:
       self.n_asked.append(n)
+      self.bodies.append(request)
       self.attempts[prompt] += 1
       attempt = self.attempts[prompt]
       fault = self.fault_fn(prompt, attempt)
@@ -118,23 +144,10 @@ class FakeOpenAIServer:
       return fault, int(fault), json.dumps({"error": {"message": fault}}).encode()
     if n > 1 and self.n_support == "refuse":
       return fault, 400, b'{"error": {"message": "n must be 1"}}'
-    choices, completion_tokens = [], 0
-    for j in range(n if self.n_support == "honour" else 1):
-      text = GARBAGE_TEXT if fault == "garbage_text" else self._answer(prompt)
-      for stop in request.get("stop") or ():
-        text = text.split(stop)[0]  # as a server honours stop sequences
-      if path.endswith("/chat/completions"):
-        choice = {"index": j, "message": {"role": "assistant", "content": text},
-                  "finish_reason": "stop"}
-      else:
-        choice = {"index": j, "text": text, "finish_reason": "stop"}
-      choices.append(choice)
-      completion_tokens += len(text.split())
-    payload = json.dumps({
-        "id": "cmpl-fake", "object": "text_completion", "model": request.get("model"),
-        "choices": choices,
-        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": completion_tokens,
-                  "total_tokens": len(prompt.split()) + completion_tokens}}).encode()
+    texts = [GARBAGE_TEXT if fault == "garbage_text" else self._answer(prompt)
+             for _ in range(n if self.n_support == "honour" else 1)]
+    payload = json.dumps(response_body(path.endswith("/chat/completions"), request, prompt,
+                                       texts)).encode()
     if fault == "garbage_body":
       payload = b"<html>502 Bad Gateway, or so</html>"
     return fault, 200, payload
@@ -183,6 +196,8 @@ class FakeOpenAIServer:
         writer.write(head + payload)
         await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+      return
+    except asyncio.CancelledError:  # stop() while a delay or hang is on: a quiet end
       return
     finally:
       writer.close()

@@ -1,9 +1,11 @@
 """Rows and files: JSON Lines writing, an ANLI round-1 stand-in, rows with several teacher
-samples each, `sbs annotate` flags."""
+samples each, questions the fake teacher answers, `sbs annotate` flags and runs."""
 
 import argparse
 import json
 
+from sbs_jax.annotate import build
+from sbs_jax.annotate import job as job_lib
 from sbs_jax.commands import annotate as annotate_command
 
 
@@ -55,3 +57,25 @@ def annotate_args(**kw) -> argparse.Namespace:
   for k, v in kw.items():
     argv += [f"--{k}", str(v)]
   return parser.parse_args(argv)
+
+
+def parse_annotate(argv) -> argparse.Namespace:
+  """`sbs annotate`'s flags parsed from `argv` (plus --no_progress), as the command does."""
+  parser = argparse.ArgumentParser()
+  annotate_command.add_parser(parser.add_subparsers())
+  return parser.parse_args(["annotate", "--no_progress", *map(str, argv)])
+
+
+def run_annotate(*argv) -> job_lib.Result:
+  """The `sbs annotate` job of these flags, run in this process."""
+  return job_lib.run(build.build_job(parse_annotate(argv)))
+
+
+def write_sums(tmp_path, n=12):
+  """`sums.jsonl` of n questions 'Question number i: what is i plus i?', every other one
+  labelled with what the fake OpenAI server answers it (the question's length); returns
+  (path, rows)."""
+  rows = [{"input": f"Question number {i}: what is {i} plus {i}?"} for i in range(n)]
+  for r in rows[::2]:
+    r["label"] = str(len(r["input"]))
+  return write_jsonl(tmp_path / "sums.jsonl", rows), rows
