@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 import re
 from typing import Sequence
 
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.annotate import answer_formats, benchmarks, endpoint, parsers, prompts
 from sbs_jax.annotate import samples as samples_lib
+from sbs_jax.annotate.batch import BatchTeacher
 from sbs_jax.annotate.cost import Prices
 from sbs_jax.annotate.teachers import OpenAITeacher, ReplayTeacher
 from sbs_jax.data import readers
@@ -27,7 +29,7 @@ class Options:
   """What an annotation job is asked to do: the fields of `sbs annotate`'s flags, with the
   same defaults (the command's parser takes its defaults from here)."""
   dataset: str  # a benchmark's name, or jsonl:PATH
-  teacher: str  # replay or openai
+  teacher: str  # replay, openai or batch
   out_dir: str
   split: str = "train"
   data_dir: str | None = None
@@ -44,7 +46,7 @@ class Options:
   answer_format: str = "auto"
   answer_regex: str | None = None
   stop_regex: str = parsers.DEFAULT_STOP_REGEX
-  # --teacher openai
+  # --teacher openai (and batch: the request settings)
   base_url: str | Sequence[str] | None = None  # several: replicas of one model
   model: str | None = None
   api_key_env: str | None = None
@@ -57,6 +59,8 @@ class Options:
   retry_max_delay: float = 30.0
   max_tokens: int = 256
   temperature: float = 0.0
+  # --teacher batch
+  batch_dir: str | None = None  # the requests and results files of an offline batch
   # several samples, vote, filter, cost
   num_samples: int | None = None  # None: 1 (replay: the completions' count per row)
   keep: str = "all"  # all | gold | vote
@@ -176,6 +180,9 @@ def build_job(args: Options) -> job_lib.Job:
                    f"{args.label_key if custom else 'a label'!r}): use --keep vote or all")
 
   urls = _urls(args.base_url)
+  if args.batch_dir and args.teacher != "batch":
+    raise SbsError(f"--batch_dir is for --teacher batch, not --teacher {args.teacher}: "
+                   "leave it out, or pass --teacher batch")
   concurrency = args.concurrency
   if args.teacher == "replay":
     source = (f"{data.dataset}.{args.completion_key}" if custom
@@ -183,6 +190,9 @@ def build_job(args: Options) -> job_lib.Job:
     teacher = ReplayTeacher(data.completions, source)
     # Replayed completions came from the prompts of whoever wrote them, not ours.
     prompt_id = ("external" if custom else f"released-{args.dataset}-cot")
+  elif args.teacher == "batch":
+    teacher = _batch_teacher(args, urls, prompt)
+    prompt_id = prompt.id
   else:
     if not urls or not args.model:
       raise SbsError("--teacher openai needs --base_url and --model")
@@ -220,3 +230,22 @@ def _urls(base_url) -> list[str]:
       raise SbsError(f"--base_url {redact_url(url)} is given twice: give each replica once "
                      "(--concurrency sets the requests in flight per replica)")
   return urls
+
+
+def _batch_teacher(args, urls: list[str], prompt: prompts.Prompt) -> BatchTeacher:
+  """The offline batch teacher of the options, after its flags are checked."""
+  if not args.batch_dir or not args.model:
+    raise SbsError("--teacher batch needs --batch_dir (a folder for the batch's requests and "
+                   "results files, one per shard) and --model")
+  if urls:
+    raise SbsError("--teacher batch sends no request itself: leave --base_url out (the batch "
+                   "runs where you upload its requests file)")
+  if args.max_cost is not None:
+    raise SbsError("--max_cost cannot stop a batch that runs elsewhere: leave it out (with "
+                   "--price_in/--price_out the stats price what the results used)")
+  folder = pathlib.Path(args.batch_dir)
+  if folder.exists() and not folder.is_dir():
+    raise SbsError(f"--batch_dir {folder} is a file, not a folder: choose another "
+                   "--batch_dir")
+  return BatchTeacher(folder, args.model, endpoint=args.endpoint, max_tokens=args.max_tokens,
+                      temperature=args.temperature, stop=prompt.stop)

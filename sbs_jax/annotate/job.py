@@ -22,6 +22,10 @@ Exactly-once, resumable design:
   exception is `--keep` on a finished shard: its records hold every raw completion, so they
   are put back into a journal (with the stats' token totals spread over them) and written
   again with the new `--keep`, asking the teacher nothing. A lock keeps two processes off the same shard.
+- With `--teacher batch` nothing is asked: the answers come from the batch service's output
+  files (batch.py journals them as the openai teacher's would be); while some sample has
+  none, the requests for the missing ones are written for the service and the run ends
+  without records (`Result.waiting`).
 - A budget (`--max_cost`, with prices) is checked before each request: once the spend of
   the journal's answers and this run's reaches it, no request starts, those in flight
   finish and are journalled, and the run stops with an SbsError; a rerun with a higher
@@ -45,6 +49,7 @@ from typing import Callable, Sequence
 from sbs_jax.data import records as records_lib
 from sbs_jax.data.annotation_dir import AnnotationDir
 from sbs_jax.annotate import asking
+from sbs_jax.annotate import batch as batch_lib
 from sbs_jax.annotate import samples as samples_lib
 from sbs_jax.annotate import stats as stats_lib
 from sbs_jax.annotate.cost import Ledger, Prices
@@ -101,6 +106,11 @@ class Job:
     if self.max_cost is not None and self.prices is None:
       raise SbsError("--max_cost needs --price_in and --price_out (dollars per million "
                      "tokens) to count what is spent")
+
+  def batch_shard(self) -> dict:
+    """What identifies this shard's requests in an offline batch (batch.py)."""
+    return {"dataset": self.dataset, "split": self.split, "num_shards": self.num_shards,
+            "shard_index": self.shard_index}
 
   # The shard's files, as the annotation dir names them (data/annotation_dir.py).
   @property
@@ -248,6 +258,7 @@ class Result:
   asked: int  # samples the teacher was asked for in this run (examples, with one sample)
   already_done: bool = False
   rewritten: bool = False  # a finished shard written again for another --keep
+  waiting: batch_lib.Waiting | None = None  # --teacher batch: no records yet, requests out
 
 
 def run(job: Job) -> Result:
@@ -412,14 +423,20 @@ def _run_locked(job: Job, finished_stats: dict | None = None) -> Result:
   progress = Progress(total, len(entries), label, job.progress, logger=log,
                       unit="sample" if k > 1 else "ex",
                       note=ledger.shown if job.prices else None)
-  unasked, asked = 0, sum(len(samples) for _, samples in pending)
+  unasked, waiting, asked = 0, None, sum(len(samples) for _, samples in pending)
   try:
-    if pending:
+    if pending and isinstance(job.teacher, batch_lib.BatchTeacher):
+      waiting = batch_lib.answer(job.teacher, job.batch_shard(), job.prompt, pending, hashes,
+                                 journal, ledger, progress)
+      asked = job.teacher.counters.samples_answered
+    elif pending:
       unasked = asyncio.run(asking.ask(job.teacher, job.prompt, job.concurrency, pending,
                                        hashes, journal, progress, ledger))
   finally:
     progress.close()
     journal.close()
+  if waiting is not None:
+    return Result({}, None, job.records_path, asked, waiting=waiting)
   if unasked:
     raise SbsError(
         f"--max_cost {job.max_cost:g} reached: ${ledger.spent:.4f} spent on this shard "
@@ -435,7 +452,7 @@ def _run_locked(job: Job, finished_stats: dict | None = None) -> Result:
           for row in build_records(job, ex, [entries[ex.index, s] for s in range(k)])]
   stats = _shard_stats(job, rows, entries)
   report = getattr(job.teacher, "run_report", None)
-  if report is not None:  # what the client saw in this run
+  if report is not None:  # what the client (or the batch's results) saw in this run
     stats.update(report())
   job.dataset_dir.mkdir(parents=True, exist_ok=True)
   records_lib.write_atomically(job.records_path, (r for r, _ in rows))

@@ -116,4 +116,5 @@ def merge_stats(parts: Sequence[dict]) -> dict:
   costs = [p.get("cost_usd") for p in parts]
   merged["cost_usd"] = None if None in costs else round(sum(costs), 6)
   merged.pop("client_this_run", None)
+  merged.pop("batch_this_run", None)
   return merged

@@ -1,5 +1,6 @@
 """Teacher backends: replay of completions already written, or an OpenAI-compatible server
-or a pool of its replicas (pool.py chooses the replica of each try).
+or a pool of its replicas (pool.py chooses the replica of each try; the offline batch
+teacher, batch.py, writes these same request bodies into a file instead).
 
 A teacher is asked for samples of one example at a time through `await
 teacher.complete(example, prompt_text, samples)` and answers a list of `Completion`s for

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from sbs_jax.annotate import answer_formats, benchmarks, build, parsers, samples
+from sbs_jax.annotate import answer_formats, batch, benchmarks, build, parsers, samples
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.data import readers
 
@@ -21,9 +21,10 @@ def add_parser(subparsers) -> None:
   p.add_argument("--dataset", required=True,
                  help=f"one of {', '.join(benchmarks.BENCHMARKS)}, or jsonl:PATH")
   p.add_argument("--split")
-  p.add_argument("--teacher", choices=("replay", "openai"), required=True,
+  p.add_argument("--teacher", choices=("replay", "openai", "batch"), required=True,
                  help="replay: completions already written; openai: an OpenAI-compatible "
-                 "server (or a pool of replicas)")
+                 "server (or a pool of replicas); batch: a requests file for the OpenAI Batch "
+                 "API or vLLM's run_batch, then its results")
   p.add_argument("--out_dir", required=True)
   p.add_argument("--data_dir", help=f"benchmarks' dir (default ${readers.DATA_DIR_ENV}, "
                  "else ../shared/datasets)")
@@ -49,7 +50,7 @@ def add_parser(subparsers) -> None:
                  "any case for the other formats)")
   g.add_argument("--stop_regex",
                  help="where a completion runs on into the next exemplar")
-  g = p.add_argument_group("--teacher openai")
+  g = p.add_argument_group("--teacher openai (and batch: the request settings)")
   g.add_argument("--base_url", action="append",
                  help="e.g. http://127.0.0.1:8000/v1; give it several times for replicas of "
                  "one model: each request goes to the replica with the most free slots, and "
@@ -70,6 +71,11 @@ def add_parser(subparsers) -> None:
   g.add_argument("--retry_max_delay", type=float)
   g.add_argument("--max_tokens", type=int)
   g.add_argument("--temperature", type=float)
+  g = p.add_argument_group("--teacher batch")
+  g.add_argument("--batch_dir",
+                 help="the folder of the batch's files (one per shard): the first run writes "
+                 "requests.jsonl there and exits; put the batch's output there as "
+                 "results.jsonl and rerun the same command to write the records")
   g = p.add_argument_group("several samples, vote, filter, cost")
   g.add_argument("--num_samples", type=int,
                  help="samples per example (default 1; use with --temperature; sent as the "
@@ -98,6 +104,9 @@ SUMMARY = ("dataset", "split", "answer_format", "examples", "parsed", "unparsabl
 def main(args) -> int:
   job = build.build_job(build.options_of(args))
   result = job_lib.run(job)
+  if result.waiting is not None:
+    _print_batch_steps(job, result.waiting)
+    return 0
   stats = result.split_stats or result.stats
   shown = {k: stats.get(k) for k in SUMMARY}
   print(json.dumps(shown, sort_keys=True))
@@ -107,3 +116,29 @@ def main(args) -> int:
   if result.split_stats is None:
     log.info("split stats are written when all %d shards are done", job.num_shards)
   return 0
+
+
+def _print_batch_steps(job: job_lib.Job, waiting) -> None:
+  """What to run next for a shard that waits for a batch, then a JSON summary line."""
+  teacher = job.teacher
+  (log.warning if waiting.retry else log.info)("%s", waiting.report)
+  model = teacher.settings["model"]
+  print(f"{waiting.requests} requests ({waiting.samples} samples) wait for a batch:")
+  for path in waiting.requests_files:
+    out = path.with_name(batch.results_name(path.name))
+    print(f"  {path} -> {out}")
+  first, out = waiting.requests_files[0], waiting.requests_files[0].with_name(
+      batch.results_name(waiting.requests_files[0].name))
+  if teacher.settings["endpoint"] == "chat":
+    print("vLLM, on a machine with the model (docs/annotate.md, 'Batch APIs'):")
+    print(f"  python -m vllm.entrypoints.openai.run_batch -i {first} -o {out} --model {model}")
+  else:
+    print("vLLM's run_batch takes chat requests only: for vLLM, write them with --endpoint "
+          "chat (docs/annotate.md, 'Batch APIs')")
+  print(f"OpenAI Batch API: upload {first.name} (purpose batch), create a batch with endpoint "
+        f"{teacher.url_path} and completion_window 24h, download its output file as {out}")
+  print("then rerun this same command.")
+  print(json.dumps({"dataset": job.dataset, "split": job.split, "waiting_for_batch": True,
+                    "requests": waiting.requests, "samples_waiting": waiting.samples,
+                    "requests_files": [str(p) for p in waiting.requests_files],
+                    "retry": waiting.retry}, sort_keys=True))
