@@ -192,7 +192,8 @@ def test_synthetic_teacher_port_in_use_or_out_of_range(busy_port):
   from sbs_jax.commands import synthetic as synthetic_command
   for port in (-1, 65536):
     with pytest.raises(SbsError, match="out of range"):
-      synthetic_command.main(argparse.Namespace(action="teacher", port=port, error_rate=0.0))
+      synthetic_command.main(argparse.Namespace(action="teacher", port=port, error_rate=0.0,
+                                                sampled=False))
 
 
 # ---------------------------------------------------------------- 5. the output dir

@@ -90,6 +90,51 @@ def test_prepare_annotates_through_the_live_teacher(tmp_path):
   assert again == ready  # a rerun reuses the annotations and the vocabulary
 
 
+def test_a_sampling_teacher_misreads_per_sample_and_its_vote_recovers():
+  rng = random.Random(2)
+  problems = [synthetic.make_problem(rng, form=synthetic.Form("marked", "sum_last_digit"))
+              for _ in range(400)]
+  parse = parsers.make_generic_parser()
+
+  def label(p, k):
+    text = synthetic.teacher_completion(f"Q: {p['input']}\nA:", 0.3, sample=k)
+    return parse(text, Example(0, "0", p["input"], p["label"])).label
+
+  samples = [[label(p, k) for k in range(5)] for p in problems]
+  assert samples == [[label(p, k) for k in range(5)] for p in problems]  # seeded
+  one = sum(s[0] == p["label"] for s, p in zip(samples, problems)) / len(problems)
+  assert 0.62 <= one <= 0.78  # each sample misreads ~30%
+  # The samples of a question disagree (each draws its own misreading) ...
+  assert sum(len(set(s)) > 1 for s in samples) > len(problems) / 2
+  wrong = [x for s, p in zip(samples, problems) for x in s if x != p["label"]]
+  assert len(set(wrong)) > 5  # and wrong answers are not all one
+  # ... so a majority of five is right far more often than one sample.
+  vote = sum(max(set(s), key=s.count) == p["label"] for s, p in zip(samples, problems))
+  assert vote / len(problems) >= one + 0.12
+  # Without `sample`, the teacher stays the one-answer teacher of before.
+  p = problems[0]
+  assert synthetic.teacher_completion(f"Q: {p['input']}\nA:", 0.3) == \
+      synthetic.teacher_completion(f"Q: {p['input']}\nA:", 0.3)
+
+
+def test_prepare_with_five_samples_votes_and_filters(tmp_path):
+  ready = prepare.prepare_synthetic(tmp_path, train=60, test=60, error_rate=0.3,
+                                    num_samples=5, keep="vote")
+  stats = json.loads((tmp_path / "annotations" / "marbles" / "test.stats.json").read_text())
+  assert stats["examples"] == 60 and stats["records"] == 300
+  assert stats["vote_accuracy"] > stats["teacher_accuracy"]
+  assert stats["kept_accuracy"] >= stats["vote_accuracy"]
+  from sbs_jax.data import records as records_lib  # pylint: disable=import-outside-toplevel
+  import glob  # pylint: disable=import-outside-toplevel
+  rows = records_lib.read_records(sorted(glob.glob(f"{ready.annotation_dir}/marbles/"
+                                                   "train.tfrecord-*")))
+  assert [r["sample"] for r in rows[:5]] == [0, 1, 2, 3, 4]
+  assert {r["num_samples"] for r in rows} == {5}
+  for r in rows:  # kept: exactly the parsed samples that agree with the vote
+    assert r["kept"] == int(r["parse_ok"] == 1 and r["llm_label"] == r["vote_label"])
+  assert len({r["completion"] for r in rows}) > 60  # samples differ
+
+
 # ---- The family: forms x operations.
 
 FORMS = [synthetic.Form(form, op) for form in synthetic.FORMS for op in synthetic.OPS]

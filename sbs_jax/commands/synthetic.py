@@ -43,6 +43,9 @@ def add_parser(subparsers) -> None:
                  help="1..65535, or 0 for any free one (default: %(default)s)")
   t.add_argument("--error_rate", type=float, default=0.0,
                  help="share of questions the teacher gets wrong (seeded by the text)")
+  t.add_argument("--sampled", action="store_true",
+                 help="sample: each answer to a question draws its own misreading (for "
+                 "sbs annotate --num_samples)")
   i = actions.add_parser(
       "inspect", help="score a student's own rationales (sbs predict --rationale output) "
       "step by step", description="Percent of rows whose rationale states the two right "
@@ -56,6 +59,14 @@ def add_parser(subparsers) -> None:
                          help="generate, annotate through the live teacher, build the vocab")
   r.add_argument("--out_dir", required=True)
   r.add_argument("--error_rate", type=float, default=0.0)
+  r.add_argument("--num_samples", type=int, default=1,
+                 help="answers per question; above 1 the teacher samples (each answer "
+                 "misreads on its own draw) and is asked at temperature 0.7")
+  r.add_argument("--keep", default="all", choices=("all", "gold", "vote"),
+                 help="which rationales train the student (sbs annotate --keep)")
+  r.add_argument("--sampled", action="store_true",
+                 help="a sampling teacher also for one sample (its sample 0 is then the "
+                 "first of a --num_samples run's answers); implied by --num_samples > 1")
   p.set_defaults(func=main, local_only=("out_dir",))
 
 
@@ -69,7 +80,7 @@ def main(args) -> int:
   elif args.action == "teacher":
     try:
       rate = synthetic.check_error_rate(args.error_rate)
-      server = synthetic.teacher_server(rate, args.port).start()
+      server = synthetic.teacher_server(rate, args.port, sampled=args.sampled).start()
     except PortError as e:
       raise SbsError(str(e)) from None
     print(f"teacher at {server.url} (model {synthetic.TEACHER_MODEL}); Ctrl-C stops it", flush=True)
@@ -80,6 +91,8 @@ def main(args) -> int:
   else:
     rate = synthetic.check_error_rate(args.error_rate)
     ready = prepare.prepare_synthetic(args.out_dir, args.name, args.train, args.test,
-                                      args.seed, error_rate=rate, form=form_of(args))
+                                      args.seed, error_rate=rate, form=form_of(args),
+                                      num_samples=args.num_samples, keep=args.keep,
+                                      sampled=args.sampled or None)
     print(json.dumps(ready.__dict__))
   return 0

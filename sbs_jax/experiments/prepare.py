@@ -101,22 +101,30 @@ class Prepared:
 
 def prepare_synthetic(out_dir, name: str = "marbles", train: int = 2000, test: int = 500,
                       seed: int = 0, people: int = 4, error_rate: float = 0.0,
-                      form: synthetic.Form | None = None) -> Prepared:
+                      form: synthetic.Form | None = None, num_samples: int = 1,
+                      keep: str = "all", sampled: bool | None = None) -> Prepared:
   """Generates, annotates (live teacher) and builds the vocabulary; reruns reuse the work.
 
-  `form` (default: the lookup form with `people`) picks the task of the family.
+  `form` (default: the lookup form with `people`) picks the task of the family. A
+  `sampled` teacher (by default: with `num_samples` above 1) draws each answer's
+  misreading on its own (`synthetic.teacher_server(sampled=True)`) and is asked at
+  temperature 0.7, so its sample 0 is the same answer whatever `num_samples`; `keep`
+  filters the rationales (`sbs annotate --keep`).
   """
   out = pathlib.Path(out_dir).resolve()
   paths = synthetic.generate(out / "data", name, train=train, test=test, seed=seed,
                              form=form or synthetic.Form(people=people))
   annotation_dir = out / "annotations"
   stats = {}
-  with synthetic.teacher_server(error_rate) as server:
+  if sampled is None:
+    sampled = num_samples > 1
+  sampling = {"num_samples": num_samples, "temperature": 0.7} if sampled else {}
+  with synthetic.teacher_server(error_rate, sampled=sampled) as server:
     for split, path in paths.items():
       result = annotate(
           dataset=f"jsonl:{path}", split=split, teacher="openai", base_url=server.url,
           model=synthetic.TEACHER_MODEL, answer_format="number", out_dir=str(annotation_dir),
-          no_progress=True, concurrency=32)
+          no_progress=True, concurrency=32, keep=keep, **sampling)
       stats[split] = result.split_stats
   vocab = out / "vocab" / "spm.model"
   ensure_vocabulary(annotation_dir, [name], vocab, vocab_size=SYNTHETIC_VOCAB_SIZE,

@@ -23,7 +23,11 @@ the steps as its chain of thought, in the generic prompt's answer format. It is 
 over the OpenAI completions API by `teacher_server` (the project's `FakeOpenAIServer`
 with this answer function), so that `sbs annotate --teacher openai` runs its live path
 end to end. `error_rate` makes a seeded share of its answers wrong (it misreads the
-second count), as a real teacher would. What each form shows: docs/experiments.md.
+second count), as a real teacher would. With `sampled=True` the teacher samples, as an LLM
+at a temperature above 0 does: each of the answers it gives to one question draws its own
+misreading (which count, which way), seeded by the question and the answer's number, so
+several samples of one question disagree and a vote can outvote a wrong one. What each
+form shows: docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -197,20 +201,30 @@ def explain(solution: Solution) -> tuple[str, int]:
   return " ".join(steps), answer
 
 
+def _draw(key: str) -> float:
+  """A seeded number in [0, 1) from a hash of `key`."""
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  return int.from_bytes(digest[:4], "big") / 2**32
+
+
 def _misread(query: str, error_rate: float) -> bool:
   """Whether the teacher gets this question wrong: a seeded share, by a hash of the text."""
-  digest = hashlib.sha256(query.encode("utf-8")).digest()
-  return int.from_bytes(digest[:4], "big") / 2**32 < error_rate
+  return _draw(query) < error_rate
 
 
-def _misread_one(solution: Solution) -> None:
+def _misread_one(solution: Solution, variant: float | None = None) -> None:
   """Misreads one count by one or two, so that the answer is wrong under every operation:
-  the second count first (up, or down from 9), else the first."""
+  the second count first (up, or down from 9), else the first. `variant` (a number in
+  [0, 1), for a sampling teacher) picks the count and the direction instead."""
   right = apply(solution.op, *solution.values)
-  for index in (1, 0):
+  order, flip = (1, 0), False
+  if variant is not None:
+    order = (1, 0) if variant < 0.5 else (0, 1)
+    flip = (variant * 4) % 2 >= 1
+  for index in order:
     value = solution.values[index]
-    for wrong in ((value + 1, value - 1) if value < 9 else (value - 1, value + 1)) + (
-        value + 2,):
+    near = (value + 1, value - 1) if value < 9 else (value - 1, value + 1)
+    for wrong in (near[::-1] if flip else near) + (value + 2,):
       values = list(solution.values)
       values[index] = wrong
       if wrong >= 0 and apply(solution.op, *values) != right:
@@ -218,14 +232,21 @@ def _misread_one(solution: Solution) -> None:
         return
 
 
-def teacher_completion(prompt: str, error_rate: float = 0.0) -> str:
-  """The teacher's completion for a few-shot prompt: reasoning about its last question."""
+def teacher_completion(prompt: str, error_rate: float = 0.0, sample: int | None = None) -> str:
+  """The teacher's completion for a few-shot prompt: reasoning about its last question.
+
+  `sample` (0, 1, ...: the how-many-th answer to this prompt) makes it a sampling teacher:
+  whether and how it misreads is drawn per sample, not once per question.
+  """
   query = prompt.rsplit("Q:", 1)[-1].split("\nA:", 1)[0].strip()
   solution = solve(query)
   if solution is None:
     return "I cannot tell from the question."
-  if _misread(query, error_rate):
-    _misread_one(solution)
+  if sample is None:
+    if _misread(query, error_rate):
+      _misread_one(solution)
+  elif _draw(f"{query}#{sample}") < error_rate:
+    _misread_one(solution, _draw(f"{query}#{sample}:how"))
   steps, answer = explain(solution)
   return f"{steps} So the answer is {answer}.\n\nQ:"
 
@@ -282,9 +303,13 @@ def inspect(predictions, problems) -> dict:
   return {"rows": n, **{k: round(100 * v / n, 1) for k, v in counts.items()}}
 
 
-def teacher_server(error_rate: float = 0.0, port: int = 0) -> FakeOpenAIServer:
-  """An OpenAI-compatible server on 127.0.0.1 answering with `teacher_completion`."""
-  return FakeOpenAIServer(answer_fn=lambda p: teacher_completion(p, error_rate), port=port)
+def teacher_server(error_rate: float = 0.0, port: int = 0,
+                   sampled: bool = False) -> FakeOpenAIServer:
+  """An OpenAI-compatible server on 127.0.0.1 answering with `teacher_completion`; with
+  `sampled`, the k-th answer to a prompt (over all its requests, `n` honoured) is sample k."""
+  sample_fn = (lambda p, k: teacher_completion(p, error_rate, sample=k)) if sampled else None
+  return FakeOpenAIServer(answer_fn=lambda p: teacher_completion(p, error_rate), port=port,
+                          sample_fn=sample_fn)
 
 
 def check_error_rate(rate: float) -> float:
