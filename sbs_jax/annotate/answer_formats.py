@@ -181,6 +181,47 @@ def normalise_text(answer: str, choices: Sequence[str] = ()) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class LabelSet:
+  """The labels a label task chooses among, when they are a closed set: the same few for
+  every input (`labels`: NLI's three words), or the choices each input lists
+  (`from_input`: `Answer Choices:` then `(a) ...`, CQA's layout). Each label is the text
+  the label task trains on (the choice's text, not its letter). An open set (numbers, free
+  text) has neither: `closed` is False.
+
+  `sbs eval` and `sbs predict --label_mode rank` score each candidate and answer the most
+  likely one; model.json records the training task's set (`to_json`).
+  """
+  labels: tuple[str, ...] = ()
+  from_input: bool = False
+
+  @property
+  def closed(self) -> bool:
+    return self.from_input or bool(self.labels)
+
+  def candidates(self, text: str) -> tuple[str, ...]:
+    """The labels an input may have, in order (empty: a choice input that lists none)."""
+    return choices_in_input(text) if self.from_input else self.labels
+
+  def describe(self) -> str:
+    if self.from_input:
+      return "the choices each input lists"
+    return ", ".join(self.labels) if self.labels else "open (no closed set)"
+
+  def to_json(self) -> dict:
+    return {"from_input": True} if self.from_input else {"labels": list(self.labels)}
+
+  @classmethod
+  def from_json(cls, value: dict) -> "LabelSet":
+    return cls(tuple(value.get("labels", ())), bool(value.get("from_input", False)))
+
+
+OPEN = LabelSet()
+# Why an input gives no candidate to rank (a choice input without choices).
+NO_CHOICES = ("lists no answer choices ('Answer Choices:' then '(a) ...' lines) for "
+              "--label_mode rank to score")
+
+
+@dataclasses.dataclass(frozen=True)
 class AnswerFormat:
   """How one format reads an answer, and what it asks of the gold side.
 
@@ -192,7 +233,8 @@ class AnswerFormat:
       earlier answer phrase is tried when the last one's line does not read, and the gold
       labels are normalised by the same rules before anything is asked. `text` takes the
       last phrase's line as written and leaves the gold labels as they are.
-    choices_from_input: the choices are read from each input (`Answer Choices:`).
+    label_set: the closed set its labels lie in (choice: each input's choices, read from
+      it; nli: the three words), OPEN for number and text.
     gold_aliases: gold labels written another way in the data, mapped before normalising
       (the benchmarks' NLI ids 0 / 1 / 2).
   """
@@ -200,13 +242,18 @@ class AnswerFormat:
   normalise: Callable[[str, Sequence[str]], str]
   answer_regex: str = ANSWER_PHRASE_REGEX
   checks_shape: bool = True
-  choices_from_input: bool = False
+  label_set: LabelSet = OPEN
   gold_aliases: tuple[tuple[str, str], ...] = ()
 
+  @property
+  def choices_from_input(self) -> bool:
+    """The choices are read from each input (`Answer Choices:`)."""
+    return self.label_set.from_input
 
-CHOICE = AnswerFormat("choice", normalise_choice, choices_from_input=True)
+
+CHOICE = AnswerFormat("choice", normalise_choice, label_set=LabelSet(from_input=True))
 NUMBER = AnswerFormat("number", normalise_number)
-NLI = AnswerFormat("nli", normalise_nli,
+NLI = AnswerFormat("nli", normalise_nli, label_set=LabelSet(NLI_LABELS),
                    gold_aliases=tuple((str(i), word) for i, word in enumerate(NLI_LABELS)))
 TEXT = AnswerFormat("text", normalise_text, answer_regex=r"[Aa]nswer is\s*:?",
                     checks_shape=False)

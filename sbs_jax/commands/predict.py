@@ -3,7 +3,7 @@
     sbs predict --model_dir runs/cqa --input "..." [--input "..."] [--rationale]
     sbs predict --model_dir runs/cqa --input_file rows.jsonl --output_file out.jsonl \
         [--input_key input] [--label_key label] [--id_key id | --index_ids] [--rationale] \
-        [--batch_size 32]
+        [--batch_size 32] [--label_mode greedy|rank]
 
 See docs/serving.md.
 """
@@ -35,6 +35,10 @@ def add_parser(subparsers) -> None:
                  help="cut longer inputs to this many tokens (default: the training run's "
                  "input length from model.json, else 512)")
   p.add_argument("--max_decode_length", type=int, default=64, help="label tokens")
+  p.add_argument("--label_mode", choices=("greedy", "rank"), default="greedy",
+                 help="greedy: decode the label; rank: score each label of the task's closed "
+                 "set (NLI's three, or the choices each input lists) and answer the most "
+                 "likely (ties: the first)")
   p.add_argument("--rationale_decode_length", type=int, default=256)
   p.add_argument("--window", type=int, default=1024,
                  help="rows sorted by length and decoded together; the unit of resuming")
@@ -74,13 +78,17 @@ def main(args) -> int:
   from sbs_jax.serve import job as job_lib
   from sbs_jax.serve.predictor import DecodeSettings, Predictor
   from sbs_jax.commands.train import initialize_distributed
+  from sbs_jax.serve.predictor import recorded_label_set
   settings = DecodeSettings(args.batch_size, args.max_input_length, args.max_decode_length,
-                            args.rationale_decode_length)
+                            args.rationale_decode_length, args.label_mode)
   initialize_distributed(args)
   if args.input_file:
+    # A task without a closed label set is refused before any row is read.
+    label_set = recorded_label_set(args.model_dir) if args.label_mode == "rank" else None
     job = job_lib.FileJob(args.input_file, args.output_file, args.model_dir, args.input_key,
                           args.label_key, args.id_key, args.rationale, args.window,
-                          args.restart, False if args.no_progress else None, args.index_ids)
+                          args.restart, False if args.no_progress else None, args.index_ids,
+                          label_set)
     if jax.process_index() == 0:  # host 0 writes: its paths are checked before any work
       job.check_paths()
     total = job_lib.count_rows(job)  # a bad row is reported before the model is loaded

@@ -2,7 +2,7 @@
 
     sbs train --gin_file=experiments/cqa_distill_llm.gin --gin_file=overlays/tiny_cpu.gin \
         --gin.TrainConfig.model_dir="'runs/cqa'"
-    sbs eval --model_dir runs/cqa --split test
+    sbs eval --model_dir runs/cqa --split test [--label_mode rank]
 
 Gin files are looked up as given, then under the shipped `gin_configs/` (the installed package's
 copy, or the source checkout's; `sbs_jax/train/gin_setup.py`).
@@ -43,6 +43,10 @@ def add_parser(subparsers) -> None:
                  help="score the first N examples of the split ('all': every one). Default: "
                  "validation as capped in training (EvalConfig.max_examples), test as capped "
                  "in training (EvalConfig.max_test_examples), other splits whole")
+  p.add_argument("--label_mode", choices=("greedy", "rank"), default="greedy",
+                 help="greedy: decode the label (EvalConfig's length and beams); rank: score "
+                 "each label of the dataset's closed set (NLI's three, or the choices each "
+                 "input lists) and answer the most likely (ties: the first)")
   add_gin_flags(p)
   p.set_defaults(func=eval_main, accepts_gin_bindings=True)
 
@@ -119,13 +123,17 @@ def eval_main(args) -> int:
   else:
     limit, capped_by = None, ""
   examples = label_examples(label_task, args.split, limit)  # an unknown split: one line
+  if args.label_mode == "rank":  # no closed label set, or an input without choices: one line
+    eval_lib.candidates(label_task, examples)
   student = build_student(model_config, make_optimizer(cfg.optimizer, cfg.train_steps),
                           make_mesh(cfg.parallelism.mesh), cfg.parallelism.partitioning_dims)
   params, best = ModelDir(args.model_dir).load_params(student.abstract_state["params"])
-  metrics, _ = eval_lib.evaluate(student, params, label_task, args.split, cfg.eval, examples)
+  metrics, _ = eval_lib.evaluate(student, params, label_task, args.split, cfg.eval, examples,
+                                 args.label_mode)
   if jax.process_index() == 0:
     print(eval_line(best["step"], args.split, metrics, capped_by), file=sys.stderr)
-  out = {"split": args.split, "step": best["step"], **labelled(metrics)}
+  out = {"split": args.split, "step": best["step"], "label_mode": args.label_mode,
+         **labelled(metrics)}
   if "split_examples" in metrics:
     out["capped_by"] = capped_by
   print(json.dumps(out))

@@ -60,6 +60,14 @@ class AnnotationDir:
       return f"{self.dataset_dir(dataset)}/{split}.stats.json"
     return f"{self.dataset_dir(dataset)}/{split}.stats-{_shard(shard_index, num_shards)}.json"
 
+  def split_stats_files(self, dataset: str) -> list[str]:
+    """The stats of the dataset's finished splits (`<split>.stats.json`), sorted."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    try:
+      return sorted(tf.io.gfile.glob(f"{self.dataset_dir(dataset)}/*.stats.json"))
+    except tf.errors.OpError:
+      return []
+
   def work_dir(self, dataset: str, split: str, shard_index: int = 0,
                num_shards: int = 1) -> str:
     """Where an unfinished shard keeps its manifest and journal."""

@@ -1,8 +1,11 @@
-"""Greedy decoding and length-normalised beam search over the cached `Transformer` decoder.
+"""Greedy decoding and length-normalised beam search over the cached `Transformer` decoder,
+and rank classification: the log-likelihood of given candidate targets.
 
-Both functions are jit-compiled (the model and the lengths are static), encode once, and
-then run the decoder one position per step with the 'cache' collection. Decoding starts
-from token 0, stops a row at EOS (id 1, kept in the output) and pads with 0 afterwards.
+The decoding functions are jit-compiled (the model and the lengths are static), encode
+once, and then run the decoder one position per step with the 'cache' collection. Decoding
+starts from token 0, stops a row at EOS (id 1, kept in the output) and pads with 0
+afterwards. `score_candidates` encodes each input once too, then runs the decoder over
+all candidates of all rows in one teacher-forced pass (no cache).
 """
 
 from __future__ import annotations
@@ -160,3 +163,31 @@ def beam_search(model: Transformer, params, encoder_input_tokens: Array, max_dec
   if return_scores:
     return finished_seqs[:, 0], finished_scores[:, 0]
   return finished_seqs[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def score_candidates(model: Transformer, params, encoder_input_tokens: Array,
+                     candidate_tokens: Array) -> Array:
+  """Log-likelihood [batch, candidates] of each row's candidate targets given its input.
+
+  `candidate_tokens` [batch, candidates, length] holds each candidate's ids ending with EOS,
+  0-padded, as the label task's targets are; a score is the sum of the log-probabilities
+  of its tokens, EOS included, teacher-forced (the decoder sees 0 then the candidate's own
+  tokens, as in training). Each input is encoded once and its encoding repeated for its
+  candidates: the decoder runs on batch x candidates rows. A candidate slot of padding
+  alone (a row with fewer candidates than the slots) scores -inf.
+  """
+  params = nn.unbox(params)
+  batch, count, length = candidate_tokens.shape
+  encoded = _encode(model, params, encoder_input_tokens)
+  encoded = jnp.repeat(encoded, count, axis=0)
+  encoder_tokens = jnp.repeat(encoder_input_tokens, count, axis=0)
+  targets = candidate_tokens.reshape(batch * count, length)
+  inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)), constant_values=DECODER_START_ID)
+  logits = model.apply({"params": params}, encoded, encoder_tokens, inputs, targets,
+                       method=Transformer.decode)
+  logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  token_logprobs = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
+  scores = jnp.sum(jnp.where(targets != PAD_ID, token_logprobs, 0.0), axis=-1)
+  scores = scores.reshape(batch, count)
+  return jnp.where(candidate_tokens[:, :, 0] != PAD_ID, scores, -jnp.inf)

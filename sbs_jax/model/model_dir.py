@@ -2,7 +2,8 @@
 knows their names and formats. `sbs train` writes it; `sbs eval`, `sbs predict`, the
 exports and `sbs report` read it through `ModelDir`, so none of them imports the trainer.
 
-    <model_dir>/model.json        the network's config, vocabulary and task prefixes
+    <model_dir>/model.json        the network's config, vocabulary, task prefixes and the
+                                  label task's set of labels (when training wrote it)
     <model_dir>/config.gin        the run's gin bindings (what `sbs eval` re-reads)
     <model_dir>/spm.model         the SentencePiece vocabulary (a copy: the dir stands alone)
     <model_dir>/run.json          the run's identity (train/run_dir.py): what a rerun must match
@@ -135,9 +136,11 @@ class ModelDir:
 
   def write_info(self, config: T5Config, vocabulary_file: str, extra_ids: int = 0,
                  label_prefix: str = LABEL_PREFIX, rationale_prefix: str = RATIONALE_PREFIX,
-                 max_input_length: int | None = None) -> None:
+                 max_input_length: int | None = None, label_set: dict | None = None) -> None:
     """model.json and a copy of the vocabulary; `max_input_length`: the training inputs'
-    length, to which `sbs predict` cuts longer inputs."""
+    length, to which `sbs predict` cuts longer inputs; `label_set`: the label task's set
+    of labels (answer_formats.LabelSet.to_json), which `sbs predict --label_mode rank`
+    scores."""
     tf.io.gfile.makedirs(self.path)
     if vocabulary_file:
       tf.io.gfile.copy(vocabulary_file, self.file(VOCAB_FILE), overwrite=True)
@@ -146,6 +149,8 @@ class ModelDir:
             "rationale_prefix": rationale_prefix}
     if max_input_length:
       info["max_input_length"] = max_input_length
+    if label_set is not None:
+      info["label_set"] = label_set
     files.write_json_atomically(self.file(MODEL_INFO), info, sort_keys=False)
 
   def write_gin_config(self, text: str) -> None:

@@ -1,6 +1,7 @@
 """The student as it is served and trained: the network, where its parameters live on a
 ('data', 'model') mesh (T5X's logical axis rules), built from shapes alone; loading a model
-dir's best params onto it; and batched decoding split over the mesh's data axis.
+dir's best params onto it; and batched decoding and rank classification (scoring given
+candidate labels), split over the mesh's data axis.
 
 Everything that reads a trained model (the trainer's evaluation, `sbs predict`, the
 converters) uses this module, so none of them imports the trainer.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -155,26 +156,74 @@ def sharded_rows(student: Student, rows: np.ndarray) -> jax.Array:
       student.batch_sharding, rows[host * per_host:(host + 1) * per_host], rows.shape)
 
 
+def _in_batches(student: Student, arrays: tuple[np.ndarray, ...], batch_size: int,
+                fn) -> np.ndarray:
+  """fn(*batch) over fixed-shape batches of the rows of `arrays` (zero rows pad the last),
+  each split over the data axis; every host holds all rows and gets all outputs back."""
+  n = len(arrays[0])
+  batch_size = decode_batch_size(student, batch_size)
+  padded = -(-n // batch_size) * batch_size
+  arrays = tuple(np.concatenate([a, np.zeros((padded - n,) + a.shape[1:], a.dtype)])
+                 for a in arrays)
+  outputs = []
+  with student.sharding_context():
+    for start in range(0, padded, batch_size):
+      out = fn(*(sharded_rows(student, a[start:start + batch_size]) for a in arrays))
+      # All hosts' shards of the output, on every host (device_get fails across hosts).
+      outputs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
+  return np.concatenate(outputs)[:n]
+
+
 def decode(student: Student, params, inputs: np.ndarray, batch_size: int,
            max_decode_length: int, beam_size: int = 1) -> np.ndarray:
   """Token ids [n, max_decode_length] for input ids [n, length], in fixed-shape batches
   split over the data axis (every host holds all `inputs` and gets all the ids back)."""
-  n = len(inputs)
-  batch_size = decode_batch_size(student, batch_size)
-  padded = -(-n // batch_size) * batch_size
-  inputs = np.concatenate([inputs, np.zeros((padded - n, inputs.shape[1]), inputs.dtype)])
-  outputs = []
-  with student.sharding_context():
-    for start in range(0, padded, batch_size):
-      chunk = sharded_rows(student, inputs[start:start + batch_size])
-      if beam_size > 1:
-        out = decoding.beam_search(student.model, params, chunk, max_decode_length,
-                                   beam_size=beam_size)
-      else:
-        out = decoding.greedy_decode(student.model, params, chunk, max_decode_length)
-      # All hosts' shards of the output, on every host (device_get fails across hosts).
-      outputs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
-  return np.concatenate(outputs)[:n]
+  def decode_chunk(chunk):
+    if beam_size > 1:
+      return decoding.beam_search(student.model, params, chunk, max_decode_length,
+                                  beam_size=beam_size)
+    return decoding.greedy_decode(student.model, params, chunk, max_decode_length)
+  return _in_batches(student, (inputs,), batch_size, decode_chunk)
+
+
+# Candidates per row are padded to one of these counts, their ids to a power of two of at
+# least 8 tokens: few shapes, so few compilations (NLI: 3 slots, CQA: 5).
+CANDIDATE_SLOTS = (2, 3, 5, 10)
+
+
+def pad_candidates(rows: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
+  """Each row's candidates' token ids -> int32 [rows, slots, length], zero-padded."""
+  most = max(len(row) for row in rows)
+  slots = next((n for n in CANDIDATE_SLOTS if most <= n), -(-most // 10) * 10)
+  longest = max((len(ids) for row in rows for ids in row), default=1)
+  length = max(8, 1 << (longest - 1).bit_length())
+  out = np.zeros((len(rows), slots, length), np.int32)
+  for i, row in enumerate(rows):
+    for j, ids in enumerate(row):
+      out[i, j, :len(ids)] = ids
+  return out
+
+
+def score(student: Student, params, inputs: np.ndarray, candidates: np.ndarray,
+          batch_size: int) -> np.ndarray:
+  """Log-likelihoods [n, slots] of candidate ids [n, slots, length] (pad_candidates) given
+  input ids [n, length], in fixed-shape batches split over the data axis (every host holds
+  all rows and gets all scores back); empty slots score -inf."""
+  return _in_batches(student, (inputs, candidates), batch_size,
+                     lambda x, c: decoding.score_candidates(student.model, params, x, c))
+
+
+def rank(student: Student, params, vocabulary, inputs: np.ndarray,
+         candidates: Sequence[Sequence[str]], batch_size: int) -> list[str]:
+  """Rank classification: for each row of input ids [n, length], the candidate text
+  (a label as the label task's targets are written) whose ids, then EOS, are most likely;
+  ties go to the first candidate listed. Every row needs at least one candidate."""
+  ids: dict[str, tuple[int, ...]] = {}
+  for text in {c for row in candidates for c in row}:
+    ids[text] = tuple(int(i) for i in vocabulary.encode(text)) + (EOS_ID,)
+  tokens = pad_candidates([[ids[c] for c in row] for row in candidates])
+  scores = score(student, params, inputs, tokens, batch_size)
+  return [row[int(i)] for row, i in zip(candidates, np.argmax(scores, axis=1))]  # first max
 
 
 def detokenize(vocabulary: seqio.Vocabulary, ids) -> str:

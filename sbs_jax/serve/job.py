@@ -19,6 +19,9 @@
   summary's path; all refused with one line.
 - Ids: `--id_key`'s field; else the rows' `id` field when the first row has one (then every
   row must); else (or with `--index_ids`) the row's 0-based index.
+- `--label_mode rank` (the manifest pins the mode: a partial or finished output of one mode
+  is never continued or taken as done in the other): with a label set of choices read from
+  each input, every row must list its choices; that is checked with the rest.
 - Several hosts: every host reads the file and decodes its share of every batch (the mesh's
   data axis spans the hosts); host 0 writes the output and tells the others where to start.
 """
@@ -39,6 +42,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from sbs_jax.annotate.answer_formats import NO_CHOICES, LabelSet
 from sbs_jax.data.readers import Example, iter_json_rows, jsonl_example
 from sbs_jax.errors import DataError, SbsError
 from sbs_jax.jobdir.files import file_sha256, write_json_atomically
@@ -68,6 +72,7 @@ class FileJob:
   restart: bool = False
   progress: bool | None = None  # None: a bar when stderr is a terminal
   index_ids: bool = False  # ids are the row indices even where rows have an `id` field
+  label_set: LabelSet | None = None  # --label_mode rank: each row must have candidates
   _auto_id_key: str | None = dataclasses.field(default=None, init=False, repr=False)
   _ids_resolved: bool = dataclasses.field(default=False, init=False, repr=False)
 
@@ -189,8 +194,15 @@ def manifest(job: FileJob, predictor: Predictor, rows: int) -> dict:
           "input_key": job.input_key, "label_key": job.label_key,
           "id_key": job.row_id_key(), "rationale": job.rationale, "window": job.window,
           "batch_size": predictor.batch_size, "max_input_length": predictor.max_input_length,
-          "label_decode_length": s.label_decode_length,
+          "label_mode": s.label_mode,
+          "label_decode_length": s.label_decode_length if s.label_mode == "greedy" else None,
           "rationale_decode_length": s.rationale_decode_length if job.rationale else None}
+
+
+def _pinned(recorded: dict) -> dict:
+  """A recorded manifest as this sbs writes it: one from before `label_mode` decoded
+  greedily."""
+  return {"label_mode": "greedy", **recorded}
 
 
 def output_row(ex: Example, prediction: dict, with_id: bool) -> dict:
@@ -240,7 +252,7 @@ def _check_finished(job: FileJob, wanted: dict) -> None:
     raise SbsError(f"--output_file {out} exists but is not the finished output of this "
                    f"job ({stats_path} with its settings is missing or from an older sbs): "
                    "pass --restart to replace it, or choose another --output_file")
-  diff = describe_difference(recorded, wanted)
+  diff = describe_difference(_pinned(recorded), wanted)
   if diff:
     raise SbsError(f"{out} is finished but was made with other settings or inputs ({diff}): "
                    "pass --restart to label the file again with these (the output is "
@@ -268,7 +280,7 @@ def _prepare(job: FileJob, predictor: Predictor, total: int) -> int:
   if job.restart:
     job.rows_path.unlink(missing_ok=True)
   elif path.exists():
-    diff = describe_difference(json.loads(path.read_text()), wanted)
+    diff = describe_difference(_pinned(json.loads(path.read_text())), wanted)
     if diff:
       raise SbsError(f"{job.work_dir} holds a partial run with other settings ({diff}): "
                      "rerun with the original arguments, or pass --restart to discard it")
@@ -304,7 +316,11 @@ def count_rows(job: FileJob) -> int:
   decides the ids: the `id` field if the first row has one (then every row must have one),
   else the row index (then no row may have one: ids of some rows would mix two kinds)."""
   if job.index_ids or job.id_key or job._ids_resolved:  # pylint: disable=protected-access
-    total = sum(1 for _ in job.examples())
+    total, id_key = 0, job.row_id_key()
+    for i, (where, row) in enumerate(iter_json_rows(job.input_file)):
+      _check_candidates(job, where, jsonl_example(job.input_file, where, row, i, "row",
+                                                  job.input_key, job.label_key, id_key))
+      total += 1
   else:
     total, first = 0, None
     for i, (where, row) in enumerate(iter_json_rows(job.input_file)):
@@ -318,14 +334,22 @@ def count_rows(job: FileJob) -> int:
                    f"every row an {AUTO_ID_KEY!r} (or none)")
         raise DataError(job.input_file, f"{problem}, or pass --index_ids to number the "
                         "rows 0, 1, ... instead", where=where, field=AUTO_ID_KEY)
-      jsonl_example(job.input_file, where, row, i, "row", job.input_key, job.label_key,
-                    AUTO_ID_KEY if has_id else None)
+      _check_candidates(job, where, jsonl_example(
+          job.input_file, where, row, i, "row", job.input_key, job.label_key,
+          AUTO_ID_KEY if has_id else None))
       total += 1
     # pylint: disable-next=protected-access
     job._auto_id_key, job._ids_resolved = (AUTO_ID_KEY if first and first[1] else None), True
   if not total:
     raise DataError(job.input_file, "no rows")
   return total
+
+
+def _check_candidates(job: FileJob, where: str, ex: Example) -> None:
+  """With --label_mode rank, a row whose input gives no candidate label is refused."""
+  if job.label_set is not None and not job.label_set.candidates(ex.input):
+    raise DataError(job.input_file, f"the input {NO_CHOICES}", where=where,
+                    field=job.input_key)
 
 
 def summarize(job: FileJob, predictor: Predictor, rows_path: pathlib.Path) -> dict:
@@ -340,7 +364,8 @@ def summarize(job: FileJob, predictor: Predictor, rows_path: pathlib.Path) -> di
         labelled += 1
         correct += bool(row["correct"])
   return {"output_file": str(job.output_file), "rows": rows, "truncated": truncated,
-          "max_input_length": predictor.max_input_length, "labelled": labelled,
+          "max_input_length": predictor.max_input_length,
+          "label_mode": predictor.settings.label_mode, "labelled": labelled,
           "correct": correct,
           "accuracy": round(100.0 * correct / labelled, 4) if labelled else None}
 

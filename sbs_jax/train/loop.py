@@ -82,6 +82,7 @@ def train(cfg: TrainConfig, model_config: T5Config,
     raise SbsError(f"the vocabulary has {vocabulary.vocab_size} ids but the network only "
                    f"{model_config.vocab_size}: raise student_config.vocab_size")
   label_prefix = task_kinds.label_prefix(label_task)
+  label_set = eval_lib.task_label_set(label_task)
   vocabulary_file = getattr(vocabulary, "sentencepiece_model_file", "")
   extra_ids = getattr(vocabulary, "extra_ids", 0)
 
@@ -121,7 +122,8 @@ def train(cfg: TrainConfig, model_config: T5Config,
       ckpt.write_gin_config(cfg.model_dir, absolute_paths(cfg, vocabulary_file))
       ModelDir(cfg.model_dir).write_info(model_config, vocabulary_file, extra_ids,
                             label_prefix,
-                            max_input_length=configured_lengths["inputs"])
+                            max_input_length=configured_lengths["inputs"],
+                            label_set=label_set.to_json())
 
       # ---- State: resume from the newest intact checkpoint, else start (random or
       # imported).
