@@ -149,9 +149,10 @@ def test_candidates_are_the_choices_parsed_from_cqa_inputs(data_dir):
 
 
 def test_scores_equal_a_teacher_forced_computation(tiny):
-  """Batched, padded scores (rows of input x candidate, the encoding repeated) equal each
-  candidate's log-likelihood computed alone, unpadded, by the full forward pass and by the
-  cached decoder step by step, within float32 rounding."""
+  """Batched scores (each row's candidates packed in one decoder row over its input's one
+  encoding) equal each candidate's log-likelihood computed alone by the full forward pass
+  (padded, and once unpadded) and by the cached decoder step by step, within float32
+  rounding."""
   student, params = tiny
   inputs = ["predict: where is the bank?", "predict: a", "predict: " + "tree " * 9,
             "predict: what?"]
@@ -160,7 +161,7 @@ def test_scores_equal_a_teacher_forced_computation(tiny):
   input_ids = [CharVocabulary.encode(t) + [decoding.EOS_ID] for t in inputs]
   target_ids = [[char_ids(c) for c in row] for row in candidates]
   scores = student_lib.score(student, params, student_lib.pad_rows(input_ids, 16),
-                             student_lib.pad_candidates(target_ids), batch_size=3)
+                             *student_lib.pack_candidates(target_ids), batch_size=3)
   assert scores.shape == (4, 5)
   unpadded = teacher_forced(student.model, params, input_ids[2], target_ids[2][-1], pad=None)
   assert scores[2, 4] == pytest.approx(unpadded, abs=2e-4)  # padding changes nothing
@@ -183,7 +184,7 @@ def test_a_uniform_model_prefers_the_shortest_candidate_and_ties_go_first(tiny):
       "scale": np.zeros_like(params["decoder"]["decoder_norm"]["scale"])}))
   inputs = student_lib.pad_rows([char_ids("predict: which?")] * 3, 16)
   rows = [("bank", "car", "river"), ("house", "x", "y"), ("y", "x", "house")]
-  scores = student_lib.score(student, flat, inputs, student_lib.pad_candidates(
+  scores = student_lib.score(student, flat, inputs, *student_lib.pack_candidates(
       [[char_ids(c) for c in row] for row in rows]), batch_size=2)
   for row, row_scores in zip(rows, scores):
     for candidate, value in zip(row, row_scores):

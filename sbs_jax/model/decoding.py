@@ -5,7 +5,8 @@ The decoding functions are jit-compiled (the model and the lengths are static), 
 once, and then run the decoder one position per step with the 'cache' collection. Decoding
 starts from token 0, stops a row at EOS (id 1, kept in the output) and pads with 0
 afterwards. `score_candidates` encodes each input once too, then runs the decoder over
-all candidates of all rows in one teacher-forced pass (no cache).
+all candidates of all rows in one teacher-forced pass (no cache), each row's candidates
+packed one after another in one decoder row.
 """
 
 from __future__ import annotations
@@ -165,29 +166,34 @@ def beam_search(model: Transformer, params, encoder_input_tokens: Array, max_dec
   return finished_seqs[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jax.jit, static_argnames=("model", "slots"))
 def score_candidates(model: Transformer, params, encoder_input_tokens: Array,
-                     candidate_tokens: Array) -> Array:
-  """Log-likelihood [batch, candidates] of each row's candidate targets given its input.
+                     candidate_tokens: Array, candidate_segments: Array, slots: int) -> Array:
+  """Log-likelihood [batch, slots] of each row's candidate targets given its input.
 
-  `candidate_tokens` [batch, candidates, length] holds each candidate's ids ending with EOS,
-  0-padded, as the label task's targets are; a score is the sum of the log-probabilities
-  of its tokens, EOS included, teacher-forced (the decoder sees 0 then the candidate's own
-  tokens, as in training). Each input is encoded once and its encoding repeated for its
-  candidates: the decoder runs on batch x candidates rows. A candidate slot of padding
-  alone (a row with fewer candidates than the slots) scores -inf.
+  A row's candidates lie one after another in `candidate_tokens` [batch, length], each
+  its ids ending with EOS, as the label task's targets are; `candidate_segments` is j + 1
+  on candidate j's tokens and 0 on the padding after them. A score is the sum of the
+  log-probabilities of the candidate's tokens, EOS included, teacher-forced (the decoder
+  sees 0 then the candidate's own tokens, as in training).
+
+  Each input is encoded once, and the decoder runs once over the row of packed candidates:
+  they all attend to the same encoder states (neither copied nor projected again per
+  candidate), and, through the causal and segment mask, each to its own earlier tokens
+  alone. The relative position bias depends only on the distance between two positions,
+  so a candidate sees what a decoder row of its own would. A slot with no candidate (a row
+  with fewer than `slots`) scores -inf.
   """
   params = nn.unbox(params)
-  batch, count, length = candidate_tokens.shape
   encoded = _encode(model, params, encoder_input_tokens)
-  encoded = jnp.repeat(encoded, count, axis=0)
-  encoder_tokens = jnp.repeat(encoder_input_tokens, count, axis=0)
-  targets = candidate_tokens.reshape(batch * count, length)
-  inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)), constant_values=DECODER_START_ID)
-  logits = model.apply({"params": params}, encoded, encoder_tokens, inputs, targets,
+  previous = jnp.pad(candidate_tokens[:, :-1], ((0, 0), (1, 0)))
+  starts = candidate_segments != jnp.pad(candidate_segments[:, :-1], ((0, 0), (1, 0)))
+  inputs = jnp.where(starts, DECODER_START_ID, previous)  # shifted right within a candidate
+  logits = model.apply({"params": params}, encoded, encoder_input_tokens, inputs,
+                       candidate_tokens, decoder_segment_ids=candidate_segments,
                        method=Transformer.decode)
   logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  token_logprobs = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
-  scores = jnp.sum(jnp.where(targets != PAD_ID, token_logprobs, 0.0), axis=-1)
-  scores = scores.reshape(batch, count)
-  return jnp.where(candidate_tokens[:, :, 0] != PAD_ID, scores, -jnp.inf)
+  token_logprobs = jnp.take_along_axis(logprobs, candidate_tokens[..., None], axis=-1)
+  slot = candidate_segments[:, :, None] == jnp.arange(1, slots + 1)[None, None, :]
+  scores = jnp.sum(jnp.where(slot, token_logprobs, 0.0), axis=1)  # [batch, slots]
+  return jnp.where(jnp.any(slot, axis=1), scores, -jnp.inf)

@@ -186,31 +186,37 @@ def decode(student: Student, params, inputs: np.ndarray, batch_size: int,
   return _in_batches(student, (inputs,), batch_size, decode_chunk)
 
 
-# Candidates per row are padded to one of these counts, their ids to a power of two of at
-# least 8 tokens: few shapes, so few compilations (NLI: 3 slots, CQA: 5).
+# A row's candidates are packed into one decoder row, padded to a power of two of at least
+# 8 tokens; their number is padded to one of these slot counts: few shapes, so few
+# compilations (NLI: 3 slots, CQA: 5).
 CANDIDATE_SLOTS = (2, 3, 5, 10)
 
 
-def pad_candidates(rows: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
-  """Each row's candidates' token ids -> int32 [rows, slots, length], zero-padded."""
+def pack_candidates(rows: Sequence[Sequence[Sequence[int]]]
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+  """Each row's candidates' token ids, one after another -> (int32 ids [rows, length],
+  int32 segments [rows, length]: j + 1 on candidate j, 0 on padding; slots)."""
   most = max(len(row) for row in rows)
   slots = next((n for n in CANDIDATE_SLOTS if most <= n), -(-most // 10) * 10)
-  longest = max((len(ids) for row in rows for ids in row), default=1)
+  longest = max(sum(len(ids) for ids in row) for row in rows) or 1
   length = max(8, 1 << (longest - 1).bit_length())
-  out = np.zeros((len(rows), slots, length), np.int32)
+  tokens, segments = np.zeros((2, len(rows), length), np.int32)
   for i, row in enumerate(rows):
+    at = 0
     for j, ids in enumerate(row):
-      out[i, j, :len(ids)] = ids
-  return out
+      tokens[i, at:at + len(ids)], segments[i, at:at + len(ids)] = ids, j + 1
+      at += len(ids)
+  return tokens, segments, slots
 
 
 def score(student: Student, params, inputs: np.ndarray, candidates: np.ndarray,
-          batch_size: int) -> np.ndarray:
-  """Log-likelihoods [n, slots] of candidate ids [n, slots, length] (pad_candidates) given
-  input ids [n, length], in fixed-shape batches split over the data axis (every host holds
-  all rows and gets all scores back); empty slots score -inf."""
-  return _in_batches(student, (inputs, candidates), batch_size,
-                     lambda x, c: decoding.score_candidates(student.model, params, x, c))
+          segments: np.ndarray, slots: int, batch_size: int) -> np.ndarray:
+  """Log-likelihoods [n, slots] of packed candidates (pack_candidates) given input ids
+  [n, length], in fixed-shape batches split over the data axis (every host holds all rows
+  and gets all scores back); empty slots score -inf."""
+  return _in_batches(student, (inputs, candidates, segments), batch_size,
+                     lambda x, c, s: decoding.score_candidates(student.model, params, x, c,
+                                                               s, slots))
 
 
 def rank(student: Student, params, vocabulary, inputs: np.ndarray,
@@ -221,8 +227,8 @@ def rank(student: Student, params, vocabulary, inputs: np.ndarray,
   ids: dict[str, tuple[int, ...]] = {}
   for text in {c for row in candidates for c in row}:
     ids[text] = tuple(int(i) for i in vocabulary.encode(text)) + (EOS_ID,)
-  tokens = pad_candidates([[ids[c] for c in row] for row in candidates])
-  scores = score(student, params, inputs, tokens, batch_size)
+  packed = pack_candidates([[ids[c] for c in row] for row in candidates])
+  scores = score(student, params, inputs, *packed, batch_size)
   return [row[int(i)] for row, i in zip(candidates, np.argmax(scores, axis=1))]  # first max
 
 
