@@ -29,8 +29,12 @@ NAME="marked_$OP"
 "$SBS" synthetic prepare --form marked --op "$OP" --name "$NAME" --train "$TRAIN" --test 500 \
   --error_rate "$ERROR_RATE" --num_samples 5 --keep "$KEEP" --out_dir "$OUT/five"
 for arm in one five; do
+  # five's paired rows: one per kept rationale (about 4.6 per problem), so its length
+  # check (DataConfig.fit_lengths) reads them all, not the overlay's first 20,000.
+  more=()
+  [ "$arm" = five ] && more=(--gin.DataConfig.length_check_examples=100000)
   "$SBS" sweep --dataset "$NAME" --methods distill_llm --fractions 100 --seeds "$SEEDS" \
     --annotation_dir "$OUT/$arm/annotations" --vocab "$OUT/one/vocab/spm.model" \
-    --gin_file=overlays/marked_cpu.gin --out_dir "$OUT/$arm/sweep"
+    --gin_file=overlays/marked_cpu.gin --out_dir "$OUT/$arm/sweep" "${more[@]}"
   "$SBS" report "$OUT/$arm/sweep"
 done
