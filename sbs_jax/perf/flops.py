@@ -1,5 +1,6 @@
 """FLOPs of a training step: counted by hand (matmuls only) and as XLA's compiler reports
-them. Used by `sbs bench` (MFU) and by the TPU compile check (`sbs plan --topology`)."""
+them (with the bytes it accesses). Used by `sbs bench` (MFU) and by the TPU compile check
+(`sbs plan --topology`)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,20 @@ def analytic_flops(c, rows: int, enc_len: int, dec_len: int) -> float:
   return 3.0 * rows * (enc + dec + 2 * dec_len * d * c.vocab_size)
 
 
-def xla_flops(compiled) -> float | None:
-  """XLA's FLOP count of a compiled executable (None where the backend gives none)."""
+def _cost(compiled, key: str) -> float | None:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  flops = (cost or {}).get("flops")
-  return float(flops) if flops and flops > 0 else None
+  value = (cost or {}).get(key)
+  return float(value) if value and value > 0 else None
+
+
+def xla_flops(compiled) -> float | None:
+  """XLA's FLOP count of a compiled executable (None where the backend gives none)."""
+  return _cost(compiled, "flops")
+
+
+def xla_bytes_accessed(compiled) -> float | None:
+  """XLA's count of the bytes a compiled executable reads and writes in memory (its cost
+  model's "bytes accessed"; None where the backend gives none)."""
+  return _cost(compiled, "bytes accessed")

@@ -29,7 +29,7 @@ from sbs_jax.model import decoding, partitioning
 from sbs_jax.model.config import T5Config
 from sbs_jax.perf import hlo_stats, tpu_slices
 from sbs_jax.perf.tpu_slices import GIB
-from sbs_jax.perf.flops import xla_flops
+from sbs_jax.perf.flops import xla_bytes_accessed, xla_flops
 from sbs_jax.train.config import TrainConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import BATCH_KEYS, Student, build_student, make_train_step
@@ -111,12 +111,22 @@ def figures(compiled, hbm_gib: float) -> dict:
       "hbm_gib": hbm_gib,
       "fits": peak / GIB <= hbm_gib,
       "xla_flops": xla_flops(compiled),
+      "xla_bytes_accessed": xla_bytes_accessed(compiled),
+      "device_ids": device_ids(compiled),
       "collectives": {k: {"count": v["count"], "gib": gib(v["bytes"])}
                       for k, v in hlo_stats.collectives(hlo).items()},
       "xla_bytes": {"argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes,
                     "alias": m.alias_size_in_bytes, "temp": m.temp_size_in_bytes},
       "argument_padding_bytes": hlo_stats.parameter_padding_bytes(hlo),
   }
+
+
+def device_ids(compiled) -> list[int]:
+  """The ids of the devices a compiled program's arguments live on, in order."""
+  ids = set()
+  for sharding in jax.tree.leaves(compiled.input_shardings):
+    ids.update(d.id for d in sharding.device_set)
+  return sorted(ids)
 
 
 def _compile(lower) -> tuple:
@@ -147,14 +157,21 @@ def _record(program: str, compiled_or_none, result, hbm_gib: float,
   return {"program": program, **figures(compiled_or_none, hbm_gib), "compile_s": result}
 
 
+def compile_program(program: str, lower, hbm_gib: float, hlo_dir: str | None = None) -> dict:
+  """`lower()` (a jax `Lowered`) compiled: the program's record of the compiler's figures
+  and `compile_s`, or `fits` false and the compiler's message where it runs out of memory."""
+  compiled, result = _compile(lower)
+  return _record(program, compiled, result, hbm_gib, hlo_dir)
+
+
 def compile_train_step(student: Student, cfg: TrainConfig, hbm_gib: float,
                        hlo_dir: str | None = None) -> dict:
   """The train step `sbs train` runs (same loss, accumulation, optimizer, shardings)."""
   step = make_train_step(student, cfg.alpha, cfg.parallelism.grad_accum_steps, cfg.seed)
   batch = abstract_batch(student, cfg)
   with student.sharding_context():
-    compiled, result = _compile(lambda: step.jitted.lower(student.abstract_state, batch))
-  out = _record("train_step", compiled, result, hbm_gib, hlo_dir)
+    out = compile_program("train_step", lambda: step.jitted.lower(student.abstract_state, batch),
+                          hbm_gib, hlo_dir)
   if out.get("xla_flops"):
     # Per chip. XLA's cost analysis counts a loop body once: the micro-batch loop runs
     # grad_accum_steps times (the optimizer update outside it, < 0.1%, is counted as often).
@@ -180,8 +197,7 @@ def compile_eval_decode(student: Student, cfg: TrainConfig, hbm_gib: float,
   else:
     lower = lambda: decoding.greedy_decode.lower(student.model, params, inputs, length)
   with student.sharding_context():
-    compiled, result = _compile(lower)
-  out = _record("eval_decode", compiled, result, hbm_gib, hlo_dir)
+    out = compile_program("eval_decode", lower, hbm_gib, hlo_dir)
   out.update(decode_rows=rows, decode_length=length, beam_size=cfg.eval.beam_size)
   return out
 
