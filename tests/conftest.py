@@ -109,9 +109,9 @@ FILE_SECONDS = {
     "test_tpu_compile.py": 68, "test_annotate_openai.py": 59, "test_bench.py": 58,
     "test_controlled_grid.py": 58, "test_sharded_train.py": 57, "test_demo.py": 55,
     "test_length_check.py": 53, "test_remat.py": 52, "test_annotate_replay.py": 45,
-    "test_train_loss.py": 41, "test_custom_dataset.py": 39, "test_plan.py": 32,
-    "test_storage_errors.py": 29, "test_gin_configs.py": 27, "test_network.py": 27,
-    "test_controlled_custom_path.py": 27, "test_report.py": 25,
+    "test_train_loss.py": 41, "test_custom_dataset.py": 39, "test_t5x_compare.py": 35,
+    "test_plan.py": 32, "test_storage_errors.py": 29, "test_gin_configs.py": 27,
+    "test_network.py": 27, "test_controlled_custom_path.py": 27, "test_report.py": 25,
 }
 
 
