@@ -127,15 +127,17 @@ def capped_run(annotated, tmp_path_factory):
   return model_dir, results
 
 
+def eval_args(*argv) -> argparse.Namespace:
+  """`sbs eval ARGV` parsed as the command parses it (every flag's default included)."""
+  from sbs_jax import cli  # pylint: disable=import-outside-toplevel
+  args, extra = cli.build_parser(["eval"]).parse_known_args(["eval", *map(str, argv)])
+  args.gin_bindings = extra
+  return args
+
+
 def sbs_eval(model_dir, split, *more, capsys):
   gin.clear_config()
-  args = argparse.Namespace(model_dir=str(model_dir), split=split, gin_file=[],
-                            gin_search_path=[], gin_bindings=list(more), max_examples=None,
-                            coordinator_address=None, multihost=False)
-  for flag in list(more):
-    if flag.startswith("--max_examples="):
-      args.max_examples = flag.split("=", 1)[1]
-      args.gin_bindings.remove(flag)
+  args = eval_args("--model_dir", model_dir, "--split", split, *more)
   capsys.readouterr()
   try:
     assert train_command.eval_main(args) == 0
@@ -191,9 +193,7 @@ def test_eval_mistakes_are_one_line(capped_run, argv, expected):
 
 def test_eval_of_a_dir_that_is_not_a_model_dir_is_one_line(tmp_path):
   gin.clear_config()
-  args = argparse.Namespace(model_dir=str(tmp_path), split="test", gin_file=[],
-                            gin_search_path=[], gin_bindings=[], max_examples=None,
-                            coordinator_address=None, multihost=False)
+  args = eval_args("--model_dir", tmp_path, "--split", "test")
   with pytest.raises(SbsError, match="is not a model dir of `sbs train`"):
     train_command.eval_main(args)
 

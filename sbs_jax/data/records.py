@@ -64,7 +64,10 @@ def feature_spec():
 
 
 def _serialize(record: Mapping) -> bytes:
+  """A record as a tf.train.Example; features added to the schema later (DEFAULTS) may be
+  left out, and are written with the value a reader gives them when absent."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  record = {**DEFAULTS, **record}
   feature = {}
   for k in BYTES_FEATURES:
     feature[k] = tf.train.Feature(bytes_list=tf.train.BytesList(
