@@ -407,3 +407,20 @@ def test_progress_line_shows_the_dollars(caplog, monkeypatch):
                               unit="sample", note=ledger.shown)
   bar.update(5)
   assert "rows/train: 5/10" in caplog.text and "$1.5000)" in caplog.text
+
+
+def test_the_vocabulary_reads_an_example_once_and_every_samples_rationale(tmp_path):
+  from sbs_jax.data import vocab  # pylint: disable=import-outside-toplevel
+  data = write_jsonl(tmp_path / "rows.jsonl", SAMPLED_ROWS)
+  run(*replay_argv(data, tmp_path / "out"))
+  from sbs_jax.data.sources import AnnotationSource  # pylint: disable=import-outside-toplevel
+  train = list(AnnotationSource("rows", str(tmp_path / "out")).get_dataset("train")
+               .as_numpy_iterator())  # train less the carved validation examples
+  inputs = {r["input"].decode() for r in train}
+  assert len(train) == 3 * len(inputs) >= 9
+  texts = list(vocab.train_texts(str(tmp_path / "out"), ["rows"]))
+  for row in SAMPLED_ROWS:  # an input once, however many samples it has
+    assert texts.count(row["input"]) == int(row["input"] in inputs), row["input"]
+  assert [t for t in texts if t.startswith("R")] == [  # every parsed sample's rationale
+      r["rationale"].decode() for r in train if r["rationale"].decode().startswith("R")]
+  assert sum(t.startswith("R") for t in texts) > len(inputs)

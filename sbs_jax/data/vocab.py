@@ -176,13 +176,14 @@ def train_vocabulary(texts: Iterable[str], out_path, vocab_size: int = 8000,
 
 
 def train_texts(annotation_dir: str, datasets: list[str]):
-  """Every non-empty text field of the train records of `datasets`, prefixes included."""
+  """Every non-empty text field of the train records of `datasets`, prefixes included; an
+  example's input and labels once (its sample 0), each further sample's rationale alone."""
   # pylint: disable-next=import-outside-toplevel  (TensorFlow loads only here)
   from sbs_jax.data.sources import AnnotationSource
   yield from ("predict:", "explain:")
   for name in datasets:
     for record in AnnotationSource(name, annotation_dir).get_dataset("train").as_numpy_iterator():
-      for field in TEXT_FIELDS:
+      for field in TEXT_FIELDS if record["sample"] == 0 else ("rationale",):
         text = record[field].decode("utf-8")
         if text:
           yield text
