@@ -29,7 +29,10 @@ def run_sbs_here(*args, env=None) -> Finished:
   It saves the 5-7 s that a new process spends importing TensorFlow and JAX. The working
   directory, os.environ (`env` is applied for the call; the variables the CLI sets itself,
   such as TF_CPP_MIN_LOG_LEVEL and JAX_PLATFORMS, are removed again), gin's config and the
-  root logger's handlers are as before when it returns. An argparse exit becomes its code.
+  root logger's handlers and levels are as before when it returns. The root logger has no
+  handlers during the call (pytest's are put back after), so the CLI's logging.basicConfig
+  writes its log lines to the captured stderr as in a process of its own. An argparse exit
+  becomes its code.
 
   Use `run_sbs` (a real process) instead for:
   - what a real process prints at the native level (descriptor 2, start-up notices:
@@ -39,9 +42,11 @@ def run_sbs_here(*args, env=None) -> Finished:
   - JAX settings read once at start-up (JAX_PLATFORMS, XLA_FLAGS device counts): JAX is
     already started in this process, so such an `env` has no effect here;
   - commands whose seqio tasks or vocabulary come from $SBS_ANNOTATION_DIR / $SBS_VOCAB
-    values other than those this process already used: tasks are registered once per
-    process (sbs_jax/experiments), and a task's vocabulary loads its model at first use and
-    keeps it (sbs_jax/data/vocab.py ConfiguredVocabulary), so a later env does not apply;
+    values other than those this process already used, or whose output lists the registered
+    tasks: the benchmarks' tasks are registered once per process at `import tasks`, the
+    datasets of every annotation dir an earlier test named stay registered (tasks/
+    discovery.py), and the tasks' shared vocabulary loads its model at first use and keeps
+    it (sbs_jax/data/vocab.py ConfiguredVocabulary), so a later env does not apply;
   - anything that trains, or runs long: an exception other than SystemExit propagates.
   """
   from sbs_jax import cli  # pylint: disable=import-outside-toplevel
@@ -54,6 +59,8 @@ def run_sbs_here(*args, env=None) -> Finished:
   out, err = io.StringIO(), io.StringIO()
   gin.clear_config()
   try:
+    for handler in saved_handlers:  # as in a new process: basicConfig adds its own
+      root.removeHandler(handler)
     os.environ.update({k: str(v) for k, v in (env or {}).items()})
     os.chdir(REPO)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -68,8 +75,9 @@ def run_sbs_here(*args, env=None) -> Finished:
     os.environ.clear()
     os.environ.update(saved_env)
     for handler in root.handlers[:]:
-      if handler not in saved_handlers:
-        root.removeHandler(handler)
+      root.removeHandler(handler)
+    for handler in saved_handlers:
+      root.addHandler(handler)
     root.setLevel(saved_level)
     for name, level in noisy.items():  # the CLI quiets these
       logging.getLogger(name).setLevel(level)
