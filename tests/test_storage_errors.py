@@ -13,6 +13,7 @@ import pytest
 from sbs_jax import paths
 from sbs_jax.errors import SbsError, storage_error_line
 from tests.helpers import REPO
+from tests.helpers.cli import run_sbs_here
 
 
 def _raised(make):
@@ -94,8 +95,8 @@ def small_annotations(tmp_path_factory, data_dir):
 
 def test_vocab_under_a_file_is_one_line_before_any_work(tmp_path):
   (tmp_path / "afile").write_text("keep me")
-  result = _sbs(["vocab", "--annotation_dir", tmp_path / "no-annotations", "--datasets", "svamp",
-                 "--out", tmp_path / "afile" / "spm.model"])
+  result = run_sbs_here("vocab", "--annotation_dir", tmp_path / "no-annotations", "--datasets",
+                        "svamp", "--out", tmp_path / "afile" / "spm.model")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       f"sbs vocab: error: the vocabulary path {tmp_path / 'afile' / 'spm.model'}: "

@@ -14,6 +14,7 @@ from sbs_jax.model.config import config_for
 from sbs_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
 from sbs_jax.perf.plan import plan
 from tests.helpers import run_sbs
+from tests.helpers.cli import run_sbs_here
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu (pip install -e '.[tpu]') is not installed")
@@ -121,7 +122,7 @@ def test_a_run_that_cannot_fit_is_refused_with_the_compilers_message():
 
 
 def test_bad_topology_is_one_line_before_anything_compiles():
-  proc = run_sbs("plan", "--topology", "v3-8", *EXPERIMENT, timeout=120)
+  proc = run_sbs_here("plan", "--topology", "v3-8", *EXPERIMENT)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "sbs plan: error: unknown TPU slice 'v3-8'")

@@ -5,7 +5,8 @@ import gin
 import pytest
 
 from sbs_jax.train import config, gin_check, gin_setup
-from tests.helpers import gin_config, run_sbs
+from tests.helpers import gin_config
+from tests.helpers.cli import run_sbs_here
 
 EXPERIMENT = ["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"]
 
@@ -67,7 +68,7 @@ def test_required_settings_left_unset():
       "TrainConfig needs ['model_dir', 'train_steps', 'data']: include an experiment gin file")
 
 def test_train_without_arguments_says_what_is_required():
-  proc = run_sbs("train", timeout=300)
+  proc = run_sbs_here("train")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
       "sbs train: error: an experiment gin file is required, e.g. sbs train "
@@ -75,8 +76,8 @@ def test_train_without_arguments_says_what_is_required():
       "(experiments: gin_configs/experiments/; see docs/train.md)")
 
 def test_unquoted_path_on_the_command_line_is_one_line():
-  proc = run_sbs("train", "--gin_file=experiments/cqa_distill_llm.gin",
-                 "--gin.MODEL_DIR=runs/x", timeout=300)
+  proc = run_sbs_here("train", "--gin_file=experiments/cqa_distill_llm.gin",
+                      "--gin.MODEL_DIR=runs/x")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "sbs train: error: gin: cannot read the value 'runs' (in --gin.MODEL_DIR=runs/x)")
@@ -100,7 +101,7 @@ def test_a_gin_file_with_a_byte_order_mark_reads_like_one_without(tmp_path):
     gin.clear_config()
 
 def test_plan_with_only_a_model_gin_says_what_is_missing():
-  result = run_sbs("plan", "--mesh", "1x1", "--gin_file", "models/tiny.gin")
+  result = run_sbs_here("plan", "--mesh", "1x1", "--gin_file", "models/tiny.gin")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       "sbs plan: error: TrainConfig needs ['model_dir', 'train_steps', 'data']: include an "

@@ -21,6 +21,7 @@ from sbs_jax.jobdir import locks
 from sbs_jax.train import config, gin_check, gin_setup, loop, run_dir
 from sbs_jax.train.data import check_train_split, label_examples
 from tests.helpers import REPO, gin_config, run_sbs
+from tests.helpers.cli import run_sbs_here
 from tests.helpers.multihost import two_hosts, wait_all
 
 EXPERIMENT = ["experiments/cqa_distill_llm.gin", "overlays/tiny_cpu.gin"]
@@ -108,8 +109,8 @@ def test_t5x_glue_refuses_alpha_outside_0_1():
 ])
 def test_the_command_refuses_before_creating_anything(binding, expected, tmp_path):
   model_dir = tmp_path / "new" / "run"
-  proc = run_sbs("train", *[f"--gin_file={f}" for f in EXPERIMENT],
-                 f"--gin.MODEL_DIR='{model_dir}'", binding, env={"JAX_PLATFORMS": "cpu"})
+  proc = run_sbs_here("train", *[f"--gin_file={f}" for f in EXPERIMENT],
+                      f"--gin.MODEL_DIR='{model_dir}'", binding)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert lines[-1].startswith(f"sbs train: error: {expected}"), proc.stderr[-2000:]
@@ -184,7 +185,7 @@ def test_eval_says_every_cap(capped_run, capsys):
 ])
 def test_eval_mistakes_are_one_line(capped_run, argv, expected):
   model_dir, _ = capped_run
-  proc = run_sbs("eval", "--model_dir", model_dir, *argv, env={"JAX_PLATFORMS": "cpu"})
+  proc = run_sbs_here("eval", "--model_dir", model_dir, *argv)
   assert proc.returncode == 2, proc.stderr[-2000:]
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("sbs eval: error: ") and expected in last, proc.stderr[-2000:]
