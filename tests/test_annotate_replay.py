@@ -12,6 +12,7 @@ from sbs_jax.data import records
 from sbs_jax.annotate.teachers import Completion, ReplayTeacher
 from sbs_jax.errors import SbsError
 from tests.helpers import run_sbs
+from tests.helpers.cli import run_sbs_here
 from tests.helpers.data import ANLI_ROWS, annotate_args, make_anli, write_jsonl
 
 
@@ -147,8 +148,8 @@ def test_bad_input_exits_non_zero_and_writes_nothing(tmp_path, content, message)
   path = tmp_path / "bad.jsonl"
   path.write_bytes(content)
   out = tmp_path / "out"
-  proc = run_sbs("annotate", "--dataset", f"jsonl:{path}", "--teacher", "replay",
-                 "--completion_key", "out", "--out_dir", out)
+  proc = run_sbs_here("annotate", "--dataset", f"jsonl:{path}", "--teacher", "replay",
+                      "--completion_key", "out", "--out_dir", out)
   assert proc.returncode == 2
   assert f"{path}: {message}" in proc.stderr
   assert "Traceback" not in proc.stderr
@@ -157,8 +158,8 @@ def test_bad_input_exits_non_zero_and_writes_nothing(tmp_path, content, message)
 
 def test_completion_mismatch_exits_non_zero_and_writes_nothing(tmp_path):
   make_anli(tmp_path / "data", ["a", "b"])
-  proc = run_sbs("annotate", "--dataset", "anli1", "--split", "test", "--teacher", "replay",
-                 "--out_dir", tmp_path / "out", "--data_dir", tmp_path / "data")
+  proc = run_sbs_here("annotate", "--dataset", "anli1", "--split", "test", "--teacher",
+                      "replay", "--out_dir", tmp_path / "out", "--data_dir", tmp_path / "data")
   assert proc.returncode == 2 and "2 completions for 3 rows" in proc.stderr
   assert not (tmp_path / "out").exists()
 

@@ -16,7 +16,7 @@ from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.train.config import OptimizerConfig
 from sbs_jax.train.optim import make_optimizer
 from sbs_jax.train.state import build_student, init_state, make_mesh
-from tests.helpers import run_sbs
+from tests.helpers.cli import run_sbs_here
 
 CONFIG = config_for("tiny", vocab_size=320, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64)
 
@@ -117,7 +117,7 @@ def test_import_onto_a_trained_run_is_refused_before_anything_is_read(tmp_path, 
   (run / "results.json").write_text('{"test": {"accuracy": 0.5}}')
   before = _tree_bytes(run)
   # the HF folder does not even exist: the refusal comes first, one line, nothing changed
-  result = run_sbs("import-hf", "--hf_dir", tmp_path / "no-such-hf", "--out", run)
+  result = run_sbs_here("import-hf", "--hf_dir", tmp_path / "no-such-hf", "--out", run)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       f"sbs import-hf: error: {run} exists and is not empty: choose a new --out, or pass "

@@ -16,6 +16,7 @@ from sbs_jax.serve import batching, job as job_lib
 from sbs_jax.serve.predictor import DecodeSettings, Predictor, predict_labels
 from sbs_jax.model import student as student_lib
 from tests.helpers import REPO, run_sbs
+from tests.helpers.cli import run_sbs_here
 from tests.helpers.predict import MAX_INPUT, cqa_texts, make_model_dir, read_lines, write_rows
 
 DECODE = ["--max_decode_length", "6", "--no_progress"]
@@ -220,8 +221,8 @@ def test_bad_rows_get_the_annotate_readers_error(model_dir, tmp_path, bad, field
     job_lib.count_rows(job)
   assert str(ours.value) == str(reader.value)
   if field == "input":  # the command: one line, exit 2, nothing written
-    proc = run_sbs("predict", "--model_dir", model_dir, "--input_file", source,
-                   "--output_file", tmp_path / "out.jsonl", *DECODE)
+    proc = run_sbs_here("predict", "--model_dir", model_dir, "--input_file", source,
+                        "--output_file", tmp_path / "out.jsonl", *DECODE)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"sbs predict: error: {reader.value}"
     assert not (tmp_path / "out.jsonl").exists() and not job.work_dir.exists()

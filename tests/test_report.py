@@ -11,7 +11,7 @@ from sbs_jax import environment, metrics
 from sbs_jax.commands import report as report_command
 from sbs_jax.experiments import report, sweep
 from sbs_jax.model import config
-from tests.helpers import run_sbs
+from tests.helpers.cli import run_sbs_here
 
 GRID = {"methods": ["standard_finetuning", "distill_llm"], "fractions": [12.5, 100.0],
         "sizes": [""], "seeds": [0, 1, 2]}
@@ -202,7 +202,7 @@ def test_mixed_grids_are_refused(sweep_dir, tmp_path):
   sweep.cell_file(sweep_dir, other, ".json").write_text(json.dumps(
       {"dataset": "marbles", **other.to_json(),
        "settings": dict(_settings(tmp_path), bindings=["TRAIN_STEPS=99"])}))
-  proc = run_sbs("report", sweep_dir)
+  proc = run_sbs_here("report", sweep_dir)
   assert proc.returncode == 2
   assert "mixes settings" in proc.stderr and "bindings" in proc.stderr
   assert "Traceback" not in proc.stderr

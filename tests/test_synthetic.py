@@ -9,7 +9,7 @@ from sbs_jax.annotate import parsers
 from sbs_jax.data.readers import Example
 from sbs_jax.errors import SbsError
 from sbs_jax.experiments import prepare, synthetic
-from tests.helpers import run_sbs
+from tests.helpers.cli import run_sbs_here
 
 
 def _rows(path):
@@ -214,13 +214,13 @@ def test_forms_differ_and_are_seeded(tmp_path):
     (["--error_rate", "1.5"], "--error_rate must be in [0, 1], got 1.5"),
 ])
 def test_cli_refuses_bad_settings_in_one_line(tmp_path, argv, message):
-  done = run_sbs("synthetic", "prepare", "--out_dir", str(tmp_path / "x"), *argv)
+  done = run_sbs_here("synthetic", "prepare", "--out_dir", str(tmp_path / "x"), *argv)
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1] == f"sbs synthetic: error: {message}"
 
 
 def test_cli_refuses_an_unknown_form_or_op(tmp_path):
-  done = run_sbs("synthetic", "generate", "--out_dir", str(tmp_path), "--op", "mean")
+  done = run_sbs_here("synthetic", "generate", "--out_dir", str(tmp_path), "--op", "mean")
   assert done.returncode == 2 and "invalid choice: 'mean'" in done.stderr
 
 
