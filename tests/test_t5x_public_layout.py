@@ -35,6 +35,7 @@ from sbs_jax.model import decoding
 from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.model.student import load_student
 from tests.helpers import run_sbs
+from tests.helpers.cli import run_sbs_here
 
 pytestmark = [pytest.mark.t5x]
 
@@ -266,8 +267,8 @@ def test_reimport_into_an_existing_dir(public, tmp_path, monkeypatch):
   other_spm = vocab.train_vocabulary(
       [f"another vocabulary {i}: zebra, quartz, lantern {i * 3}" for i in range(200)],
       tmp_path / "other.model", 300)
-  proc = run_sbs("import-t5x", "--checkpoint", public["local_copy"], "--model_gin",
-                 public["model_gin"], "--vocab", other_spm, "--out", out)
+  proc = run_sbs_here("import-t5x", "--checkpoint", public["local_copy"], "--model_gin",
+                      public["model_gin"], "--vocab", other_spm, "--out", out)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
       f"sbs import-t5x: error: {out} exists and is not empty: choose a new --out, or pass "
@@ -317,8 +318,8 @@ def test_reimport_into_an_existing_gs_dir(public, gcs):
 
 
 def test_wrong_size_is_one_line_naming_the_size(public, tmp_path):
-  proc = run_sbs("import-t5x", "--checkpoint", public["local_copy"], "--size", "base",
-                 "--vocab", public["spm"], "--out", tmp_path / "m")
+  proc = run_sbs_here("import-t5x", "--checkpoint", public["local_copy"], "--size", "base",
+                      "--vocab", public["spm"], "--out", tmp_path / "m")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       f"sbs import-t5x: error: {public['local_copy']} is no published T5 v1.1 size (emb_dim "

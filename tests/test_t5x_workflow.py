@@ -36,6 +36,7 @@ from sbs_jax.errors import SbsError
 from sbs_jax.model.model_dir import ModelDir
 from sbs_jax.model.student import load_student
 from tests.helpers import REPO, run_sbs
+from tests.helpers.cli import run_sbs_here
 from tests.helpers.tiny_cqa import train_tiny_cqa
 
 pytestmark = [pytest.mark.t5x]
@@ -285,8 +286,8 @@ def test_checkpoint_of_another_shape_names_every_offending_parameter(chain, tmp_
 
 def test_bad_import_input_is_one_clear_line(chain, tmp_path):
   checkpoint = chain["exported"]["checkpoint"]
-  proc = run_sbs("import-t5x", "--checkpoint", checkpoint, "--model_gin",
-                 tmp_path / "none.gin", "--out", tmp_path / "m")
+  proc = run_sbs_here("import-t5x", "--checkpoint", checkpoint, "--model_gin",
+                      tmp_path / "none.gin", "--out", tmp_path / "m")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("sbs import-t5x: error: ")
   assert "no such model gin file" in proc.stderr and "Traceback" not in proc.stderr
