@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -25,6 +26,25 @@ def tasks_of(name: str) -> list:
 def _fitting(length: int) -> int:
   """A row length that holds `length` tokens, rounded up to a multiple of 8."""
   return -(-length // 8) * 8
+
+
+def example_lengths(cfg) -> dict:
+  """Per task of the mixture, over the first `length_check_examples` training examples
+  after preprocessing: (input tokens, target tokens, parts cut) as int32 arrays, one entry
+  per example (parts cut: a paired example's parts trimmed to their caps, else 0). `cfg`
+  as for `check_lengths`."""
+  out = {}
+  for task in tasks_of(cfg.mixture_or_task):
+    ds = task.get_dataset(sequence_length=None, split=cfg.train_split, shuffle=False,
+                          num_epochs=1).take(cfg.length_check_examples)
+    ds = ds.map(lambda ex: (tf.size(ex["inputs"]), tf.size(ex["targets"]),
+                            tf.cast(ex.get("parts_cut", 0), tf.int32)),
+                num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+    chunks = list(ds.as_numpy_iterator())
+    out[task.name] = tuple(
+        np.concatenate([c[i] for c in chunks]).astype(np.int32) if chunks
+        else np.zeros(0, np.int32) for i in range(3))
+  return out
 
 
 # The gin bindings a refusal names: `sbs train`'s, or (sbs_jax/t5x_model.py) T5X's.
@@ -46,23 +66,14 @@ def check_lengths(cfg, flags: dict | None = None) -> dict:
   flags = flags or OUR_FLAGS
   lengths = cfg.task_feature_lengths
   report = {}
-  for task in tasks_of(cfg.mixture_or_task):
-    ds = task.get_dataset(sequence_length=None, split=cfg.train_split, shuffle=False,
-                          num_epochs=1).take(cfg.length_check_examples)
-    ds = ds.map(lambda ex: (tf.size(ex["inputs"]), tf.size(ex["targets"]),
-                            tf.cast(ex.get("parts_cut", 0), tf.int32)),
-                num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
-    checked = cut = parts_cut = 0
-    longest = {"inputs": 0, "targets": 0}
-    for inputs, targets, parts in ds.as_numpy_iterator():
-      checked += len(inputs)
-      parts_cut += int((parts > 0).sum())
-      cut += int(((parts > 0) | (inputs > lengths["inputs"]) |
-                  (targets > lengths["targets"])).sum())
-      longest = {"inputs": max(longest["inputs"], int(inputs.max())),
-                 "targets": max(longest["targets"], int(targets.max()))}
-    report[task.name] = {"checked": checked, "cut": cut, "parts_cut": parts_cut,
-                         "longest": longest}
+  for name, (inputs, targets, parts) in example_lengths(cfg).items():
+    checked = len(inputs)
+    parts_cut = int((parts > 0).sum())
+    cut = int(((parts > 0) | (inputs > lengths["inputs"]) |
+               (targets > lengths["targets"])).sum())
+    longest = {"inputs": int(inputs.max(initial=0)), "targets": int(targets.max(initial=0))}
+    report[name] = {"checked": checked, "cut": cut, "parts_cut": parts_cut,
+                    "longest": longest}
   for name, r in report.items():
     if r["checked"] and r["cut"] / r["checked"] > cfg.max_truncated_share:
       fit = {k: max(lengths[k], _fitting(v)) for k, v in r["longest"].items()}

@@ -137,6 +137,18 @@ def _layer_activations(c: T5Config, l_enc: int, l_dec: int, model: int,
           + k.remat_working_sets * max(enc_all, dec_all))
 
 
+def activation_bytes(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
+                     chip: str = "v4") -> float:
+  """The formula's activations per device (module docstring), apart from the state: what
+  row lengths and batch change."""
+  l_enc = cfg.data.task_feature_lengths["inputs"]
+  l_dec = cfg.data.task_feature_lengths["targets"]
+  rows = cfg.data.batch_size / (data * cfg.parallelism.grad_accum_steps)
+  width = jax.numpy.dtype(model_config.compute_dtype).itemsize
+  return rows * (_layer_activations(model_config, l_enc, l_dec, model, CHIPS[chip]) * width
+                 + l_dec * model_config.vocab_size / model * 4)
+
+
 def gives_estimate(cfg: TrainConfig, model_config: T5Config, data: int) -> bool:
   """False for remat with 2-D rules over several data shards, which the formula does not
   follow (module docstring)."""
@@ -179,12 +191,8 @@ def plan(cfg: TrainConfig, model_config: T5Config, data: int, model: int,
 
   param_bytes = total(params, specs)
   c = model_config
-  l_enc = cfg.data.task_feature_lengths["inputs"]
-  l_dec = cfg.data.task_feature_lengths["targets"]
-  rows = cfg.data.batch_size / (data * cfg.parallelism.grad_accum_steps)
   width = jax.numpy.dtype(c.compute_dtype).itemsize
-  activations = rows * (_layer_activations(c, l_enc, l_dec, model, CHIPS[chip]) * width
-                        + l_dec * c.vocab_size / model * 4)
+  activations = activation_bytes(cfg, c, data, model, chip)
   # What the TPU compiler adds (docs/scale.md): the device's weights in the compute dtype;
   # with gradient accumulation, the running sum of the gradients beside each micro-batch's.
   copies = 0

@@ -27,17 +27,40 @@ def train_batches(cfg: DataConfig, start_step: int = 0) -> Iterator[dict]:
   count, index = jax.process_count(), jax.process_index()
   if cfg.batch_size % count:
     raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {count} hosts")
-  ds = seqio.get_dataset(
-      cfg.mixture_or_task, task_feature_lengths=cfg.task_feature_lengths,
-      dataset_split=cfg.train_split, shuffle=True, seed=cfg.seed, num_epochs=None,
-      shard_info=seqio.ShardInfo(index=index, num_shards=count) if count > 1 else None,
-      feature_converter=DistillFeatureConverter(pack=cfg.pack))
+  ds = training_rows(cfg, seqio.ShardInfo(index=index, num_shards=count) if count > 1
+                     else None)
   ds = ds.batch(cfg.batch_size // count, drop_remainder=True).skip(start_step)
   for batch in ds.as_numpy_iterator():
     yield {k: batch[k] for k in BATCH_KEYS}
   # Only an empty split ends a stream that repeats forever (check_train_split says which).
   raise SbsError(f"{cfg.mixture_or_task} split {cfg.train_split!r} yields no training "
                  "rows: " + _FIX_TRAIN)
+
+
+def training_rows(cfg: DataConfig, shard_info: seqio.ShardInfo | None = None):
+  """The trainer's stream of training rows (shuffled with the seed, packed or padded to
+  `task_feature_lengths`, repeated forever), before batching."""
+  return seqio.get_dataset(
+      cfg.mixture_or_task, task_feature_lengths=cfg.task_feature_lengths,
+      dataset_split=cfg.train_split, shuffle=True, seed=cfg.seed, num_epochs=None,
+      shard_info=shard_info, feature_converter=DistillFeatureConverter(pack=cfg.pack))
+
+
+def real_tokens(cfg: DataConfig, rows: int = 512) -> dict:
+  """Real (non-padding) tokens of the first `rows` training rows the trainer would read
+  (`training_rows`, one host): encoder input tokens and decoder target tokens, per row."""
+  enc = dec = n = 0
+  for row in training_rows(cfg).take(rows).as_numpy_iterator():
+    enc += int((row["encoder_input_tokens"] != 0).sum())
+    dec += int((row["decoder_target_tokens"] != 0).sum())
+    n += 1
+  if not n:
+    raise SbsError(f"{cfg.mixture_or_task} split {cfg.train_split!r} yields no training "
+                   "rows: " + _FIX_TRAIN)
+  rows = n
+  return {"rows": rows, "inputs_per_row": enc / rows, "targets_per_row": dec / rows,
+          "per_row": (enc + dec) / rows,
+          "fill": (enc + dec) / (rows * sum(cfg.task_feature_lengths.values()))}
 
 
 _FIX_TRAIN = ("annotate more examples (sbs annotate), or use a larger DataConfig.train_split "
