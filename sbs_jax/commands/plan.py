@@ -31,8 +31,37 @@ def add_parser(subparsers) -> None:
                  "on each; default v4)")
   p.add_argument("--hbm_gib", type=float, help="memory per device, to say whether it fits "
                  "(with --topology: default the chip's)")
+  p.add_argument("--real_tokens_rows", type=int, default=512,
+                 help="with --topology or --propose_lengths: how many packed training rows "
+                 "of the configured mixture to read for the real (non-padding) tokens per "
+                 "row; 0: report per step only")
+  p.add_argument("--propose_lengths", action="store_true",
+                 help="propose row lengths and batch with the fewest FLOPs per real token "
+                 "that fit the chip, holding the configured run's real tokens per step "
+                 "(with --topology: compile the proposal's train step)")
+  p.add_argument("--max_truncated_share", type=float, default=0.0,
+                 help="with --propose_lengths: the share of each task's training examples "
+                 "the proposed rows may cut (default 0: none)")
+  p.add_argument("--batch_multiple", type=int,
+                 help="with --propose_lengths: the proposed batch is a multiple of this "
+                 "(default data shards x ParallelismConfig.grad_accum_steps)")
   add_gin_flags(p)
   p.set_defaults(func=main, accepts_gin_bindings=True)
+
+
+def measured_tokens(cfg, rows: int, required: bool = False) -> dict | None:
+  """Real tokens per row of the configured mixture's packed training rows; None (with a
+  note) where the data cannot be read and `required` is false."""
+  from sbs_jax.train import data  # pylint: disable=import-outside-toplevel  (TensorFlow)
+  try:
+    return data.real_tokens(cfg.data, rows)
+  except Exception as e:  # pylint: disable=broad-except  (a note, not a failure)
+    if required:
+      raise
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    print(f"note: no figures per real token: the training rows of {cfg.data.mixture_or_task} "
+          f"cannot be read ({first}); --real_tokens_rows 0 skips them", file=sys.stderr)
+    return None
 
 
 
@@ -50,8 +79,14 @@ def compiled_plan(args, cfg, model_config, tpu) -> int:
   if plan_lib.gives_estimate(cfg, model_config, data):
     estimate = plan_lib.plan(cfg, model_config, data, model,
                              tpu.generation)["per_device_total_gib"]
+  real = measured_tokens(cfg, args.real_tokens_rows) if args.real_tokens_rows > 0 else None
   records = tpu_compile.check(cfg, model_config, tpu, mesh, programs, args.hbm_gib,
                               estimate, args.hlo_dir)
+  if real:
+    from sbs_jax.perf import row_lengths  # pylint: disable=import-outside-toplevel
+    for record in records:
+      if record["program"] == "train_step":
+        record.update(row_lengths.per_real_token(record, real, cfg.data.batch_size))
   for record in records:
     print(json.dumps(record), flush=True)
   print(tpu_compile.table(records), file=sys.stderr)
@@ -68,8 +103,91 @@ def compiled_plan(args, cfg, model_config, tpu) -> int:
 
 
 
+def proposal(args, cfg, model_config, tpu) -> int:
+  """`sbs plan --propose_lengths`: one JSON object (the configured run and the proposal);
+  with --topology, the proposal's compiled train step as one more JSON line."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from sbs_jax.data.lengths import check_lengths, example_lengths  # pylint: disable=import-outside-toplevel
+  from sbs_jax.perf import row_lengths  # pylint: disable=import-outside-toplevel
+  if args.real_tokens_rows < 1:
+    raise SbsError("--propose_lengths needs --real_tokens_rows of at least 1 (the configured "
+                   "run's real tokens per step are what the proposal keeps)")
+  if tpu:
+    from sbs_jax.perf import tpu_compile  # pylint: disable=import-outside-toplevel
+    mesh = (plan_lib.parse_mesh(args.mesh, allow_rest=True) if args.mesh
+            else tuple(cfg.parallelism.mesh))
+    data, model = tpu_compile.mesh_shape(mesh, tpu.chips)
+    chip, hbm = tpu.generation, args.hbm_gib or tpu.hbm_gib
+  else:
+    data, model = plan_lib.parse_mesh(args.mesh)
+    chip = args.chip or "v4"
+    hbm = args.hbm_gib or tpu_slices.GENERATIONS[chip].hbm_gib
+  plan_lib.check_batch(cfg, data)
+  multiple = args.batch_multiple or data * cfg.parallelism.grad_accum_steps
+  if multiple % (data * cfg.parallelism.grad_accum_steps):
+    raise SbsError(f"--batch_multiple {multiple} is not a multiple of {data} data shards x "
+                   f"{cfg.parallelism.grad_accum_steps} micro-batches")
+  configured = measured_tokens(cfg, args.real_tokens_rows, required=True)
+  lengths = example_lengths(cfg.data)
+  chosen = row_lengths.propose(lengths, cfg, model_config, data, model, chip, hbm,
+                               args.max_truncated_share, configured["per_row"], multiple)
+  run = dataclasses.replace(cfg, data=dataclasses.replace(
+      cfg.data, task_feature_lengths=chosen["lengths"], batch_size=chosen["batch_size"],
+      max_truncated_share=args.max_truncated_share))
+  measured = measured_tokens(run, args.real_tokens_rows, required=True)
+  # The batch from the measured rows (the simulation ranks; the pipeline decides).
+  batch = row_lengths.batch_for(configured["per_row"] * cfg.data.batch_size,
+                                measured["per_row"], multiple)
+  run = dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=batch))
+  report = check_lengths(run.data)  # refuses if the proposal cut more than the share
+  tokens = configured["per_row"] * cfg.data.batch_size
+  out = {"configured": {"lengths": dict(cfg.data.task_feature_lengths),
+                        "batch_size": cfg.data.batch_size,
+                        "real_tokens_per_row": round(configured["per_row"], 2),
+                        "real_tokens_per_step": round(tokens, 1),
+                        "fill": round(configured["fill"], 4)},
+         "proposed": {**chosen, "batch_size": batch,
+                      "real_tokens_per_row": round(measured["per_row"], 2),
+                      "real_tokens_per_step": round(measured["per_row"] * batch, 1),
+                      "fill": round(measured["fill"], 4),
+                      "cut": {k: v["cut"] for k, v in report.items()},
+                      "checked": {k: v["checked"] for k, v in report.items()}},
+         "mixture_or_task": cfg.data.mixture_or_task, "train_split": cfg.data.train_split,
+         "rows_read": args.real_tokens_rows, "mesh": f"{data}x{model}", "chip": chip,
+         "hbm_gib": hbm, "max_truncated_share": args.max_truncated_share,
+         "batch_multiple": multiple, "real_tokens_counted": row_lengths.TOKENS_COUNTED,
+         "gin": [f"DataConfig.task_feature_lengths = {json.dumps(chosen['lengths'])}",
+                 f"BATCH_SIZE = {batch}"]}
+  print(json.dumps(out), flush=True)
+  print(f"proposed rows {chosen['lengths']['inputs']}/{chosen['lengths']['targets']} x "
+        f"{batch} (configured {cfg.data.task_feature_lengths['inputs']}/"
+        f"{cfg.data.task_feature_lengths['targets']} x {cfg.data.batch_size}); real tokens "
+        f"per row {measured['per_row']:.1f} (fill {measured['fill']:.1%}), per step "
+        f"{measured['per_row'] * batch:.0f} (configured {tokens:.0f})", file=sys.stderr)
+  if not tpu:
+    return 0
+  args_real = args.real_tokens_rows
+  args.real_tokens_rows = 0  # measured above
+  from sbs_jax.perf import tpu_compile  # pylint: disable=import-outside-toplevel
+  records = tpu_compile.check(run, model_config, tpu, (data, model), ["train_step"],
+                              args.hbm_gib, chosen["estimate_gib"], args.hlo_dir)
+  for record in records:
+    record.update(row_lengths.per_real_token(record, measured, batch))
+    record["real_tokens_rows_read"] = args_real
+    print(json.dumps(record), flush=True)
+  print(tpu_compile.table(records), file=sys.stderr)
+  if not all(r["fits"] for r in records):
+    raise SbsError(f"the proposed rows do not fit {tpu.name} by the compiler: "
+                   f"{records[0].get('compiler', '')}; try ParallelismConfig.grad_accum_steps "
+                   "or a larger slice")
+  return 0
+
+
 def main(args) -> int:
   from sbs_jax.train import config  # pylint: disable=import-outside-toplevel
+  if args.propose_lengths:
+    from sbs_jax.perf import row_lengths  # pylint: disable=import-outside-toplevel
+    row_lengths.check_share(args.max_truncated_share)  # before gin and the data
   if args.topology:
     tpu = tpu_slices.parse(args.topology)  # a bad name fails before gin and JAX start
     if args.chip and args.chip != tpu.generation:
@@ -90,6 +208,8 @@ def main(args) -> int:
   from sbs_jax.train import gin_check  # pylint: disable=import-outside-toplevel
   cfg = gin_check.configured(config.TrainConfig)
   model_config = cfg.parallelism.network(gin_check.configured(config.student_config))
+  if args.propose_lengths:
+    return proposal(args, cfg, model_config, tpu if args.topology else None)
   if args.topology:
     return compiled_plan(args, cfg, model_config, tpu)
   data, model = plan_lib.parse_mesh(args.mesh)

@@ -1,0 +1,192 @@
+"""Row lengths from the data (`sbs plan --propose_lengths`, sbs_jax/perf/row_lengths.py):
+the same examples give the same loss in long and short rows, the packing simulation is
+SeqIO's packing, proposals cut at most the share and pass the length check, bad input is
+one line, and the per-real-token fields are the arithmetic of the record."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import optax
+import pytest
+import seqio
+import tensorflow as tf
+
+from sbs_jax import cli
+from sbs_jax.data.lengths import check_lengths, example_lengths
+from sbs_jax.errors import SbsError
+from sbs_jax.model.config import config_for
+from sbs_jax.perf import row_lengths
+from sbs_jax.perf.flops import analytic_flops
+from sbs_jax.train import data as train_data
+from sbs_jax.train import state as state_lib
+from sbs_jax.train.config import DataConfig
+from sbs_jax.train.state import build_student, init_state, make_mesh
+from tests.helpers.batches import packed_batch, paired_examples, run_config
+
+TASK = "row_lengths_test_task"
+
+
+def _loss(batch, params, student):
+  (loss, label_sum, rationale_sum, counts), grads = jax.jit(
+      lambda p, b: state_lib.loss_and_grads(student, p, b, 0.3))(params, batch)
+  return float(loss), float(label_sum), float(rationale_sum), [float(c) for c in counts], grads
+
+
+def test_same_examples_give_the_same_loss_in_long_and_short_rows():
+  examples = paired_examples(24, np.random.default_rng(0))
+  long_rows = packed_batch(examples, enc_len=256, dec_len=96)  # 1024/352-style: few, long
+  short_rows = packed_batch(examples, enc_len=40, dec_len=32)  # derived-style: more, short
+  assert len(short_rows["encoder_input_tokens"]) >= 2 * len(long_rows["encoder_input_tokens"])
+  for key in ("encoder_input_tokens", "decoder_target_tokens"):  # nothing cut either way
+    assert (long_rows[key] != 0).sum() == (short_rows[key] != 0).sum() == sum(
+        len(p) + len(e) if key.startswith("encoder") else len(l) + len(r)
+        for p, l, e, r in examples)
+  student = build_student(config_for("tiny", vocab_size=128), optax.sgd(0.1),
+                          make_mesh((1, 1)))
+  params = init_state(student, seed=0)["params"]
+  want = _loss(long_rows, params, student)
+  got = _loss(short_rows, params, student)
+  assert got[3] == want[3]  # label and rationale token counts
+  assert got[0] == pytest.approx(want[0], rel=1e-5)
+  assert got[1] == pytest.approx(want[1], rel=1e-5) and got[2] == pytest.approx(want[2],
+                                                                                  rel=1e-5)
+  for g, w in zip(jax.tree.leaves(got[4]), jax.tree.leaves(want[4])):
+    np.testing.assert_allclose(g, w, atol=2e-5)
+  # The comparison sees wrong segment ids: examples of a row attending to each other, or
+  # each target attending to the next example's input, change the loss.
+  merged = dict(long_rows, encoder_segment_ids=(long_rows["encoder_segment_ids"] > 0) * 1,
+                decoder_segment_ids=(long_rows["decoder_segment_ids"] > 0) * 1)
+  assert abs(_loss(merged, params, student)[0] - want[0]) > 1e-3
+  dec = long_rows["decoder_segment_ids"]
+  last = dec.max(axis=1, keepdims=True)
+  shifted = dict(long_rows, decoder_segment_ids=np.where(dec > 0, dec % last + 1, 0))
+  assert abs(_loss(shifted, params, student)[0] - want[0]) > 1e-3
+
+
+def test_the_packing_simulation_is_seqios_packing():
+  examples = paired_examples(300, np.random.default_rng(1))
+  ins = np.array([len(p) + len(e) for p, l, e, r in examples])
+  tgs = np.array([len(l) + len(r) for p, l, e, r in examples])
+  for enc, dec in [(256, 96), (40, 32), (24, 24), (64, 16)]:
+    rows = packed_batch(examples, enc_len=enc, dec_len=dec)
+    real = ((rows["encoder_input_tokens"] != 0).sum()
+            + (rows["decoder_target_tokens"] != 0).sum())
+    got = row_lengths.simulate_packing(ins, tgs, {"inputs": enc, "targets": dec})
+    assert got == pytest.approx(real / len(rows["encoder_input_tokens"]))
+
+
+def _register(lengths):
+  """A task of examples with these (input, target) token counts, tokens 3..: train split."""
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    def gen():
+      for i, (a, b) in enumerate(lengths):
+        yield {"inputs": np.arange(3, 3 + a, dtype=np.int32) % 120 + 3,
+               "targets": np.arange(5, 5 + b, dtype=np.int32) % 120 + 3, "task": i % 2 + 1}
+    sig = {"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32),
+           "task": tf.TensorSpec([], tf.int32)}
+    return tf.data.Dataset.from_generator(gen, output_signature=sig)
+  seqio.TaskRegistry.remove(TASK)
+  vocab = seqio.PassThroughVocabulary(128)
+  seqio.TaskRegistry.add(TASK, source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
+                         output_features={k: seqio.Feature(vocab, add_eos=False)
+                                          for k in ("inputs", "targets")})
+
+
+@pytest.fixture
+def known_task():
+  rng = np.random.default_rng(2)
+  # 400 examples: inputs 20-80 tokens, targets 4-30, and 10 long ones (the last 2.5%).
+  lengths = [(int(rng.integers(20, 81)), int(rng.integers(4, 31))) for _ in range(390)]
+  lengths += [(int(rng.integers(150, 200)), int(rng.integers(40, 60))) for _ in range(10)]
+  _register(lengths)
+  yield np.array(lengths)
+  seqio.TaskRegistry.remove(TASK)
+
+
+def _cfg(lengths=None, batch=16, share=0.5):
+  cfg = run_config(batch=batch)
+  return dataclasses.replace(cfg, data=DataConfig(
+      mixture_or_task=TASK, batch_size=batch, max_truncated_share=share,
+      task_feature_lengths=lengths or {"inputs": 512, "targets": 128}))
+
+
+def test_proposal_cuts_at_most_the_share_and_passes_the_length_check(known_task):
+  cfg = _cfg()
+  lengths_read = example_lengths(cfg.data)
+  got = lengths_read[TASK]
+  np.testing.assert_array_equal(got[0], known_task[:, 0])
+  np.testing.assert_array_equal(got[1], known_task[:, 1])
+  configured = train_data.real_tokens(cfg.data, rows=8)
+  tiny = config_for("tiny", vocab_size=128)
+  for share in (0.0, 0.03):
+    p = row_lengths.propose(lengths_read, cfg, tiny, 1, 1, "v4", 32.0, share,
+                            configured["per_row"], batch_multiple=4)
+    lengths = p["lengths"]
+    cut = np.mean((known_task[:, 0] > lengths["inputs"])
+                  | (known_task[:, 1] > lengths["targets"]))
+    assert cut <= share and p["cut_share"] == pytest.approx(cut)
+    assert lengths["inputs"] < 512 and lengths["targets"] < 128  # shorter rows
+    assert lengths["inputs"] % 8 == 0 and lengths["targets"] % 8 == 0 and p["batch_size"] % 4 == 0
+    if share == 0.0:
+      assert lengths["inputs"] >= known_task[:, 0].max()
+    report = check_lengths(_cfg(lengths, share=share).data)  # accepted: no SbsError
+    assert report[TASK]["cut"] == round(cut * len(known_task))
+    # The batch holds the configured real tokens per step, to the rounding of the batch.
+    tokens = configured["per_row"] * cfg.data.batch_size
+    assert abs(p["batch_size"] * p["simulated_real_tokens_per_row"] - tokens) <= max(
+        0.05 * tokens, 2 * p["simulated_real_tokens_per_row"])
+    # Nothing cheaper by the FLOP model cuts within the share, beyond the 2% tolerance.
+    stream = known_task[np.random.default_rng(0).permutation(len(known_task))]
+    best = min(analytic_flops(tiny, 1, a, b) / row_lengths.simulate_packing(
+        stream[:, 0], stream[:, 1], {"inputs": a, "targets": b})
+        for a in range(8, 513, 8) for b in range(8, 129, 8)
+        if np.mean((known_task[:, 0] > a) | (known_task[:, 1] > b)) <= share)
+    assert p["model_flops_per_real_token"] <= best * 1.02 + 1e-6
+  with pytest.raises(SbsError, match="cut"):  # the same lengths, a share below their cut
+    check_lengths(_cfg(lengths, share=0.0).data)
+
+
+def test_real_tokens_count_the_packed_rows(known_task):
+  cfg = _cfg({"inputs": 256, "targets": 64})
+  got = train_data.real_tokens(cfg.data, rows=10)
+  rows = list(train_data.training_rows(cfg.data).take(10).as_numpy_iterator())
+  enc = sum(int((r["encoder_input_tokens"] > 0).sum()) for r in rows)
+  dec = sum(int((r["decoder_target_tokens"] > 0).sum()) for r in rows)
+  assert got["per_row"] == pytest.approx((enc + dec) / 10)
+  assert got["fill"] == pytest.approx((enc + dec) / (10 * 320))
+  assert 0.5 < got["fill"] <= 1.0
+
+
+def test_bad_input_is_refused_in_one_line(known_task):
+  tiny = config_for("tiny", vocab_size=128)
+  lengths = example_lengths(_cfg().data)
+  for share in (-0.1, 1.0, 1.5):
+    with pytest.raises(SbsError, match="--max_truncated_share.*below 1"):
+      row_lengths.candidates(lengths, tiny, {"inputs": 512, "targets": 128}, share)
+  with pytest.raises(SbsError, match="empty_task has no training examples"):
+    row_lengths.candidates({"empty_task": (np.zeros(0, int),) * 3}, tiny,
+                           {"inputs": 512, "targets": 128}, 0.0)
+  with pytest.raises(SbsError, match=r"already cut 2\.5% of row_lengths_test_task.*raise the "
+                     "lengths"):
+    row_lengths.candidates(lengths, tiny, {"inputs": 128, "targets": 128}, 0.01)
+
+
+def test_the_command_refuses_a_bad_share_before_reading_anything(capsys):
+  assert cli.main(["plan", "--propose_lengths", "--mesh=4x1", "--max_truncated_share=1",
+                   "--gin_file=experiments/cqa_distill_llm.gin"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "--max_truncated_share 1" in err
+
+
+def test_per_real_token_fields_are_the_records_arithmetic():
+  record = {"chips": 4, "flops_per_step": 3.0e12,
+            "xla_bytes": {"argument": 1000, "output": 900, "alias": 800, "temp": 5000}}
+  real = {"per_row": 250.0, "fill": 0.8, "rows": 64}
+  got = row_lengths.per_real_token(record, real, batch_size=32)
+  assert got["real_tokens_per_step"] == 8000.0
+  assert got["flops_per_real_token"] == pytest.approx(3.0e12 * 4 / 8000)
+  assert got["temp_bytes_per_real_token"] == pytest.approx(5000 * 4 / 8000, abs=0.05)
+  assert got["per_chip_bytes_per_real_token"] == pytest.approx(6100 * 4 / 8000, abs=0.05)
+  assert "inputs + targets" in got["real_tokens_counted"]
