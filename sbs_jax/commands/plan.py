@@ -166,14 +166,11 @@ def proposal(args, cfg, model_config, tpu) -> int:
         f"{measured['per_row'] * batch:.0f} (configured {tokens:.0f})", file=sys.stderr)
   if not tpu:
     return 0
-  args_real = args.real_tokens_rows
-  args.real_tokens_rows = 0  # measured above
   from sbs_jax.perf import tpu_compile  # pylint: disable=import-outside-toplevel
   records = tpu_compile.check(run, model_config, tpu, (data, model), ["train_step"],
                               args.hbm_gib, chosen["estimate_gib"], args.hlo_dir)
   for record in records:
     record.update(row_lengths.per_real_token(record, measured, batch))
-    record["real_tokens_rows_read"] = args_real
     print(json.dumps(record), flush=True)
   print(tpu_compile.table(records), file=sys.stderr)
   if not all(r["fits"] for r in records):
