@@ -263,12 +263,12 @@ def test_finished_rerun_refusal_is_one_line_through_the_command(tmp_path):
   path = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
   argv = ["annotate", "--dataset", f"jsonl:{path}", "--teacher", "replay", "--completion_key",
           "out", "--out_dir", tmp_path / "out", "--no_progress"]
-  assert run_sbs(*argv).returncode == 0
-  proc = run_sbs(*argv, "--answer_regex", "Final:")
+  assert run_sbs_here(*argv).returncode == 0
+  proc = run_sbs_here(*argv, "--answer_regex", "Final:")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   lines = [l for l in proc.stderr.splitlines() if "--restart" in l]
   assert len(lines) == 1 and "answer_regex" in lines[0], proc.stderr
-  proc = run_sbs(*argv, "--answer_regex", "Final:", "--restart")
+  proc = run_sbs_here(*argv, "--answer_regex", "Final:", "--restart")
   assert proc.returncode == 0, proc.stderr
   assert json.loads(proc.stdout.strip().splitlines()[-1])["parsed"] == 1
 
