@@ -342,6 +342,40 @@ def test_an_empty_training_split_is_one_line(tiny_dataset):
                                         train_split="train_12.5"))
 
 
+@pytest.fixture(scope="module")
+def tiny_with_valid(tiny_dataset, tmp_path_factory):
+  """tinyset's 3 train records (none in train_12.5) as dataset tinyval, with 2 valid
+  records of its own: its validation holds examples and its train_12.5 none."""
+  import tasks  # pylint: disable=import-outside-toplevel
+  from sbs_jax.data import records  # pylint: disable=import-outside-toplevel
+  train_rows = [dict(r, dataset="tinyval") for r in records.read_records(
+      [tiny_dataset / "tinyset" / records.shard_name("train", 0, 1)])]
+  ann = tmp_path_factory.mktemp("tinyval") / "ann"
+  (ann / "tinyval").mkdir(parents=True)
+  records.write_atomically(ann / "tinyval" / records.shard_name("train", 0, 1), train_rows)
+  records.write_atomically(ann / "tinyval" / records.shard_name("valid", 0, 1),
+                           [dict(_record(i, f"val-{i}"), dataset="tinyval", split="valid")
+                            for i in range(2)])
+  tasks.register_annotation_dir(str(ann))
+  yield ann
+  import seqio  # pylint: disable=import-outside-toplevel
+  for full in tasks.task_names("tinyval").values():
+    seqio.MixtureRegistry.remove(full)
+    seqio.TaskRegistry.remove(full)
+
+
+def test_train_on_an_empty_training_split_is_refused_and_creates_nothing(tiny_with_valid,
+                                                                         tmp_path):
+  # The trainer learns of the empty split from the length check's counts and refuses in
+  # check_train_split's words, before the model dir is made.
+  with pytest.raises(SbsError, match=r"dataset tinyval: split 'train_12.5' has no examples "
+                     r"for sbs_tinyval_distill_llm_paired: annotate more examples"):
+    train(tmp_path / "run", extra=[
+        "MIXTURE_OR_TASK_NAME = 'sbs_tinyval_distill_llm_paired'",
+        f"annotation_dir.path = '{tiny_with_valid}'", "DataConfig.train_split = 'train_12.5'"])
+  assert not (tmp_path / "run").exists()
+
+
 def test_train_on_an_empty_validation_creates_nothing(tiny_dataset, tmp_path):
   with pytest.raises(SbsError, match="the validation split is empty"):
     train(tmp_path / "run", extra=[

@@ -89,8 +89,11 @@ def train(cfg: TrainConfig, model_config: T5Config,
   # ---- Data: an empty validation carve or training split is refused before the model
   # dir is touched (validation is also what every evaluation below scores).
   validation = label_examples(label_task, "validation", cfg.eval.max_examples)
-  check_train_split(cfg.data)
+  # The length check reads every task's training split; a task it found empty is refused
+  # in check_train_split's words (which builds the split's pipeline once more, only then).
   lengths = check_lengths(cfg.data)
+  if any(not r["checked"] for r in lengths.values()):
+    check_train_split(cfg.data)
   note = length_note(lengths)
   if note and jax.process_index() == 0:
     print(note, file=sys.stderr, flush=True)
