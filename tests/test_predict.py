@@ -182,12 +182,12 @@ def test_file_command_equals_input_command(model_dir, texts, tmp_path):
   chosen = texts[:6]
   source = write_rows(tmp_path / "rows.jsonl", [{"input": t} for t in chosen])
   inputs = [a for t in chosen for a in ("--input", t)]
-  single = run_sbs("predict", "--model_dir", model_dir, *inputs, "--rationale",
-                   "--rationale_decode_length", "8", *DECODE)
+  single = run_sbs_here("predict", "--model_dir", model_dir, *inputs, "--rationale",
+                        "--rationale_decode_length", "8", *DECODE)
   assert single.returncode == 0, single.stderr[-2000:]
-  proc = run_sbs("predict", "--model_dir", model_dir, "--input_file", source, "--output_file",
-                 tmp_path / "out.jsonl", "--rationale", "--rationale_decode_length", "8",
-                 "--batch_size", "4", *DECODE)
+  proc = run_sbs_here("predict", "--model_dir", model_dir, "--input_file", source,
+                      "--output_file", tmp_path / "out.jsonl", "--rationale",
+                      "--rationale_decode_length", "8", "--batch_size", "4", *DECODE)
   assert proc.returncode == 0, proc.stderr[-2000:]
   expected = [json.loads(line) for line in single.stdout.splitlines()]
   got = read_lines(tmp_path / "out.jsonl")
@@ -198,8 +198,8 @@ def test_file_command_equals_input_command(model_dir, texts, tmp_path):
 
 
 def test_long_input_command_reports_the_cut(model_dir, texts):
-  proc = run_sbs("predict", "--model_dir", model_dir, "--input", " ".join(texts) * 16,
-                 "--max_input_length", "32", *DECODE)
+  proc = run_sbs_here("predict", "--model_dir", model_dir, "--input", " ".join(texts) * 16,
+                      "--max_input_length", "32", *DECODE)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "1 of 1 inputs were longer than 32 tokens" in proc.stderr
   assert json.loads(proc.stdout.splitlines()[-1])["truncated"] is True

@@ -13,7 +13,7 @@ from sbs_jax.train import config, gin_setup, loop
 from sbs_jax.train.checkpoint import StateCheckpoints
 from sbs_jax.train.preemption import Preempted
 from sbs_jax.model.model_dir import ModelDir
-from tests.helpers import run_sbs
+from tests.helpers.cli import run_sbs_here
 
 SMOKE = ["MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = {steps}", "TrainConfig.log_every = 1",
          "TrainConfig.checkpoint_every = 3", "EvalConfig.every = 6",
@@ -108,14 +108,16 @@ def test_sigterm_saves_the_current_step_and_the_rerun_loses_nothing(trained, tmp
 @pytest.mark.slow
 def test_eval_and_predict_commands(trained):
   model_dir, results = trained
-  proc = run_sbs("eval", "--model_dir", model_dir, "--split", "test",
-                 "--max_examples=16")
+  # In this process (the commands' own output is what is checked; a process of their own
+  # would add 5-7 s of imports each).
+  proc = run_sbs_here("eval", "--model_dir", model_dir, "--split", "test",
+                      "--max_examples=16")
   assert proc.returncode == 0, proc.stderr[-2000:]
   got = json.loads(proc.stdout.strip().splitlines()[-1])
   assert got["step"] == results["best_step"] and got["examples"] == 16
   text = "Where do you put your grapes just before checking out?\nAnswer Choices:\n" \
          "(a) mouth\n(b) grocery cart\n(c) super market\n(d) fruit basket\n(e) fruit market"
-  proc = run_sbs("predict", "--model_dir", model_dir, "--input", text, "--rationale")
+  proc = run_sbs_here("predict", "--model_dir", model_dir, "--input", text, "--rationale")
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["input"] == text and isinstance(out["label"], str)
