@@ -4,6 +4,8 @@ SeqIO's packing, proposals cut at most the share and pass the length check, bad 
 one line, and the per-real-token fields are the arithmetic of the record."""
 
 import dataclasses
+import importlib.util
+import json
 
 import jax
 import numpy as np
@@ -22,6 +24,7 @@ from sbs_jax.train import data as train_data
 from sbs_jax.train import state as state_lib
 from sbs_jax.train.config import DataConfig
 from sbs_jax.train.state import build_student, init_state, make_mesh
+from tests.helpers import run_sbs
 from tests.helpers.batches import packed_batch, paired_examples, run_config
 
 TASK = "row_lengths_test_task"
@@ -144,6 +147,9 @@ def test_proposal_cuts_at_most_the_share_and_passes_the_length_check(known_task)
         for a in range(8, 513, 8) for b in range(8, 129, 8)
         if np.mean((known_task[:, 0] > a) | (known_task[:, 1] > b)) <= share)
     assert p["model_flops_per_real_token"] <= best * 1.02 + 1e-6
+    # ... and never more than the configured rows, by the same model.
+    assert p["model_flops_per_real_token"] <= analytic_flops(tiny, 1, 512, 128) / (
+        row_lengths.simulate_packing(stream[:, 0], stream[:, 1], cfg.data.task_feature_lengths))
   with pytest.raises(SbsError, match="cut"):  # the same lengths, a share below their cut
     check_lengths(_cfg(lengths, share=0.0).data)
 
@@ -190,3 +196,32 @@ def test_per_real_token_fields_are_the_records_arithmetic():
   assert got["temp_bytes_per_real_token"] == pytest.approx(5000 * 4 / 8000, abs=0.05)
   assert got["per_chip_bytes_per_real_token"] == pytest.approx(6100 * 4 / 8000, abs=0.05)
   assert "inputs + targets" in got["real_tokens_counted"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu (pip install -e '.[tpu]') is not installed")
+def test_compiled_step_per_real_token_of_the_configured_data(annotated):
+  """`sbs plan --topology`: a tiny student on a v4-8, its rows read from the real CQA
+  records (the `annotated` fixture's environment, inherited by the command)."""
+  lengths = {"inputs": 256, "targets": 96}
+  proc = run_sbs("plan", "--topology", "v4-8", "--mesh", "1x4", "--programs=train_step",
+                 "--gin_file=experiments/cqa_distill_llm.gin", "--gin_file=models/tiny.gin",
+                 "--gin.BATCH_SIZE=8", "--real_tokens_rows=16",
+                 f"--gin.DataConfig.task_feature_lengths={lengths}", timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (train,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  # The same 16 rows counted here: the trainer's stream of the configured mixture.
+  import tasks  # pylint: disable=import-outside-toplevel,unused-import  (registers them)
+  cfg = DataConfig(mixture_or_task="sbs_cqa_distill_llm_paired", task_feature_lengths=lengths,
+                   batch_size=8)
+  real = 0
+  for row in train_data.training_rows(cfg).take(16).as_numpy_iterator():
+    real += int((row["encoder_input_tokens"] > 0).sum() + (row["decoder_target_tokens"] > 0).sum())
+  tokens = real / 16 * 8
+  assert train["real_tokens_per_step"] == pytest.approx(tokens, abs=0.05)
+  assert train["real_token_fill"] == pytest.approx(real / (16 * 352), abs=1e-4)
+  assert train["flops_per_real_token"] == pytest.approx(train["flops_per_step"] * 4 / tokens)
+  b = train["xla_bytes"]
+  assert train["temp_bytes_per_real_token"] == pytest.approx(b["temp"] * 4 / tokens, abs=0.05)
+  peak = b["argument"] + b["output"] - b["alias"] + b["temp"]
+  assert train["per_chip_bytes_per_real_token"] == pytest.approx(peak * 4 / tokens, abs=0.05)

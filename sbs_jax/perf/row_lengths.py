@@ -14,11 +14,11 @@ max(lengths) examples in stream order, each packed next-fit: an example that doe
 both features closes the row). The batch in rows grows as rows shrink, so that a step sees
 the same real tokens (the same examples) as the configured run. The FLOP curve is flat near
 its minimum and the memory is not, so of the candidates within 2% of the fewest FLOPs per
-real token whose memory estimate (`plan.plan`) fits the chip, the one with the least
-activation memory per real token is proposed (among those whose rounded batch keeps the
-tokens per step within 5%). The command then measures its rows through the trainer's
-pipeline, sets the batch from them, runs the length check on them and, with --topology,
-compiles the train step.
+real token (and no more than the configured rows') whose memory estimate (`plan.plan`)
+fits the chip, the one with the least activation memory per real token is proposed (among
+those whose rounded batch keeps the tokens per step within 5%). The command then measures
+its rows through the trainer's pipeline, sets the batch from them, runs the length check on
+them and, with --topology, compiles the train step.
 """
 
 from __future__ import annotations
@@ -164,15 +164,20 @@ def propose(example_lengths: dict, cfg: TrainConfig, model_config: T5Config, dat
             configured_per_row: float, batch_multiple: int, length_multiple: int = 8,
             flops_tolerance: float = 0.02, tokens_tolerance: float = 0.05) -> dict:
   """The proposal: of the candidates within `flops_tolerance` of the fewest FLOPs per real
-  token that fit `hbm_gib` by the memory formula, the one with the least activation memory
-  per real token (the FLOP curve is flat near its minimum, the memory is not), among those
-  whose batch, a multiple of `batch_multiple`, holds the configured run's real tokens per
-  step to within `tokens_tolerance` (where none does, the closest)."""
+  token (and no more than the configured rows') that fit `hbm_gib` by the memory formula,
+  the one with the least activation memory per real token (the FLOP curve is flat near its
+  minimum, the memory is not), among those whose batch, a multiple of `batch_multiple`,
+  holds the configured run's real tokens per step to within `tokens_tolerance` (where none
+  does, the closest)."""
   ranked = candidates(example_lengths, model_config, cfg.data.task_feature_lengths, share,
                       length_multiple, seed=cfg.data.seed)
   tokens = configured_per_row * cfg.data.batch_size
   best = ranked[0].flops_per_real_token
-  near = [c for c in ranked if c.flops_per_real_token <= best * (1 + flops_tolerance)]
+  limit = best * (1 + flops_tolerance)
+  configured = [c for c in ranked if c.lengths == dict(cfg.data.task_feature_lengths)]
+  if configured:  # never more FLOPs per real token than the configured rows, by the model
+    limit = min(limit, configured[0].flops_per_real_token)
+  near = [c for c in ranked if c.flops_per_real_token <= limit]
   base = None  # the state's bytes per device: the same for every candidate
   if plan_lib.gives_estimate(cfg, model_config, data):
     whole = plan_lib.plan(cfg, model_config, data, model, chip)
