@@ -41,11 +41,17 @@ RULES_2D = "--gin.ParallelismConfig.partitioning_dims=(1,2)"
 LEAN = "--xla_tpu_choose_faster_windowed_einsum_over_mem=false"
 
 
+# The table's rows are 64 of 1024/352 tokens, which the cqa gin held when it was compiled;
+# the gin now holds rows derived from the data (docs/scale.md, "Row lengths from the data").
+DEFAULT_ROWS = ["--gin.BATCH_SIZE=64",
+                "--gin.DataConfig.task_feature_lengths={'inputs': 1024, 'targets': 352}"]
+
+
 def _row(size, topology, mesh, *, rules_2d=False, accum=1, optimizer="adamw", remat="none",
          libtpu=""):
   args = [f"--topology={topology}", "--programs=train_step",
           "--gin_file=experiments/cqa_distill_llm.gin", f"--gin_file=models/{size}.gin",
-          f"--mesh={mesh}", BF16]
+          f"--mesh={mesh}", BF16, *DEFAULT_ROWS]
   if rules_2d:
     args.append(RULES_2D)
   if accum != 1:
