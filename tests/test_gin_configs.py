@@ -61,3 +61,39 @@ def test_experiment_builds_under_the_tiny_overlay(annotated, path):
         2 if setting.startswith("distill") else 1)
   finally:
     gin.clear_config()
+
+
+@pytest.mark.parametrize("dataset", ["cqa", "svamp"])
+def test_experiment_rows_cut_nothing_here_and_a_cut_over_one_percent_is_refused(annotated,
+                                                                                dataset):
+  """The experiments' own rows (derived from the data, docs/scale.md) cut no training
+  example as this checkout's vocabulary tokenizes them; rows that would cut more than 1%
+  (as another vocabulary's longer tokenization could) are refused, naming lengths that fit.
+  Under the tiny overlay the trainer's 0.5 applies again."""
+  from sbs_jax.data.lengths import check_lengths  # pylint: disable=import-outside-toplevel
+  from sbs_jax.errors import SbsError  # pylint: disable=import-outside-toplevel
+  path = GIN / "experiments" / f"{dataset}_distill_llm.gin"
+  parse([path])
+  try:
+    data = config.TrainConfig().data
+  finally:
+    gin.clear_config()
+  assert data.max_truncated_share == 0.01
+  report = check_lengths(data)[data.mixture_or_task]
+  assert report["checked"] > 0 and report["cut"] == 0, report
+  longest = report["longest"]["inputs"]
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  short = dataclasses.replace(data, task_feature_lengths={
+      "inputs": longest - 8, "targets": data.task_feature_lengths["targets"]})
+  cut = check_lengths(dataclasses.replace(short, max_truncated_share=1.0))
+  assert 0 < cut[data.mixture_or_task]["cut"]
+  half = dataclasses.replace(data, task_feature_lengths={
+      "inputs": longest // 2, "targets": data.task_feature_lengths["targets"]})
+  with pytest.raises(SbsError, match=r"over DataConfig.max_truncated_share = 0.01.*the "
+                     r"lengths that fit every checked row"):
+    check_lengths(half)
+  parse([path, GIN / "overlays" / "tiny_cpu.gin"])
+  try:
+    assert config.TrainConfig().data.max_truncated_share == 0.5
+  finally:
+    gin.clear_config()
