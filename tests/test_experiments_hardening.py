@@ -333,7 +333,7 @@ PLAN = ["plan", "--gin_file=experiments/cqa_distill_llm.gin"]
     ("0x4", "DATA and MODEL must be positive device counts"),
     ("-1x4", "-1 needs --topology"),
     ("4", "--mesh must look like 8x4"),
-    ("3x1", "batch_size 64 does not split evenly over 3 data shards"),
+    ("3x1", "batch_size 224 does not split evenly over 3 data shards"),
 ])
 def test_plan_refuses_bad_meshes(capsys, mesh, message):
   assert cli.main([*PLAN, f"--mesh={mesh}"]) == 2
