@@ -136,6 +136,8 @@ def test_proposal_cuts_at_most_the_share_and_passes_the_length_check(known_task)
       assert lengths["inputs"] >= known_task[:, 0].max()
     report = check_lengths(_cfg(lengths, share=share).data)  # accepted: no SbsError
     assert report[TASK]["cut"] == round(cut * len(known_task))
+    # The command counts from the lengths it holds: the same report as reading again.
+    assert check_lengths(_cfg(lengths, share=share).data, measured=lengths_read) == report
     # The batch holds the configured real tokens per step, to the rounding of the batch.
     tokens = configured["per_row"] * cfg.data.batch_size
     assert abs(p["batch_size"] * p["simulated_real_tokens_per_row"] - tokens) <= max(
@@ -150,8 +152,9 @@ def test_proposal_cuts_at_most_the_share_and_passes_the_length_check(known_task)
     # ... and never more than the configured rows, by the same model.
     assert p["model_flops_per_real_token"] <= analytic_flops(tiny, 1, 512, 128) / (
         row_lengths.simulate_packing(stream[:, 0], stream[:, 1], cfg.data.task_feature_lengths))
-  with pytest.raises(SbsError, match="cut"):  # the same lengths, a share below their cut
-    check_lengths(_cfg(lengths, share=0.0).data)
+  for measured in (None, lengths_read):  # the same lengths, a share below their cut
+    with pytest.raises(SbsError, match="cut"):
+      check_lengths(_cfg(lengths, share=0.0).data, measured=measured)
 
 
 def test_real_tokens_count_the_packed_rows(known_task):

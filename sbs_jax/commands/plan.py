@@ -139,7 +139,8 @@ def proposal(args, cfg, model_config, tpu) -> int:
   batch = row_lengths.batch_for(configured["per_row"] * cfg.data.batch_size,
                                 measured["per_row"], multiple)
   run = dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=batch))
-  report = check_lengths(run.data)  # refuses if the proposal cut more than the share
+  # Refuses if the proposal cut more than the share; counted from the lengths in hand.
+  report = check_lengths(run.data, measured=lengths)
   tokens = configured["per_row"] * cfg.data.batch_size
   out = {"configured": {"lengths": dict(cfg.data.task_feature_lengths),
                         "batch_size": cfg.data.batch_size,

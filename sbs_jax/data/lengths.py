@@ -52,11 +52,20 @@ OUR_FLAGS = {"lengths": "DataConfig.task_feature_lengths",
              "share": "DataConfig.max_truncated_share"}
 
 
-def check_lengths(cfg, flags: dict | None = None) -> dict:
+def cut_mask(inputs: np.ndarray, targets: np.ndarray, parts_cut: np.ndarray,
+             lengths: dict) -> np.ndarray:
+  """Which examples (per-example arrays as `example_lengths` gives them) rows of `lengths`
+  cut: a paired example whose parts were trimmed to their caps, or a feature longer than its
+  row. The one cut rule of the length check and of the row-length proposal."""
+  return (parts_cut > 0) | (inputs > lengths["inputs"]) | (targets > lengths["targets"])
+
+
+def check_lengths(cfg, flags: dict | None = None, measured: dict | None = None) -> dict:
   """Counts the training examples that `task_feature_lengths` (or a paired example's part
   caps) cut, over the first `length_check_examples` of each task of the mixture. `cfg`:
   a DataConfig, or anything with its fields mixture_or_task, train_split,
-  task_feature_lengths, max_truncated_share and length_check_examples.
+  task_feature_lengths, max_truncated_share and length_check_examples. `measured`: the
+  result of `example_lengths(cfg)` when the caller already holds it (it is read otherwise).
 
   A cut example loses its end (a paired one, its explain part's end and EOS), which the
   student then learns; so every cut is counted (returned, and reported by the trainer),
@@ -66,11 +75,10 @@ def check_lengths(cfg, flags: dict | None = None) -> dict:
   flags = flags or OUR_FLAGS
   lengths = cfg.task_feature_lengths
   report = {}
-  for name, (inputs, targets, parts) in example_lengths(cfg).items():
+  for name, (inputs, targets, parts) in (measured or example_lengths(cfg)).items():
     checked = len(inputs)
     parts_cut = int((parts > 0).sum())
-    cut = int(((parts > 0) | (inputs > lengths["inputs"]) |
-               (targets > lengths["targets"])).sum())
+    cut = int(cut_mask(inputs, targets, parts, lengths).sum())
     longest = {"inputs": int(inputs.max(initial=0)), "targets": int(targets.max(initial=0))}
     report[name] = {"checked": checked, "cut": cut, "parts_cut": parts_cut,
                     "longest": longest}

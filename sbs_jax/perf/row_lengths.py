@@ -28,6 +28,7 @@ import json
 
 import numpy as np
 
+from sbs_jax.data.lengths import cut_mask
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import T5Config
 from sbs_jax.perf import plan as plan_lib
@@ -51,8 +52,7 @@ def cut_share(inputs: np.ndarray, targets: np.ndarray, parts_cut: np.ndarray,
   """The share of examples that rows of `lengths` cut (as `check_lengths` counts them)."""
   if not len(inputs):
     return 0.0
-  cut = (parts_cut > 0) | (inputs > lengths["inputs"]) | (targets > lengths["targets"])
-  return float(cut.mean())
+  return float(cut_mask(inputs, targets, parts_cut, lengths).mean())
 
 
 def simulate_packing(inputs: np.ndarray, targets: np.ndarray, lengths: dict) -> float:
