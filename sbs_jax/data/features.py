@@ -16,6 +16,10 @@ same row. After packing each part becomes its own segment: segment (k, part) get
 2 * (k - 1) + part, the same on the encoder and the decoder side, so the label part of a
 row attends only to its `predict:` input and the rationale part only to its `explain:`
 input. Positions restart at 0 in every segment.
+
+Packing is SeqIO's next-fit (`packing="next_fit"`, `seqio.utils.trim_and_pack_dataset`) or
+best-fit decreasing over windows of the stream (`packing="best_fit"`,
+`sbs_jax.data.packing`), which fills short rows better; both give the same features.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Mapping
 
 import seqio
 import tensorflow as tf
+
+from sbs_jax.data import packing as packing_lib
 
 _PART_KEYS = {"inputs": "inputs_part", "targets": "targets_part"}
 
@@ -67,6 +73,15 @@ class DistillFeatureConverter(seqio.FeatureConverter):
   }
   PACKING_FEATURE_DTYPES = {}  # segment ids and positions are always produced
 
+  def __init__(self, *args, packing: str = "next_fit", packing_window: int = 1024,
+               **kwargs):
+    """`packing`: next_fit (SeqIO's) or best_fit over `packing_window` examples (module
+    doc); the rest as `seqio.FeatureConverter`."""
+    if packing not in packing_lib.PACKINGS:
+      raise ValueError(f"packing {packing!r}: use one of {', '.join(packing_lib.PACKINGS)}")
+    super().__init__(*args, **kwargs)
+    self.packing, self.packing_window = packing, packing_window
+
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     lengths = dict(task_feature_lengths)
@@ -74,7 +89,9 @@ class DistillFeatureConverter(seqio.FeatureConverter):
     ds = ds.map(_add_parts, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda ex: {k: tf.cast(ex[k], tf.int32) for k in lengths},
                 num_parallel_calls=tf.data.AUTOTUNE)
-    if self.pack:
+    if self.pack and self.packing == "best_fit":
+      ds = packing_lib.pack_best_fit(ds, lengths, self.packing_window)
+    elif self.pack:
       ds = seqio.utils.trim_and_pack_dataset(ds, lengths)
     else:
       ds = seqio.utils.trim_and_pad_dataset(ds, lengths)

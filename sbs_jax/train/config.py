@@ -14,6 +14,7 @@ import math
 import gin
 
 from sbs_jax import task_kinds
+from sbs_jax.data.packing import PACKINGS
 from sbs_jax.model.config import REMAT_POLICIES, T5Config, config_for
 from sbs_jax.train.gin_check import ConfigError, check_fields, check_range
 
@@ -41,6 +42,13 @@ class DataConfig:
       of the same dataset and label source (gold labels on evaluation splits).
     task_feature_lengths: packed row lengths, e.g. {"inputs": 1024, "targets": 352}.
     pack: pack several examples per row (with segment ids).
+    packing: how examples are packed into rows: "next_fit" (SeqIO's
+      trim_and_pack_dataset: an example that does not fit closes the row) or "best_fit"
+      (best-fit decreasing over windows of `packing_window` consecutive examples of the
+      shuffled stream; fuller rows, above all short ones: sbs_jax/data/packing.py). A run
+      pins it (run.json); runs written before this field packed next_fit.
+    packing_window: best_fit only: how many consecutive examples are packed together
+      (more: fuller rows, and examples moved further from their place in the stream).
     batch_size: rows per step, over all hosts (each row may hold several examples).
     seed: shuffling and mixing seed.
     max_truncated_share: the share of checked training examples that task_feature_lengths
@@ -61,6 +69,8 @@ class DataConfig:
   task_feature_lengths: dict = dataclasses.field(
       default_factory=lambda: {"inputs": 1024, "targets": 352})
   pack: bool = True
+  packing: str = "next_fit"
+  packing_window: int = 1024
   batch_size: int = 64
   seed: int = 0
   max_truncated_share: float = 0.5
@@ -70,6 +80,9 @@ class DataConfig:
   def __post_init__(self):
     check_fields(self)
     check_range(self, "batch_size", self.batch_size >= 1, "at least 1")
+    check_range(self, "packing", self.packing in PACKINGS, " or ".join(PACKINGS))
+    check_range(self, "packing_window", self.packing_window >= 1,
+                "at least 1 example (e.g. 1024)")
     check_range(self, "max_truncated_share", 0.0 <= self.max_truncated_share <= 1.0,
                 "between 0 and 1")
     check_range(self, "length_check_examples", self.length_check_examples >= 1,

@@ -38,12 +38,13 @@ def train_batches(cfg: DataConfig, start_step: int = 0) -> Iterator[dict]:
 
 
 def training_rows(cfg: DataConfig, shard_info: seqio.ShardInfo | None = None):
-  """The trainer's stream of training rows (shuffled with the seed, packed or padded to
-  `task_feature_lengths`, repeated forever), before batching."""
+  """The trainer's stream of training rows (shuffled with the seed, packed by
+  `cfg.packing` or padded to `task_feature_lengths`, repeated forever), before batching."""
   return seqio.get_dataset(
       cfg.mixture_or_task, task_feature_lengths=cfg.task_feature_lengths,
       dataset_split=cfg.train_split, shuffle=True, seed=cfg.seed, num_epochs=None,
-      shard_info=shard_info, feature_converter=DistillFeatureConverter(pack=cfg.pack))
+      shard_info=shard_info, feature_converter=DistillFeatureConverter(
+          pack=cfg.pack, packing=cfg.packing, packing_window=cfg.packing_window))
 
 
 def real_tokens(cfg: DataConfig, rows: int = 512) -> dict:

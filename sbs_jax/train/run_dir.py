@@ -55,7 +55,8 @@ def identity(cfg, model_config, label_task: str, vocabulary_file: str, extra_ids
   fields = {
       "mixture_or_task": data.mixture_or_task, "eval_task": label_task,
       "train_split": data.train_split, "task_feature_lengths": data.task_feature_lengths,
-      "pack": data.pack, "batch_size": data.batch_size, "data_seed": data.seed,
+      "pack": data.pack, **packing_identity(data.pack, data.packing, data.packing_window),
+      "batch_size": data.batch_size, "data_seed": data.seed,
       "annotation_dir": absolute(annotation_dir),
       "vocabulary_sha256": files.file_sha256(vocabulary_file) if vocabulary_file else None,
       "extra_ids": extra_ids, "network": network, "alpha": cfg.alpha,
@@ -66,6 +67,24 @@ def identity(cfg, model_config, label_task: str, vocabulary_file: str, extra_ids
       "label_decode_length": cfg.eval.label_decode_length,
   }
   return json.loads(json.dumps(fields, sort_keys=True))
+
+
+def packing_identity(pack: bool, packing: str | None, window: int | None) -> dict:
+  """How rows were packed, as run.json records it: the rule (None unpacked) and, for
+  best_fit, its window. run.json written before `DataConfig.packing` existed has neither
+  field: those runs packed next_fit (`packing=None` reads them so)."""
+  if not pack:
+    return {"packing": None, "packing_window": None}
+  packing = packing or "next_fit"
+  return {"packing": packing, "packing_window": window if packing == "best_fit" else None}
+
+
+def with_old_packing(stored: dict) -> dict:
+  """A stored identity with the packing it was trained with made explicit (next_fit where
+  it predates the field), so that an old run resumes only with its own packing."""
+  if "packing" in stored:
+    return stored
+  return {**stored, **packing_identity(stored.get("pack", True), None, None)}
 
 
 def model_dir_busy(model_dir: str):
@@ -174,9 +193,14 @@ class RunDir:
     except (ValueError, KeyError, TypeError) as e:
       raise SbsError(f"{path} is damaged ({e}): use a new MODEL_DIR, or delete "
                      f"{self.model_dir} to start over") from None
+    stored_identity = with_old_packing(stored_identity)
     diff = manifest.describe_nested(stored_identity, fingerprint)
     if diff:
-      raise _refuse(self.model_dir, "a run of another " + "; ".join(diff))
+      error = _refuse(self.model_dir, "a run of another " + "; ".join(diff))
+      if {d.split(" ", 1)[0] for d in diff} <= {"packing", "packing_window"}:
+        error = SbsError(f"{error}; or resume it with its own packing: "
+                         f"{_packing_flags(stored_identity)}")
+      raise error
     if stored_steps != train_steps:
       log.warning("%s: train_steps %d -> %d; a linear learning-rate schedule now ends at "
                   "step %d", self.model_dir, stored_steps, train_steps, train_steps)
@@ -223,6 +247,13 @@ class RunDir:
             tf.io.gfile.rmtree(path)
         except (OSError, tf.errors.OpError):
           pass
+
+
+def _packing_flags(stored: dict) -> str:
+  flags = f"--gin.DataConfig.packing=\"'{stored['packing']}'\""
+  if stored.get("packing_window"):
+    flags += f" --gin.DataConfig.packing_window={stored['packing_window']}"
+  return flags
 
 
 def _reason(error: BaseException) -> str:
