@@ -7,6 +7,7 @@ import json
 import sys
 
 from sbs_jax.commands.train import add_gin_flags
+from sbs_jax.data.packing import PACKINGS
 from sbs_jax.errors import SbsError
 from sbs_jax.perf import plan as plan_lib, tpu_slices
 from sbs_jax.train.gin_setup import gin_bindings, parse_gin
@@ -42,6 +43,11 @@ def add_parser(subparsers) -> None:
   p.add_argument("--max_truncated_share", type=float, default=0.0,
                  help="with --propose_lengths: the share of each task's training examples "
                  "the proposed rows may cut (default 0: none)")
+  p.add_argument("--configured_packing", choices=PACKINGS,
+                 help="with --propose_lengths: pack the configured rows by this rule to "
+                 "measure the real tokens per step the proposal keeps (default "
+                 "DataConfig.packing; the proposal is packed by DataConfig.packing), e.g. "
+                 "next_fit to keep the examples per step of a run that packed next-fit")
   p.add_argument("--batch_multiple", type=int,
                  help="with --propose_lengths: the proposed batch is a multiple of this "
                  "(default data shards x ParallelismConfig.grad_accum_steps)")
@@ -127,7 +133,11 @@ def proposal(args, cfg, model_config, tpu) -> int:
   if multiple % (data * cfg.parallelism.grad_accum_steps):
     raise SbsError(f"--batch_multiple {multiple} is not a multiple of {data} data shards x "
                    f"{cfg.parallelism.grad_accum_steps} micro-batches")
-  configured = measured_tokens(cfg, args.real_tokens_rows, required=True)
+  base = cfg
+  if args.configured_packing:
+    base = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, packing=args.configured_packing))
+  configured = measured_tokens(base, args.real_tokens_rows, required=True)
   lengths = example_lengths(cfg.data)
   chosen = row_lengths.propose(lengths, cfg, model_config, data, model, chip, hbm,
                                args.max_truncated_share, configured["per_row"], multiple)
@@ -143,6 +153,7 @@ def proposal(args, cfg, model_config, tpu) -> int:
   report = check_lengths(run.data, measured=lengths)
   tokens = configured["per_row"] * cfg.data.batch_size
   out = {"configured": {"lengths": dict(cfg.data.task_feature_lengths),
+                        "packing": base.data.packing,
                         "batch_size": cfg.data.batch_size,
                         "real_tokens_per_row": round(configured["per_row"], 2),
                         "real_tokens_per_step": round(tokens, 1),
@@ -154,6 +165,7 @@ def proposal(args, cfg, model_config, tpu) -> int:
                       "cut": {k: v["cut"] for k, v in report.items()},
                       "checked": {k: v["checked"] for k, v in report.items()}},
          "mixture_or_task": cfg.data.mixture_or_task, "train_split": cfg.data.train_split,
+         "packing": cfg.data.packing, "packing_window": cfg.data.packing_window,
          "rows_read": args.real_tokens_rows, "mesh": f"{data}x{model}", "chip": chip,
          "hbm_gib": hbm, "max_truncated_share": args.max_truncated_share,
          "batch_multiple": multiple, "real_tokens_counted": row_lengths.TOKENS_COUNTED,

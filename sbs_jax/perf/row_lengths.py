@@ -9,9 +9,10 @@ examples.
 The proposal ranks every pair of row lengths (multiples of `length_multiple`, up to the
 configured ones) that cuts at most `share` of each task's training examples by a FLOP model
 per real token: the matmul FLOPs of one row (`flops.analytic_flops`) over the real tokens a
-row holds, simulated by SeqIO's own packing rule on the examples' lengths (chunks of
-max(lengths) examples in stream order, each packed next-fit: an example that does not fit
-both features closes the row). The batch in rows grows as rows shrink, so that a step sees
+row holds, simulated on the examples' lengths by the configured packing rule
+(`DataConfig.packing`): SeqIO's next-fit (chunks of max(lengths) examples in stream order:
+an example that does not fit both features closes the row), or best-fit decreasing over
+windows of the stream (`sbs_jax.data.packing`, the packer's own row assignment). The batch in rows grows as rows shrink, so that a step sees
 the same real tokens (the same examples) as the configured run. The FLOP curve is flat near
 its minimum and the memory is not, so of the candidates within 2% of the fewest FLOPs per
 real token (and no more than the configured rows') whose memory estimate (`plan.plan`)
@@ -25,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 
 from sbs_jax.data.lengths import cut_mask
+from sbs_jax.data.packing import count_rows
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import T5Config
 from sbs_jax.perf import plan as plan_lib
@@ -55,14 +58,24 @@ def cut_share(inputs: np.ndarray, targets: np.ndarray, parts_cut: np.ndarray,
   return float(cut_mask(inputs, targets, parts_cut, lengths).mean())
 
 
-def simulate_packing(inputs: np.ndarray, targets: np.ndarray, lengths: dict) -> float:
-  """Mean real tokens per packed row of examples with these lengths, in this order, by
-  SeqIO's rule (`seqio.utils.trim_and_pack_dataset` without custom ops): each example is
-  trimmed to the lengths; chunks of max(lengths) examples are packed next-fit, each chunk
-  ending with its last, partly filled row."""
+def simulate_packing(inputs: np.ndarray, targets: np.ndarray, lengths: dict,
+                     packing: str = "next_fit", window: int = 1024) -> float:
+  """Mean real tokens per packed row of examples with these lengths, in this order, each
+  trimmed to the lengths, by the trainer's packing rule (`DataConfig.packing`):
+
+  - next_fit: SeqIO's rule (`seqio.utils.trim_and_pack_dataset` without custom ops):
+    chunks of max(lengths) examples are packed next-fit, each chunk ending with its last,
+    partly filled row;
+  - best_fit: `sbs_jax.data.packing`'s rule, windows of `window` examples packed best-fit
+    decreasing (the packer's own row assignment)."""
   l_in, l_tg = lengths["inputs"], lengths["targets"]
-  ins = np.minimum(inputs, l_in).tolist()
-  tgs = np.minimum(targets, l_tg).tolist()
+  ins = np.minimum(inputs, l_in)
+  tgs = np.minimum(targets, l_tg)
+  real = int(ins.sum()) + int(tgs.sum())
+  if packing == "best_fit":
+    rows = count_rows(np.stack([ins, tgs], axis=1), [l_in, l_tg], window)
+    return real / max(rows, 1)
+  ins, tgs = ins.tolist(), tgs.tolist()
   chunk = max(l_in, l_tg)
   rows = 0
   for start in range(0, len(ins), chunk):
@@ -74,7 +87,7 @@ def simulate_packing(inputs: np.ndarray, targets: np.ndarray, lengths: dict) -> 
         used_in = used_tg = 0
       used_in += a
       used_tg += b
-  return (sum(ins) + sum(tgs)) / max(rows, 1)
+  return real / max(rows, 1)
 
 
 def per_real_token(record: dict, real: dict, batch_size: int) -> dict:
@@ -127,9 +140,14 @@ def _pooled(example_lengths: dict, sample: int, seed: int) -> tuple[np.ndarray, 
 
 def candidates(example_lengths: dict, model_config: T5Config, max_lengths: dict,
                share: float, length_multiple: int = 8, sample: int = 4096,
-               seed: int = 0) -> list[Candidate]:
-  """Every pair of row lengths up to `max_lengths` that cuts at most `share` of each task's
-  examples, cheapest FLOPs per real token first. Refuses (SbsError) bad input."""
+               seed: int = 0, packing: str = "next_fit", window: int = 1024,
+               within: float | None = None) -> list[Candidate]:
+  """Pairs of row lengths up to `max_lengths` that cut at most `share` of each task's
+  examples, packed by `packing` (and `window`, `simulate_packing`), cheapest FLOPs per real
+  token first: all of them, or with `within`, at least every one within that fraction of
+  the cheapest. A pair is not simulated where a bound already puts it above: rows hold at
+  most l_in input and l_tg target tokens, so they are at least as many as the examples'
+  input tokens / l_in and their target tokens / l_tg. Refuses (SbsError) bad input."""
   check_share(share)
   empty = [name for name, v in example_lengths.items() if not len(v[0])]
   if empty or not example_lengths:
@@ -144,17 +162,26 @@ def candidates(example_lengths: dict, model_config: T5Config, max_lengths: dict,
           f"{100 * cut:.1f}% of {name}'s training examples, over --max_truncated_share "
           f"{share:g}, and no proposed row is longer: raise the lengths (longest: inputs "
           f"{int(ins.max())}, targets {int(tgs.max())}) or the share")
-  inputs, targets = _pooled(example_lengths, sample, seed)
-  out = []
+  inputs, targets = _pooled(example_lengths, max(sample, window), seed)
+  pairs = []
   for l_in in range(length_multiple, max_lengths["inputs"] + 1, length_multiple):
     for l_tg in range(length_multiple, max_lengths["targets"] + 1, length_multiple):
       lengths = {"inputs": l_in, "targets": l_tg}
       cut = max(cut_share(*v, lengths) for v in example_lengths.values())
-      if cut > share:
-        continue
-      per_row = simulate_packing(inputs, targets, lengths)
-      out.append(Candidate(l_in, l_tg, per_row,
-                           analytic_flops(model_config, 1, l_in, l_tg) / per_row, cut))
+      if cut <= share:
+        flops = analytic_flops(model_config, 1, l_in, l_tg)
+        real_in, real_tg = np.minimum(inputs, l_in).sum(), np.minimum(targets, l_tg).sum()
+        fewest_rows = max(real_in / l_in, real_tg / l_tg, 1e-9)
+        pairs.append((flops * fewest_rows / max(real_in + real_tg, 1), l_in, l_tg, flops,
+                      cut))
+  out, cheapest = [], math.inf
+  for bound, l_in, l_tg, flops, cut in sorted(pairs):
+    if within is not None and bound > cheapest * (1 + within):
+      break  # every pair from here costs more than that, packed as densely as can be
+    per_row = simulate_packing(inputs, targets, {"inputs": l_in, "targets": l_tg}, packing,
+                               window)
+    out.append(Candidate(l_in, l_tg, per_row, flops / per_row, cut))
+    cheapest = min(cheapest, out[-1].flops_per_real_token)
   out.sort(key=lambda c: c.flops_per_real_token)
   return out
 
@@ -170,12 +197,15 @@ def propose(example_lengths: dict, cfg: TrainConfig, model_config: T5Config, dat
   holds the configured run's real tokens per step to within `tokens_tolerance` (where none
   does, the closest)."""
   ranked = candidates(example_lengths, model_config, cfg.data.task_feature_lengths, share,
-                      length_multiple, seed=cfg.data.seed)
+                      length_multiple, seed=cfg.data.seed, packing=cfg.data.packing,
+                      window=cfg.data.packing_window, within=flops_tolerance)
   tokens = configured_per_row * cfg.data.batch_size
   best = ranked[0].flops_per_real_token
   limit = best * (1 + flops_tolerance)
+  # Never more FLOPs per real token than the configured rows, by the model (rows left out
+  # of `ranked` cost more than `limit` already).
   configured = [c for c in ranked if c.lengths == dict(cfg.data.task_feature_lengths)]
-  if configured:  # never more FLOPs per real token than the configured rows, by the model
+  if configured:
     limit = min(limit, configured[0].flops_per_real_token)
   near = [c for c in ranked if c.flops_per_real_token <= limit]
   base = None  # the state's bytes per device: the same for every candidate
