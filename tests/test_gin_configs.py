@@ -64,12 +64,14 @@ def test_experiment_builds_under_the_tiny_overlay(annotated, path):
 
 
 @pytest.mark.parametrize("dataset", ["cqa", "svamp"])
-def test_experiment_rows_cut_nothing_here_and_a_cut_over_one_percent_is_refused(annotated,
-                                                                                dataset):
-  """The experiments' own rows (derived from the data, docs/scale.md) cut no training
-  example as this checkout's vocabulary tokenizes them; rows that would cut more than 1%
-  (as another vocabulary's longer tokenization could) are refused, naming lengths that fit.
-  Under the tiny overlay the trainer's 0.5 applies again."""
+def test_experiment_rows_cut_at_most_one_percent_here_and_more_is_refused(annotated,
+                                                                          dataset):
+  """The experiments' own rows (derived from the data, docs/scale.md) cut at most 1% of the
+  training examples as this fixture's vocabulary tokenizes them (they were derived, to fit
+  the longest example, with a vocabulary of cqa, svamp and esnli; this one, of cqa alone,
+  cuts 4 of SVAMP's 685 by a few tokens); rows that would cut more than 1% (as another
+  vocabulary's longer tokenization could) are refused, naming lengths that fit. Under the
+  tiny overlay the trainer's 0.5 applies again."""
   from sbs_jax.data.lengths import check_lengths  # pylint: disable=import-outside-toplevel
   from sbs_jax.errors import SbsError  # pylint: disable=import-outside-toplevel
   path = GIN / "experiments" / f"{dataset}_distill_llm.gin"
@@ -79,8 +81,9 @@ def test_experiment_rows_cut_nothing_here_and_a_cut_over_one_percent_is_refused(
   finally:
     gin.clear_config()
   assert data.max_truncated_share == 0.01
-  report = check_lengths(data)[data.mixture_or_task]
-  assert report["checked"] > 0 and report["cut"] == 0, report
+  assert data.packing == "best_fit"  # the rows were derived for best-fit packing
+  report = check_lengths(data)[data.mixture_or_task]  # accepted: no SbsError
+  assert report["checked"] > 0 and report["cut"] <= 0.01 * report["checked"], report
   longest = report["longest"]["inputs"]
   import dataclasses  # pylint: disable=import-outside-toplevel
   short = dataclasses.replace(data, task_feature_lengths={

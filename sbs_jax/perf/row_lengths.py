@@ -12,12 +12,13 @@ per real token: the matmul FLOPs of one row (`flops.analytic_flops`) over the re
 row holds, simulated on the examples' lengths by the configured packing rule
 (`DataConfig.packing`): SeqIO's next-fit (chunks of max(lengths) examples in stream order:
 an example that does not fit both features closes the row), or best-fit decreasing over
-windows of the stream (`sbs_jax.data.packing`, the packer's own row assignment). The batch in rows grows as rows shrink, so that a step sees
-the same real tokens (the same examples) as the configured run. The FLOP curve is flat near
-its minimum and the memory is not, so of the candidates within 2% of the fewest FLOPs per
-real token (and no more than the configured rows') whose memory estimate (`plan.plan`)
-fits the chip, the one with the least activation memory per real token is proposed (among
-those whose rounded batch keeps the tokens per step within 5%). The command then measures
+windows of the stream (`sbs_jax.data.packing`, the packer's own row assignment). The
+batch in rows grows as rows shrink, so that a step sees the same real tokens (the same
+examples) as the configured run. The FLOP curve is flat near its minimum and the memory
+is not, so of the candidates within 2% of the fewest FLOPs per real token (and no more
+than the configured rows') whose memory estimate (`plan.plan`) fits the chip, the one with
+the least activation memory per real token is proposed (among those whose rounded batch
+keeps the tokens per step within 5%). The command then measures
 its rows through the trainer's pipeline, sets the batch from them, runs the length check on
 them and, with --topology, compiles the train step.
 """
