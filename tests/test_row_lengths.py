@@ -202,6 +202,9 @@ def test_real_tokens_count_the_packed_rows(known_task):
   assert got["per_row"] == pytest.approx((enc + dec) / 10)
   assert got["fill"] == pytest.approx((enc + dec) / (10 * 320))
   assert 0.5 < got["fill"] <= 1.0
+  # rows=None: every row of one pass over the split, each example once (none cut at 256/64).
+  whole = train_data.real_tokens(cfg.data, rows=None)
+  assert whole["per_row"] * whole["rows"] == pytest.approx(known_task.sum())
 
 
 def test_bad_input_is_refused_in_one_line(known_task):

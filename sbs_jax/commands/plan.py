@@ -36,6 +36,11 @@ def add_parser(subparsers) -> None:
                  help="with --topology or --propose_lengths: how many packed training rows "
                  "of the configured mixture to read for the real (non-padding) tokens per "
                  "row; 0: report per step only")
+  p.add_argument("--real_tokens_epoch", action="store_true",
+                 help="with --topology or --propose_lengths: read every packed training row "
+                 "of one pass over the split instead of the first --real_tokens_rows (SeqIO "
+                 "shuffles through a buffer, so the first rows follow the file's order in "
+                 "part: the whole pass is the split's mean where that order is not random)")
   p.add_argument("--propose_lengths", action="store_true",
                  help="propose row lengths and batch with the fewest FLOPs per real token "
                  "that fit the chip, holding the configured run's real tokens per step "
@@ -55,9 +60,10 @@ def add_parser(subparsers) -> None:
   p.set_defaults(func=main, accepts_gin_bindings=True)
 
 
-def measured_tokens(cfg, rows: int, required: bool = False) -> dict | None:
-  """Real tokens per row of the configured mixture's packed training rows; None (with a
-  note) where the data cannot be read and `required` is false."""
+def measured_tokens(cfg, rows: int | None, required: bool = False) -> dict | None:
+  """Real tokens per row of the configured mixture's packed training rows (the first
+  `rows`, or None: one whole pass); None (with a note) where the data cannot be read and
+  `required` is false."""
   from sbs_jax.train import data  # pylint: disable=import-outside-toplevel  (TensorFlow)
   try:
     return data.real_tokens(cfg.data, rows)
@@ -70,6 +76,11 @@ def measured_tokens(cfg, rows: int, required: bool = False) -> dict | None:
     return None
 
 
+
+
+def _rows(args) -> int | None:
+  """How many training rows to read for the real tokens: None, one whole pass."""
+  return None if args.real_tokens_epoch else args.real_tokens_rows
 
 
 def compiled_plan(args, cfg, model_config, tpu) -> int:
@@ -85,7 +96,8 @@ def compiled_plan(args, cfg, model_config, tpu) -> int:
   if plan_lib.gives_estimate(cfg, model_config, data):
     estimate = plan_lib.plan(cfg, model_config, data, model,
                              tpu.generation)["per_device_total_gib"]
-  real = measured_tokens(cfg, args.real_tokens_rows) if args.real_tokens_rows > 0 else None
+  real = (measured_tokens(cfg, _rows(args)) if args.real_tokens_rows > 0 or
+          args.real_tokens_epoch else None)
   records = tpu_compile.check(cfg, model_config, tpu, mesh, programs, args.hbm_gib,
                               estimate, args.hlo_dir)
   if real:
@@ -115,7 +127,7 @@ def proposal(args, cfg, model_config, tpu) -> int:
   import dataclasses  # pylint: disable=import-outside-toplevel
   from sbs_jax.data.lengths import check_lengths, example_lengths  # pylint: disable=import-outside-toplevel
   from sbs_jax.perf import row_lengths  # pylint: disable=import-outside-toplevel
-  if args.real_tokens_rows < 1:
+  if args.real_tokens_rows < 1 and not args.real_tokens_epoch:
     raise SbsError("--propose_lengths needs --real_tokens_rows of at least 1 (the configured "
                    "run's real tokens per step are what the proposal keeps)")
   if tpu:
@@ -137,14 +149,14 @@ def proposal(args, cfg, model_config, tpu) -> int:
   if args.configured_packing:
     base = dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, packing=args.configured_packing))
-  configured = measured_tokens(base, args.real_tokens_rows, required=True)
+  configured = measured_tokens(base, _rows(args), required=True)
   lengths = example_lengths(cfg.data)
   chosen = row_lengths.propose(lengths, cfg, model_config, data, model, chip, hbm,
                                args.max_truncated_share, configured["per_row"], multiple)
   run = dataclasses.replace(cfg, data=dataclasses.replace(
       cfg.data, task_feature_lengths=chosen["lengths"], batch_size=chosen["batch_size"],
       max_truncated_share=args.max_truncated_share))
-  measured = measured_tokens(run, args.real_tokens_rows, required=True)
+  measured = measured_tokens(run, _rows(args), required=True)
   # The batch from the measured rows (the simulation ranks; the pipeline decides).
   batch = row_lengths.batch_for(configured["per_row"] * cfg.data.batch_size,
                                 measured["per_row"], multiple)
@@ -166,7 +178,7 @@ def proposal(args, cfg, model_config, tpu) -> int:
                       "checked": {k: v["checked"] for k, v in report.items()}},
          "mixture_or_task": cfg.data.mixture_or_task, "train_split": cfg.data.train_split,
          "packing": cfg.data.packing, "packing_window": cfg.data.packing_window,
-         "rows_read": args.real_tokens_rows, "mesh": f"{data}x{model}", "chip": chip,
+         "rows_read": _rows(args) or "one pass", "mesh": f"{data}x{model}", "chip": chip,
          "hbm_gib": hbm, "max_truncated_share": args.max_truncated_share,
          "batch_multiple": multiple, "real_tokens_counted": row_lengths.TOKENS_COUNTED,
          "gin": [f"DataConfig.task_feature_lengths = {json.dumps(chosen['lengths'])}",

@@ -37,21 +37,27 @@ def train_batches(cfg: DataConfig, start_step: int = 0) -> Iterator[dict]:
                  "rows: " + _FIX_TRAIN)
 
 
-def training_rows(cfg: DataConfig, shard_info: seqio.ShardInfo | None = None):
+def training_rows(cfg: DataConfig, shard_info: seqio.ShardInfo | None = None,
+                  num_epochs: int | None = None):
   """The trainer's stream of training rows (shuffled with the seed, packed by
-  `cfg.packing` or padded to `task_feature_lengths`, repeated forever), before batching."""
+  `cfg.packing` or padded to `task_feature_lengths`, repeated forever, or `num_epochs`
+  passes over the split), before batching."""
   return seqio.get_dataset(
       cfg.mixture_or_task, task_feature_lengths=cfg.task_feature_lengths,
-      dataset_split=cfg.train_split, shuffle=True, seed=cfg.seed, num_epochs=None,
+      dataset_split=cfg.train_split, shuffle=True, seed=cfg.seed, num_epochs=num_epochs,
       shard_info=shard_info, feature_converter=DistillFeatureConverter(
           pack=cfg.pack, packing=cfg.packing, packing_window=cfg.packing_window))
 
 
-def real_tokens(cfg: DataConfig, rows: int = 512) -> dict:
+def real_tokens(cfg: DataConfig, rows: int | None = 512) -> dict:
   """Real (non-padding) tokens of the first `rows` training rows the trainer would read
-  (`training_rows`, one host): encoder input tokens and decoder target tokens, per row."""
+  (`training_rows`, one host), or with `rows` None of every row of one pass over the split:
+  encoder input tokens and decoder target tokens, per row. (SeqIO shuffles through a
+  buffer, so the first rows follow the split's file order in part; where that order is not
+  random, only a whole pass gives the mean of the split.)"""
   enc = dec = n = 0
-  for row in training_rows(cfg).take(rows).as_numpy_iterator():
+  ds = training_rows(cfg, num_epochs=1) if rows is None else training_rows(cfg).take(rows)
+  for row in ds.as_numpy_iterator():
     enc += int((row["encoder_input_tokens"] != 0).sum())
     dec += int((row["decoder_target_tokens"] != 0).sum())
     n += 1
