@@ -333,7 +333,7 @@ PLAN = ["plan", "--gin_file=experiments/cqa_distill_llm.gin"]
     ("0x4", "DATA and MODEL must be positive device counts"),
     ("-1x4", "-1 needs --topology"),
     ("4", "--mesh must look like 8x4"),
-    ("5x1", "batch_size 288 does not split evenly over 5 data shards"),
+    ("3x1", "batch_size 224 does not split evenly over 3 data shards"),
 ])
 def test_plan_refuses_bad_meshes(capsys, mesh, message):
   assert cli.main([*PLAN, f"--mesh={mesh}"]) == 2
@@ -341,8 +341,8 @@ def test_plan_refuses_bad_meshes(capsys, mesh, message):
 
 
 def test_plan_refuses_a_batch_that_does_not_split_into_micro_batches(capsys):
-  assert cli.main([*PLAN, "--mesh=4x1", "--gin.ParallelismConfig.grad_accum_steps=5"]) == 2
-  assert "into ParallelismConfig.grad_accum_steps = 5 micro-batches" in _one_line(capsys)
+  assert cli.main([*PLAN, "--mesh=4x1", "--gin.ParallelismConfig.grad_accum_steps=3"]) == 2
+  assert "into ParallelismConfig.grad_accum_steps = 3 micro-batches" in _one_line(capsys)
 
 
 def test_plan_without_a_gin_file_is_one_line(capsys):
