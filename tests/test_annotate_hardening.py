@@ -22,6 +22,7 @@ from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files
 from sbs_jax.testing.fake_openai import FakeOpenAIServer
 from tests.helpers import REPO, run_sbs
+from tests.helpers.cli import run_sbs_here
 from tests.helpers.data import write_jsonl
 
 PASSWORD = "pa55-W0rd-xyzzy"
@@ -185,7 +186,7 @@ def test_fake_server_port_in_use_or_out_of_range(busy_port, kind):
 
 
 def test_synthetic_teacher_port_in_use_or_out_of_range(busy_port):
-  proc = run_sbs("synthetic", "teacher", "--port", busy_port, timeout=120)
+  proc = run_sbs_here("synthetic", "teacher", "--port", busy_port)
   assert proc.returncode == 2
   line = one_line(proc.stderr)
   assert line.startswith("sbs synthetic: error: --port") and "another --port" in line

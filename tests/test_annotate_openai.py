@@ -14,7 +14,8 @@ from sbs_jax.annotate import build, prompts
 from sbs_jax.annotate import job as job_lib
 from sbs_jax.data import records
 from sbs_jax.testing.fake_openai import GARBAGE_TEXT, FakeOpenAIServer
-from tests.helpers import REPO, run_sbs
+from tests.helpers import REPO
+from tests.helpers.cli import run_sbs_here
 from tests.helpers.data import annotate_args, write_jsonl
 
 SECRET = "sk-test-secret-0123456789"
@@ -57,7 +58,7 @@ def read_out(out, name="sums"):
 def test_faulty_server_every_example_exactly_once(tmp_path):
   data, rows = make_data(tmp_path)
   with FakeOpenAIServer(fault_fn=faulty, hang_seconds=2.0) as server:
-    proc = run_sbs(*annotate_argv(data, tmp_path / "out", server, "--concurrency", "8",
+    proc = run_sbs_here(*annotate_argv(data, tmp_path / "out", server, "--concurrency", "8",
                                   "--api_key_env", "SBS_TEST_KEY"),
                    env={"SBS_TEST_KEY": SECRET})
   assert proc.returncode == 0, proc.stderr
@@ -89,7 +90,7 @@ def test_faulty_server_every_example_exactly_once(tmp_path):
 def test_chat_endpoint(tmp_path):
   data, rows = make_data(tmp_path, n=5)
   with FakeOpenAIServer() as server:
-    proc = run_sbs(*annotate_argv(data, tmp_path / "out", server, "--endpoint", "chat"))
+    proc = run_sbs_here(*annotate_argv(data, tmp_path / "out", server, "--endpoint", "chat"))
   assert proc.returncode == 0, proc.stderr
   assert [r["llm_label"] for r in read_out(tmp_path / "out")] == [
       str(len(r["input"])) for r in rows]
@@ -99,7 +100,7 @@ def test_chat_endpoint(tmp_path):
 def test_client_error_fails_at_once_and_writes_no_records(tmp_path):
   data, _ = make_data(tmp_path, n=5)
   with FakeOpenAIServer(fault_fn=lambda p, a: "401") as server:
-    proc = run_sbs(*annotate_argv(data, tmp_path / "out", server, "--concurrency", "1"))
+    proc = run_sbs_here(*annotate_argv(data, tmp_path / "out", server, "--concurrency", "1"))
   assert proc.returncode == 2
   assert "HTTP 401" in proc.stderr and "Traceback" not in proc.stderr
   assert len(server.log) == 1
@@ -115,14 +116,14 @@ def test_server_down_then_back_resumes_with_missing_only(tmp_path):
     return "500" if len(served) > 15 else None
 
   with FakeOpenAIServer(fault_fn=goes_down) as down:
-    proc = run_sbs(*annotate_argv(data, tmp_path / "out", down, "--concurrency", "1",
+    proc = run_sbs_here(*annotate_argv(data, tmp_path / "out", down, "--concurrency", "1",
                                   "--max_retries", "2"))
   assert proc.returncode == 2 and "failed 3 times" in proc.stderr
   assert "rerun the same command" in proc.stderr
   answered_before = {p for p, fault in down.log if fault is None}
   assert len(answered_before) == 15
   with FakeOpenAIServer() as up:
-    proc = run_sbs(*annotate_argv(data, tmp_path / "out", up))
+    proc = run_sbs_here(*annotate_argv(data, tmp_path / "out", up))
   assert proc.returncode == 0, proc.stderr
   asked_after = {p for p, _ in up.log}
   assert len(asked_after) == 25 and not asked_after & answered_before
@@ -180,7 +181,7 @@ def test_killed_run_restarted_equals_uninterrupted_run(tmp_path, sig, code, samp
     assert not list((tmp_path / "cut/sums").glob("train.tfrecord*"))
 
     first_requests = len(server.log)
-    again = run_sbs(*annotate_argv(data, tmp_path / "cut", server, *extra))
+    again = run_sbs_here(*annotate_argv(data, tmp_path / "cut", server, *extra))
     assert again.returncode == 0, again.stderr
     asked_again = [row_number(p) for p, _ in server.log[first_requests:]]
   assert not set(asked_again) & done_first

@@ -11,7 +11,6 @@ from sbs_jax.commands import annotate as annotate_command
 from sbs_jax.data import records
 from sbs_jax.annotate.teachers import Completion, ReplayTeacher
 from sbs_jax.errors import SbsError
-from tests.helpers import run_sbs
 from tests.helpers.cli import run_sbs_here
 from tests.helpers.data import ANLI_ROWS, annotate_args, make_anli, write_jsonl
 
@@ -90,7 +89,7 @@ def test_anli1_through_the_command(tmp_path):
   make_anli(data, ["Built in 1932. So the answer is entailment.\n\nPremise: x",
                    "Nothing about jazz. So the answer is neutral.",
                    "I cannot tell.\n\nPremise: next"])
-  proc = run_sbs("annotate", "--dataset", "anli1", "--split", "test", "--teacher", "replay",
+  proc = run_sbs_here("annotate", "--dataset", "anli1", "--split", "test", "--teacher", "replay",
                  "--out_dir", tmp_path / "out", "--data_dir", data)
   assert proc.returncode == 0, proc.stderr
   stats = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -127,7 +126,7 @@ def test_custom_data_replay_unlabeled_rows_and_stem_name(tmp_path):
       {"input": "3+3?", "label": "6", "out": "Add. So the answer is 7."},
       {"input": "Sky?", "out": "Look up. The answer is blue.\n\nQ: next"},
       {"input": "??", "out": "garbage"}])
-  proc = run_sbs("annotate", "--dataset", f"jsonl:{path}", "--teacher", "replay",
+  proc = run_sbs_here("annotate", "--dataset", f"jsonl:{path}", "--teacher", "replay",
                  "--completion_key", "out", "--out_dir", tmp_path / "out")
   assert proc.returncode == 0, proc.stderr
   stats = json.loads((tmp_path / "out/my_faq/train.stats.json").read_text())

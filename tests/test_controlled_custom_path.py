@@ -8,6 +8,7 @@ import pytest
 
 from sbs_jax.experiments import synthetic
 from tests.helpers import run_sbs
+from tests.helpers.cli import run_sbs_here
 
 
 @pytest.mark.slow
@@ -21,15 +22,15 @@ def test_a_marked_task_through_replay_vocab_and_train(tmp_path):
     for r in rows:
       r["completion"] = synthetic.teacher_completion(f"Q: {r['input']}\nA:")
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    done = run_sbs("annotate", "--dataset", f"jsonl:{path}", "--split", split, "--teacher",
-                   "replay", "--completion_key", "completion", "--answer_format", "number",
-                   "--out_dir", ann, "--no_progress")
+    done = run_sbs_here("annotate", "--dataset", f"jsonl:{path}", "--split", split, "--teacher",
+                        "replay", "--completion_key", "completion", "--answer_format",
+                        "number", "--out_dir", ann, "--no_progress")
     assert done.returncode == 0, done.stderr
     stats = json.loads(done.stdout.strip().splitlines()[-1])
     assert stats["teacher_accuracy"] == 100.0 and stats["parsed"] == len(rows)
   spm = tmp_path / "vocab" / "spm.model"
-  done = run_sbs("vocab", "--annotation_dir", ann, "--datasets", "marks", "--out", spm,
-                 "--model_type", "bpe", "--vocab_size", "600")
+  done = run_sbs_here("vocab", "--annotation_dir", ann, "--datasets", "marks", "--out", spm,
+                      "--model_type", "bpe", "--vocab_size", "600")
   assert done.returncode == 0, done.stderr
   assert json.loads(done.stdout.strip().splitlines()[-1])["tokens_per_word"] < 2.0
   model_dir = tmp_path / "run"

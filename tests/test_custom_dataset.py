@@ -13,6 +13,7 @@ import tasks
 from sbs_jax.data import records
 from sbs_jax.errors import SbsError
 from tests.helpers import REPO, run_sbs
+from tests.helpers.cli import run_sbs_here
 from tests.helpers.data import write_jsonl
 
 
@@ -33,15 +34,15 @@ def annotated_custom(tmp_path_factory):
   root = tmp_path_factory.mktemp("custom")
   data = write_jsonl(root / "my_data.jsonl", arithmetic_rows())
   ann = root / "ann"
-  proc = run_sbs("annotate", "--dataset", f"jsonl:{data}", "--teacher", "replay",
-                 "--completion_key", "out", "--answer_format", "number", "--out_dir", ann,
-                 "--no_progress")
+  proc = run_sbs_here("annotate", "--dataset", f"jsonl:{data}", "--teacher", "replay",
+                      "--completion_key", "out", "--answer_format", "number", "--out_dir",
+                      ann, "--no_progress")
   assert proc.returncode == 0, proc.stderr
   stats = json.loads(proc.stdout.strip().splitlines()[-1])
   assert (stats["examples"], stats["teacher_accuracy"]) == (60, 75.0)
   spm = root / "vocab" / "spm.model"
-  proc = run_sbs("vocab", "--annotation_dir", ann, "--datasets", "my_data", "--out", spm,
-                 "--vocab_size", "300")
+  proc = run_sbs_here("vocab", "--annotation_dir", ann, "--datasets", "my_data", "--out",
+                      spm, "--vocab_size", "300")
   assert proc.returncode == 0, proc.stderr
   return root, ann, spm
 

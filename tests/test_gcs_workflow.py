@@ -20,6 +20,7 @@ import pytest
 
 from sbs_jax.model.model_dir import ModelDir
 from tests.helpers import REPO, run_sbs
+from tests.helpers.cli import run_sbs_here
 from tests.helpers.multihost import tail, two_hosts, wait_all, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.multihost]
@@ -67,15 +68,34 @@ def setup(gcs, data_dir, tmp_path_factory):
   copy = subprocess.run(["gcloud", "storage", "cp", "-r", str(root / "ann"), f"{ROOT}/"],
                         capture_output=True, text=True, env=os.environ, timeout=300)
   assert copy.returncode == 0, copy.stderr[-2000:]
-  proc = run_sbs("vocab", "--annotation_dir", f"{ROOT}/ann", "--datasets", "svamp", "--out",
-                 f"{ROOT}/vocab/spm.model", "--vocab_size", "1000")
+  proc = run_sbs_here("vocab", "--annotation_dir", f"{ROOT}/ann", "--datasets", "svamp",
+                      "--out", f"{ROOT}/vocab/spm.model", "--vocab_size", "1000")
   assert proc.returncode == 0, proc.stderr
   assert json.loads(proc.stdout.splitlines()[-1])["vocabulary"] == f"{ROOT}/vocab/spm.model"
-  # A model dir on gs:// to start from (what `sbs import-hf/import-t5x --out gs://` make).
-  proc = run_sbs("train", *_train_flags(f"{ROOT}/init", "--gin.TRAIN_STEPS=1",
-                                        "--gin.EvalConfig.every=1"), env=_env(), timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  _init_model_dir(f"{ROOT}/init")
   return root
+
+
+def _init_model_dir(path: str) -> None:
+  """A model dir on gs:// to start from, as `sbs import-hf/import-t5x --out gs://` make one:
+  the runs' network (their gin files and bindings), random-init, written in this process."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import gin  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from sbs_jax.model.network import Transformer  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train import config, gin_setup  # pylint: disable=import-outside-toplevel
+  from sbs_jax.train.state import init_params  # pylint: disable=import-outside-toplevel
+  flags = _train_flags(path)
+  gin_setup.parse_gin([f.split("=", 1)[1] for f in flags if f.startswith("--gin_file=")],
+                      [f[len("--gin."):].replace("=", " = ", 1) for f in flags
+                       if f.startswith("--gin.")])
+  try:
+    network = config.student_config()
+  finally:
+    gin.clear_config()
+  ModelDir(path).write_info(network, f"{ROOT}/vocab/spm.model")
+  params = nn.unbox(init_params(Transformer(network), jax.random.key(0)))
+  ModelDir(path).save_params(0, params, {"step": 0})
 
 
 def test_sbs_vocab_and_the_copied_annotations_are_on_gs(setup, gcs):
@@ -145,12 +165,13 @@ def test_eval_and_predict_read_the_gs_model_dir(trained, tmp_path):
   rows = tmp_path / "in.jsonl"
   rows.write_text("".join(json.dumps({"input": f"Jack has {i} apples and buys 4 more. How "
                                       "many apples does he have?"}) + "\n" for i in range(3)))
-  proc = run_sbs("predict", "--model_dir", f"{ROOT}/killed", "--input_file", rows,
-                 "--output_file", tmp_path / "out.jsonl", env=_env())
+  # In this process (the model dir holds its vocabulary; no task is read).
+  proc = run_sbs_here("predict", "--model_dir", f"{ROOT}/killed", "--input_file", rows,
+                      "--output_file", tmp_path / "out.jsonl")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 3
-  again = run_sbs("predict", "--model_dir", f"{ROOT}/killed", "--input_file", rows,
-                  "--output_file", tmp_path / "out.jsonl", env=_env())
+  again = run_sbs_here("predict", "--model_dir", f"{ROOT}/killed", "--input_file", rows,
+                       "--output_file", tmp_path / "out.jsonl")
   assert again.returncode == 0 and "already" in (again.stdout + again.stderr)
 
 

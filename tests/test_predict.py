@@ -15,7 +15,7 @@ from sbs_jax.errors import DataError, SbsError
 from sbs_jax.serve import batching, job as job_lib
 from sbs_jax.serve.predictor import DecodeSettings, Predictor, predict_labels
 from sbs_jax.model import student as student_lib
-from tests.helpers import REPO, run_sbs
+from tests.helpers import REPO
 from tests.helpers.cli import run_sbs_here
 from tests.helpers.predict import MAX_INPUT, cqa_texts, make_model_dir, read_lines, write_rows
 
@@ -249,8 +249,8 @@ def test_sigkill_and_rerun_gives_the_uninterrupted_file(model_dir, data_dir, tmp
   proc.wait()
   written = job.rows_path.read_bytes().count(b"\n")
   assert 8 <= written < len(texts) and not job.output_file.exists()
-  rerun = run_sbs("predict", "--model_dir", model_dir, "--input_file", source,
-                  "--output_file", job.output_file, *flags, "--no_progress")
+  rerun = run_sbs_here("predict", "--model_dir", model_dir, "--input_file", source,
+                       "--output_file", job.output_file, *flags, "--no_progress")
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert json.loads(rerun.stdout.splitlines()[-1])["rows_this_run"] <= len(texts) - 8
   predictor = Predictor.load(str(model_dir), DecodeSettings(batch_size=4, label_decode_length=6))

@@ -7,7 +7,7 @@ import pytest
 
 from sbs_jax.errors import SbsError
 from sbs_jax.experiments import prepare, report, sweep
-from tests.helpers import run_sbs
+from tests.helpers.cli import run_sbs_here
 
 SETTINGS = {"dataset": "marbles", "alpha": 0.5, "annotation_dir": "/data/ann",
             "vocab": "/data/spm.model", "gin_files": ["overlays/marbles_cpu.gin"],
@@ -122,10 +122,10 @@ def test_a_grid_completes_and_reruns_nothing(marbles, tmp_path):
           "--vocab", marbles.vocab, "--out_dir", tmp_path, "--gin_file=overlays/marbles_cpu.gin",
           "--gin.TRAIN_STEPS=3", "--gin.EvalConfig.every=3", "--gin.EvalConfig.max_examples=8",
           "--gin.EvalConfig.max_test_examples=8", "--gin.EvalConfig.rationale_samples=1"]
-  printed = run_sbs(*args, "--print_commands")
+  printed = run_sbs_here(*args, "--print_commands")
   assert printed.returncode == 0, printed.stderr
   assert len(printed.stdout.splitlines()) == 2 and not (tmp_path / "sweep.json").exists()
-  proc = run_sbs(*args, timeout=3600)  # 2 trainer processes: a minute, more on a busy CPU
+  proc = run_sbs_here(*args)  # 2 trainer processes: a minute, more on a busy CPU
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "[2/2]" in proc.stdout and "all cells done" in proc.stdout
   cells = sweep.cells(sweep.load_sweep(tmp_path)["grid"])
@@ -136,7 +136,7 @@ def test_a_grid_completes_and_reruns_nothing(marbles, tmp_path):
     first_line = sweep.cell_file(tmp_path, cell, ".log").read_text().splitlines()[0]
     assert first_line[2:] in printed.stdout  # the cell ran the printed command
     assert "train_50" in first_line  # the fraction reached the trainer
-  again = run_sbs(*args)
+  again = run_sbs_here(*args)
   assert again.returncode == 0 and "2 already done, 0 to run" in again.stdout
   record, cells = report.collect(tmp_path)
   assert [c.status for c in cells] == ["done"] * 2
@@ -144,10 +144,10 @@ def test_a_grid_completes_and_reruns_nothing(marbles, tmp_path):
 
 
 def test_a_failing_cell_stops_the_sweep_with_one_line(marbles, tmp_path):
-  proc = run_sbs("sweep", "--dataset", "marbles", "--methods", "distill_llm",
-                 "--annotation_dir", marbles.annotation_dir, "--vocab", marbles.vocab,
-                 "--out_dir", tmp_path, "--gin_file=overlays/marbles_cpu.gin",
-                 "--gin.TrainConfig.no_such_field=1")
+  proc = run_sbs_here("sweep", "--dataset", "marbles", "--methods", "distill_llm",
+                      "--annotation_dir", marbles.annotation_dir, "--vocab", marbles.vocab,
+                      "--out_dir", tmp_path, "--gin_file=overlays/marbles_cpu.gin",
+                      "--gin.TrainConfig.no_such_field=1")
   assert proc.returncode == 2
   assert "cell distill_llm-f100-s0 stopped (exit code " in proc.stderr
   assert "cells/distill_llm-f100-s0.log" in proc.stderr and "Traceback" not in proc.stderr

@@ -287,8 +287,8 @@ def test_reimport_into_an_existing_dir(public, tmp_path, monkeypatch):
   assert _tree_bytes(out) == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "other.model"]  # no staging left
 
-  proc = run_sbs("import-t5x", "--checkpoint", public["local_copy"], "--model_gin",
-                 public["model_gin"], "--vocab", other_spm, "--out", out, "--overwrite")
+  proc = run_sbs_here("import-t5x", "--checkpoint", public["local_copy"], "--model_gin",
+                      public["model_gin"], "--vocab", other_spm, "--out", out, "--overwrite")
   assert proc.returncode == 0, proc.stderr
   assert (out / "spm.model").read_bytes() == other_spm.read_bytes()
   assert sorted(p.name for p in (out / "params").iterdir()) == ["0"]
