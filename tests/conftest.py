@@ -96,22 +96,22 @@ def gcs():
 
 
 # Seconds each of the slowest files took in the whole suite on 2 cores (pytest --durations,
-# 2026-12-06, summed per file; gcs_workflow, t5x_workflow and t5x_public_layout as measured
-# alone after that day's cuts). `--dist loadfile` hands out whole files; started longest
+# 2026-12-07, summed per file). `--dist loadfile` hands out whole files; started longest
 # first, the two workers end close together instead of one of them running a five-minute
 # file alone at the end (xdist's own order, by number of tests, puts one-test files last).
 # A file not listed runs after these, in collection order. Refresh after a large change.
 FILE_SECONDS = {
-    "test_effect.py": 408, "test_gcs_workflow.py": 180, "test_t5x_workflow.py": 155,
-    "test_t5x_public_layout.py": 128, "test_tasks.py": 117, "test_multihost.py": 114,
-    "test_train_loop.py": 102, "test_train_hardening.py": 97, "test_sweep.py": 94,
-    "test_train_run_dir.py": 89, "test_hf_workflow.py": 82, "test_predict.py": 69,
-    "test_tpu_compile.py": 68, "test_annotate_openai.py": 59, "test_bench.py": 58,
-    "test_controlled_grid.py": 58, "test_sharded_train.py": 57, "test_demo.py": 55,
-    "test_length_check.py": 53, "test_remat.py": 52, "test_annotate_replay.py": 45,
-    "test_train_loss.py": 41, "test_custom_dataset.py": 39, "test_t5x_compare.py": 35,
-    "test_plan.py": 32, "test_storage_errors.py": 29, "test_gin_configs.py": 27,
-    "test_network.py": 27, "test_controlled_custom_path.py": 27, "test_report.py": 25,
+    "test_effect.py": 427, "test_gcs_workflow.py": 294, "test_t5x_workflow.py": 244,
+    "test_multihost.py": 153, "test_tasks.py": 133, "test_train_loop.py": 124,
+    "test_rank_classification.py": 122, "test_t5x_public_layout.py": 119,
+    "test_train_run_dir.py": 92, "test_hf_workflow.py": 87, "test_train_hardening.py": 84,
+    "test_tpu_compile.py": 77, "test_controlled_grid.py": 65, "test_bench.py": 62,
+    "test_demo.py": 61, "test_row_lengths.py": 61, "test_remat.py": 61,
+    "test_sharded_train.py": 56, "test_sweep.py": 51, "test_train_loss.py": 45,
+    "test_custom_dataset.py": 44, "test_annotate_openai.py": 39, "test_length_check.py": 39,
+    "test_predict.py": 37, "test_storage_errors.py": 33, "test_gin_configs.py": 33,
+    "test_plan.py": 32, "test_predict_multihost.py": 30, "test_t5x_loss.py": 30,
+    "test_network.py": 26,
 }
 
 
