@@ -228,6 +228,20 @@ def test_the_command_refuses_a_bad_share_before_reading_anything(capsys):
   assert len(err.splitlines()) == 1 and "--max_truncated_share 1" in err
 
 
+@pytest.mark.parametrize("flags, named", [
+    (["--configured_packing=next_fit"], "--configured_packing"),
+    (["--batch_multiple=32", "--max_truncated_share=0.01"],
+     "--batch_multiple, --max_truncated_share"),
+    (["--real_tokens_epoch"], "--real_tokens_epoch"),
+])
+def test_proposal_flags_without_propose_lengths_are_refused_not_ignored(capsys, flags, named):
+  assert cli.main(["plan", "--mesh=4x1", *flags,
+                   "--gin_file=experiments/cqa_distill_llm.gin"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and f"{named} only change" in err
+  assert "add --propose_lengths" in err
+
+
 def test_per_real_token_fields_are_the_records_arithmetic():
   record = {"chips": 4, "flops_per_step": 3.0e12,
             "xla_bytes": {"argument": 1000, "output": 900, "alias": 800, "temp": 5000}}

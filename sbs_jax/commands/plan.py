@@ -205,8 +205,26 @@ def proposal(args, cfg, model_config, tpu) -> int:
   return 0
 
 
+def _unused_flags(args) -> list[str]:
+  """The flags given that this mode of the command would ignore."""
+  unused = []
+  if not args.propose_lengths:
+    unused += [flag for flag, given in (
+        ("--configured_packing", args.configured_packing is not None),
+        ("--batch_multiple", args.batch_multiple is not None),
+        ("--max_truncated_share", args.max_truncated_share != 0.0)) if given]
+    if args.real_tokens_epoch and not args.topology:
+      unused.append("--real_tokens_epoch")
+  return unused
+
+
 def main(args) -> int:
   from sbs_jax.train import config  # pylint: disable=import-outside-toplevel
+  unused = _unused_flags(args)
+  if unused:
+    raise SbsError(f"{', '.join(unused)} only change what --propose_lengths proposes (and "
+                   "--real_tokens_epoch, what --topology reads): add --propose_lengths, or "
+                   "drop them")
   if args.propose_lengths:
     from sbs_jax.perf import row_lengths  # pylint: disable=import-outside-toplevel
     row_lengths.check_share(args.max_truncated_share)  # before gin and the data
