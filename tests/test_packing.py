@@ -14,7 +14,6 @@ import seqio
 import tensorflow as tf
 
 from sbs_jax.data import packing
-from sbs_jax.data.features import DistillFeatureConverter
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import config_for
 from sbs_jax.train import data as train_data
@@ -23,7 +22,8 @@ from sbs_jax.train import state as state_lib
 from sbs_jax.train.config import DataConfig
 from sbs_jax.train.gin_check import ConfigError
 from sbs_jax.train.state import BATCH_KEYS, build_student, init_state, make_mesh
-from tests.helpers.batches import paired_examples, run_config
+from tests.helpers.batches import (packed_batch, paired_examples, register_token_task,
+                                   run_config)
 from tests.helpers.cli import run_sbs_here
 
 KEYS = ("inputs", "targets", "inputs_part", "targets_part")
@@ -109,17 +109,6 @@ def test_rows_of_a_window_follow_the_stream():
                                             [0, 1, 2, 3, 0, 0, 1, 2, 3, 4]])
 
 
-def _converted(examples, packing_rule, enc_len=40, dec_len=32, window=16):
-  units = [{"inputs": p + e, "inputs_part": [1] * len(p) + [2] * len(e),
-            "targets": l + r, "targets_part": [1] * len(l) + [2] * len(r), "task": 1}
-           for p, l, e, r in examples]
-  sig = {k: tf.TensorSpec([None] if k != "task" else [], tf.int32) for k in units[0]}
-  ds = tf.data.Dataset.from_generator(lambda: iter(units), output_signature=sig)
-  converter = DistillFeatureConverter(pack=True, packing=packing_rule, packing_window=window)
-  rows = list(converter(ds, {"inputs": enc_len, "targets": dec_len}).as_numpy_iterator())
-  return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
-
-
 def _loss(batch, params, student):
   (loss, label_sum, rationale_sum, counts), grads = jax.jit(
       lambda p, b: state_lib.loss_and_grads(student, p, b, 0.3))(params, batch)
@@ -128,8 +117,8 @@ def _loss(batch, params, student):
 
 def test_the_same_examples_give_the_same_loss_packed_best_fit_or_next_fit():
   examples = paired_examples(40, np.random.default_rng(3))
-  next_rows = _converted(examples, "next_fit")
-  best_rows = _converted(examples, "best_fit")
+  next_rows = packed_batch(examples, 40, 32, "next_fit")
+  best_rows = packed_batch(examples, 40, 32, "best_fit", window=16)
   assert len(best_rows["encoder_input_tokens"]) < len(next_rows["encoder_input_tokens"])
   student = build_student(config_for("tiny", vocab_size=128), optax.sgd(0.1),
                           make_mesh((1, 1)))
@@ -144,26 +133,10 @@ def test_the_same_examples_give_the_same_loss_packed_best_fit_or_next_fit():
     np.testing.assert_allclose(g, w, atol=2e-5)
 
 
-def _register(count):
-  def dataset_fn(split, shuffle_files, seed=None):
-    del split, shuffle_files, seed
-    sig = {"inputs": tf.TensorSpec([None], tf.int32),
-           "targets": tf.TensorSpec([None], tf.int32), "task": tf.TensorSpec([], tf.int32)}
-    examples = _stream(count, seed=5)
-    return tf.data.Dataset.from_generator(
-        lambda: ({"inputs": np.asarray(ex["inputs"], np.int32),
-                  "targets": np.asarray(ex["targets"], np.int32), "task": i % 2 + 1}
-                 for i, ex in enumerate(examples)), output_signature=sig)
-  seqio.TaskRegistry.remove(TASK)
-  vocab = seqio.PassThroughVocabulary(128)
-  seqio.TaskRegistry.add(TASK, source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
-                         output_features={k: seqio.Feature(vocab, add_eos=False)
-                                          for k in ("inputs", "targets")})
-
-
 @pytest.fixture
 def task():
-  _register(200)
+  register_token_task(TASK, [dict(ex, task=i % 2 + 1)
+                             for i, ex in enumerate(_stream(200, seed=5))])
   yield TASK
   seqio.TaskRegistry.remove(TASK)
 

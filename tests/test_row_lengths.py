@@ -12,10 +12,8 @@ import numpy as np
 import optax
 import pytest
 import seqio
-import tensorflow as tf
 
 from sbs_jax import cli
-from sbs_jax.data.features import DistillFeatureConverter
 from sbs_jax.data.lengths import check_lengths, example_lengths
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import config_for
@@ -26,7 +24,8 @@ from sbs_jax.train import state as state_lib
 from sbs_jax.train.config import DataConfig
 from sbs_jax.train.state import build_student, init_state, make_mesh
 from tests.helpers import run_sbs
-from tests.helpers.batches import packed_batch, paired_examples, run_config
+from tests.helpers.batches import (packed_batch, paired_examples, register_token_task,
+                                   run_config)
 
 TASK = "row_lengths_test_task"
 
@@ -68,28 +67,13 @@ def test_same_examples_give_the_same_loss_in_long_and_short_rows():
   assert abs(_loss(shifted, params, student)[0] - want[0]) > 1e-3
 
 
-def _packed(examples, enc_len, dec_len, packing, window):
-  """The rows of the trainer's converter packing these examples by `packing`."""
-  if packing == "next_fit":
-    return packed_batch(examples, enc_len=enc_len, dec_len=dec_len)
-  units = [{"inputs": p + e, "inputs_part": [1] * len(p) + [2] * len(e),
-            "targets": l + r, "targets_part": [1] * len(l) + [2] * len(r), "task": 1}
-           for p, l, e, r in examples]
-  sig = {k: tf.TensorSpec([None] if k != "task" else [], tf.int32) for k in units[0]}
-  ds = tf.data.Dataset.from_generator(lambda: iter(units), output_signature=sig)
-  converter = DistillFeatureConverter(pack=True, packing=packing, packing_window=window)
-  rows = list(converter(ds, {"inputs": enc_len, "targets": dec_len}).as_numpy_iterator())
-  return {k: np.stack([r[k] for r in rows]) for k in ("encoder_input_tokens",
-                                                       "decoder_target_tokens")}
-
-
 @pytest.mark.parametrize("packing", ["next_fit", "best_fit"])
 def test_the_packing_simulation_is_the_trainers_packing(packing):
   examples = paired_examples(300, np.random.default_rng(1))
   ins = np.array([len(p) + len(e) for p, l, e, r in examples])
   tgs = np.array([len(l) + len(r) for p, l, e, r in examples])
   for enc, dec in [(256, 96), (40, 32), (24, 24), (64, 16)]:
-    rows = _packed(examples, enc, dec, packing, window=128)  # the last window: 44
+    rows = packed_batch(examples, enc, dec, packing, window=128)  # the last window: 44
     real = ((rows["encoder_input_tokens"] != 0).sum()
             + (rows["decoder_target_tokens"] != 0).sum())
     got = row_lengths.simulate_packing(ins, tgs, {"inputs": enc, "targets": dec}, packing,
@@ -117,20 +101,9 @@ def test_candidates_within_a_tolerance_are_those_of_the_whole_ranking():
 
 def _register(lengths):
   """A task of examples with these (input, target) token counts, tokens 3..: train split."""
-  def dataset_fn(split, shuffle_files, seed=None):
-    del split, shuffle_files, seed
-    def gen():
-      for i, (a, b) in enumerate(lengths):
-        yield {"inputs": np.arange(3, 3 + a, dtype=np.int32) % 120 + 3,
-               "targets": np.arange(5, 5 + b, dtype=np.int32) % 120 + 3, "task": i % 2 + 1}
-    sig = {"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32),
-           "task": tf.TensorSpec([], tf.int32)}
-    return tf.data.Dataset.from_generator(gen, output_signature=sig)
-  seqio.TaskRegistry.remove(TASK)
-  vocab = seqio.PassThroughVocabulary(128)
-  seqio.TaskRegistry.add(TASK, source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
-                         output_features={k: seqio.Feature(vocab, add_eos=False)
-                                          for k in ("inputs", "targets")})
+  register_token_task(TASK, [
+      {"inputs": np.arange(3, 3 + a) % 120 + 3, "targets": np.arange(5, 5 + b) % 120 + 3,
+       "task": i % 2 + 1} for i, (a, b) in enumerate(lengths)])
 
 
 @pytest.fixture
