@@ -11,6 +11,7 @@ from sbs_jax.errors import SbsError
 from sbs_jax.train import config
 from sbs_jax.train.data import check_lengths, length_note, train_batches
 from tests.helpers.cli import run_sbs_here
+from tests.helpers.registry import forgotten_after
 
 
 def _data(task, inputs, targets, **kwargs):
@@ -104,19 +105,15 @@ def test_parts_over_their_caps_are_counted(tmp_path):
   vocab = tmp_path / "spm.model"
   vocab_lib.train_vocabulary([r["input"] + " " + r["rationale"] for r in rows] * 20, vocab,
                              vocab_size=300)
-  names = tasks.register_dataset("longset", annotation_dir=str(tmp_path),
-                                 vocabulary=seqio.SentencePieceVocabulary(str(vocab)))
-  try:
+  with forgotten_after("longset"):
+    names = tasks.register_dataset("longset", annotation_dir=str(tmp_path),
+                                   vocabulary=seqio.SentencePieceVocabulary(str(vocab)))
     with pytest.raises(SbsError, match=r"cut 4 of 6 checked .*paired parts are longer than "
                        r"their caps"):
       check_lengths(_data(names["distill_llm_paired"], 4096, 4096))
     report = check_lengths(_data(names["distill_llm_paired"], 4096, 4096,
                                  max_truncated_share=1.0))
     assert report[names["distill_llm_paired"]]["parts_cut"] == 4
-  finally:
-    for full in names.values():
-      seqio.MixtureRegistry.remove(full)
-      seqio.TaskRegistry.remove(full)
 
 
 @pytest.mark.parametrize("share", [-0.1, 1.5])

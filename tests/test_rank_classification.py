@@ -29,6 +29,7 @@ from sbs_jax.serve.predictor import DecodeSettings, Predictor, recorded_label_se
 from tests.helpers import REPO
 from tests.helpers.multihost import cluster_env
 from tests.helpers.predict import write_rows
+from tests.helpers.registry import forgotten_after
 from tests.helpers.rank import (TINY, CharVocabulary, cqa_like_texts, predictor,
                                 rank_labels, tiny_student)
 
@@ -239,26 +240,27 @@ def test_eval_ranks_the_choices_of_each_input(tmp_path, data_dir):
   spm = vocab.train_vocabulary(predict_helpers.cqa_texts(data_dir, 1000),
                                tmp_path / "spm.model", predict_helpers.TINY.vocab_size)
   vocabulary = seqio.SentencePieceVocabulary(str(spm))
-  (tmp_path / "ann" / "rank_quiz").mkdir(parents=True)
-  (tmp_path / "ann" / "rank_quiz" / "test.stats.json").write_text(
-      '{"answer_format": "choice"}')
-  names = register_dataset("rank_quiz", annotation_dir=str(tmp_path / "ann"),
-                           vocabulary=vocabulary)
-  student = student_lib.build_student(predict_helpers.TINY, optax.identity(),
-                                      student_lib.make_mesh((1, 1)))
-  params = tiny_params(predict_helpers.TINY)
-  ids = [batching.encode(vocabulary, "predict: " + t, 256).ids for t in texts]
-  examples = LabelExamples(student_lib.pad_rows(ids), ["predict: " + t for t in texts],
-                           [r["answer"] for r in rows], [r["id"] for r in rows])
-  metrics, out = eval_lib.evaluate(student, params, names["label_gt"], "test",
-                                   EvalConfig(batch_size=5), examples, label_mode="rank")
-  served = Predictor(student, params, vocabulary, "predict: ",
-                     settings=DecodeSettings(batch_size=8, label_mode="rank"),
-                     max_input_length=256, label_set=CHOICE.label_set).predict(texts)
-  assert [r["prediction"] for r in out] == [s["label"] for s in served]
-  assert all(r["prediction"] in row["choices"] for r, row in zip(out, rows))
-  hits = sum(r["prediction"] == row["answer"] for r, row in zip(out, rows))
-  assert metrics == {"examples": 24, "accuracy": pytest.approx(100.0 * hits / 24)}
+  with forgotten_after("rank_quiz"):
+    (tmp_path / "ann" / "rank_quiz").mkdir(parents=True)
+    (tmp_path / "ann" / "rank_quiz" / "test.stats.json").write_text(
+        '{"answer_format": "choice"}')
+    names = register_dataset("rank_quiz", annotation_dir=str(tmp_path / "ann"),
+                             vocabulary=vocabulary)
+    student = student_lib.build_student(predict_helpers.TINY, optax.identity(),
+                                        student_lib.make_mesh((1, 1)))
+    params = tiny_params(predict_helpers.TINY)
+    ids = [batching.encode(vocabulary, "predict: " + t, 256).ids for t in texts]
+    examples = LabelExamples(student_lib.pad_rows(ids), ["predict: " + t for t in texts],
+                             [r["answer"] for r in rows], [r["id"] for r in rows])
+    metrics, out = eval_lib.evaluate(student, params, names["label_gt"], "test",
+                                     EvalConfig(batch_size=5), examples, label_mode="rank")
+    served = Predictor(student, params, vocabulary, "predict: ",
+                       settings=DecodeSettings(batch_size=8, label_mode="rank"),
+                       max_input_length=256, label_set=CHOICE.label_set).predict(texts)
+    assert [r["prediction"] for r in out] == [s["label"] for s in served]
+    assert all(r["prediction"] in row["choices"] for r, row in zip(out, rows))
+    hits = sum(r["prediction"] == row["answer"] for r, row in zip(out, rows))
+    assert metrics == {"examples": 24, "accuracy": pytest.approx(100.0 * hits / 24)}
 
 
 def tiny_params(config):
@@ -274,17 +276,18 @@ def test_eval_refuses_a_dataset_without_a_closed_label_set(tmp_path):
   from tasks.registry import register_dataset  # pylint: disable=import-outside-toplevel
   (tmp_path / "rank_digits").mkdir()
   (tmp_path / "rank_digits" / "train.stats.json").write_text('{"answer_format": "number"}')
-  digits = register_dataset("rank_digits", annotation_dir=str(tmp_path))["label_llm"]
-  examples = LabelExamples(np.ones((1, 4), np.int32), ["predict: 3 + 4?"], ["7"], ["0"])
-  for task in ("sbs_svamp_label_llm", digits):
-    with pytest.raises(SbsError) as e:
-      eval_lib.candidates(task, examples)
-    assert "\n" not in str(e.value) and "--label_mode rank needs a closed set" in str(e.value)
-  quiz = register_dataset("rank_quiz2", annotation_dir=str(tmp_path))["label_gt"]
-  (tmp_path / "rank_quiz2").mkdir()
-  (tmp_path / "rank_quiz2" / "train.stats.json").write_text('{"answer_format": "choice"}')
-  with pytest.raises(SbsError, match="example 0: the input lists no answer choices"):
-    eval_lib.candidates(quiz, examples)
+  with forgotten_after("rank_digits", "rank_quiz2"):
+    digits = register_dataset("rank_digits", annotation_dir=str(tmp_path))["label_llm"]
+    examples = LabelExamples(np.ones((1, 4), np.int32), ["predict: 3 + 4?"], ["7"], ["0"])
+    for task in ("sbs_svamp_label_llm", digits):
+      with pytest.raises(SbsError) as e:
+        eval_lib.candidates(task, examples)
+      assert "\n" not in str(e.value) and "--label_mode rank needs a closed set" in str(e.value)
+    quiz = register_dataset("rank_quiz2", annotation_dir=str(tmp_path))["label_gt"]
+    (tmp_path / "rank_quiz2").mkdir()
+    (tmp_path / "rank_quiz2" / "train.stats.json").write_text('{"answer_format": "choice"}')
+    with pytest.raises(SbsError, match="example 0: the input lists no answer choices"):
+      eval_lib.candidates(quiz, examples)
 
 
 # ---------------------------------------------------------------- predict

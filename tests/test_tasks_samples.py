@@ -22,6 +22,15 @@ from sbs_jax.data import records
 from sbs_jax.data.sources import AnnotationSource
 from tests.helpers import REPO
 from tests.helpers.data import SAMPLED_ROWS, write_jsonl
+from tests.helpers.registry import forget
+
+
+@pytest.fixture(autouse=True)
+def _forget_rows():
+  """The tests here register a dataset "rows" (again); none is left for later files."""
+  yield
+  forget("rows")
+
 
 VOCAB = seqio.ByteVocabulary()
 LENGTHS = {"inputs": 128, "targets": 128}

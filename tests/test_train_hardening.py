@@ -20,7 +20,7 @@ from sbs_jax.commands import train as train_command
 from sbs_jax.jobdir import locks
 from sbs_jax.train import config, gin_check, gin_setup, loop, run_dir
 from sbs_jax.train.data import check_train_split, label_examples
-from tests.helpers import REPO, gin_config
+from tests.helpers import REPO, gin_config, registry
 from tests.helpers.cli import run_sbs_here
 from tests.helpers.multihost import two_hosts, wait_all
 
@@ -319,10 +319,7 @@ def tiny_dataset(annotated, tmp_path_factory):
                            [_record(i, rid) for i, rid in enumerate(ids)])
   tasks.register_annotation_dir(str(ann))
   yield ann
-  import seqio  # pylint: disable=import-outside-toplevel
-  for full in tasks.task_names("tinyset").values():  # tasks are global: leave none behind
-    seqio.MixtureRegistry.remove(full)
-    seqio.TaskRegistry.remove(full)
+  registry.forget("tinyset")
 
 
 def test_an_empty_validation_carve_is_one_line(tiny_dataset):
@@ -358,10 +355,7 @@ def tiny_with_valid(tiny_dataset, tmp_path_factory):
                             for i in range(2)])
   tasks.register_annotation_dir(str(ann))
   yield ann
-  import seqio  # pylint: disable=import-outside-toplevel
-  for full in tasks.task_names("tinyval").values():
-    seqio.MixtureRegistry.remove(full)
-    seqio.TaskRegistry.remove(full)
+  registry.forget("tinyval")
 
 
 def test_train_on_an_empty_training_split_is_refused_and_creates_nothing(tiny_with_valid,

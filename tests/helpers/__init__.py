@@ -1,7 +1,8 @@
 """What the tests share: plain functions and data, imported as `tests.helpers...` (fixtures
 stay in conftest.py). Modules: `data` (rows and files), `multihost` (a two-host cluster of
 `sbs train`), `predict` (a tiny model dir to serve), `batches` (paired and packed batches,
-run configs), `tiny_cqa` (a tiny student trained on CQA)."""
+run configs), `tiny_cqa` (a tiny student trained on CQA), `registry` (datasets a test
+registers, removed again)."""
 
 import os
 import pathlib
