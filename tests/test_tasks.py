@@ -8,6 +8,7 @@ import tasks
 from sbs_jax.data.features import DistillFeatureConverter
 from sbs_jax.data.preprocessors import LABEL, RATIONALE
 from sbs_jax.data.sources import AnnotationSource
+from sbs_jax.train.data import split_size
 
 DATASETS = ("cqa", "svamp", "esnli", "anli1")
 LENGTHS = {"inputs": 256, "targets": 128}
@@ -93,6 +94,21 @@ def test_train_fractions_are_nested_and_deterministic(annotated):
   other_seed = AnnotationSource("cqa", annotated, subsample_seed=1)
   other = [r["id"] for r in other_seed.get_dataset("train_25").as_numpy_iterator()]
   assert set(other) != set(_ids("sbs_cqa_label_gt", "train_25"))
+
+
+@pytest.mark.parametrize("dataset", ["svamp", "anli1"])  # a carved and an own validation
+def test_counts_without_tokenizing_equal_the_pipelines(annotated, dataset):
+  """The source's record counts (ids only) and the trainer's task counts (the steps before
+  tokenizing) equal what the pipelines yield, in every split."""
+  names = tasks.task_names(dataset)
+  source = seqio.get_mixture_or_task(names["label_gt"]).source
+  fresh = AnnotationSource(dataset, annotated)  # nothing counted yet
+  for split in ("train", "train_25", "validation", "test"):
+    assert fresh.num_input_examples(split) == sum(1 for _ in source.get_dataset(split)), split
+    for kind in ("label_gt", "label_llm", "rationale", "distill_llm_paired"):
+      task = seqio.get_mixture_or_task(names[kind])
+      full = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1)
+      assert split_size(task, split) == sum(1 for _ in full), (kind, split)
 
 
 def _pretokenized(name, split, n=50):

@@ -20,6 +20,7 @@ from sbs_jax.commands import annotate as annotate_command
 from sbs_jax.data import preprocessors as pp
 from sbs_jax.data import records
 from sbs_jax.data.sources import AnnotationSource
+from sbs_jax.train.data import split_size
 from tests.helpers import REPO
 from tests.helpers.data import SAMPLED_ROWS, write_jsonl
 from tests.helpers.registry import forget
@@ -98,6 +99,12 @@ def test_several_samples_one_label_row_per_example(tmp_path):
   assert [(part(r, pp.LABEL), part(r, pp.RATIONALE)) for r in paired] == [
       ("4", "R00."), ("", "R02."), ("7", "R10."), ("10", ""), ("", "R21."), ("", "R22."),
       ("blue", "R30."), ("", "R32.")]
+  # The trainer's count of a split (which skips tokenizing) is the number of task rows,
+  # not of records: 4 label rows and 7 rationale rows from the samples' records.
+  for kind in ("label_gt", "label_llm", "standard_llm", "rationale", "distill_llm_paired"):
+    task = seqio.get_mixture_or_task(task_kinds.task_name("rows", kind))
+    assert split_size(task, "train") == len(task_rows(kind, "train")), kind
+  assert split_size(seqio.get_mixture_or_task("sbs_rows_rationale"), "train") == 7
   # Gold labels: 1*1 has its label row alone; Sky? (no gold) gives nothing.
   assert [(t, i.split(" ")[1]) for t, i, _ in texts(task_rows("distill_gt_paired", "train"))
           ] == [(1, "2+2?"), (2, "2+2?"), (1, "3+3?"), (1, "5+5?"), (2, "5+5?"), (2, "5+5?"),

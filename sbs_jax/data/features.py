@@ -30,6 +30,7 @@ import seqio
 import tensorflow as tf
 
 from sbs_jax.data import packing as packing_lib
+from sbs_jax.data.preprocessors import as_graph
 
 _PART_KEYS = {"inputs": "inputs_part", "targets": "targets_part"}
 
@@ -86,8 +87,8 @@ class DistillFeatureConverter(seqio.FeatureConverter):
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     lengths = dict(task_feature_lengths)
     lengths.update({part: lengths[key] for key, part in _PART_KEYS.items()})
-    ds = ds.map(_add_parts, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda ex: {k: tf.cast(ex[k], tf.int32) for k in lengths},
+    ds = ds.map(as_graph(_add_parts), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(as_graph(lambda ex: {k: tf.cast(ex[k], tf.int32) for k in lengths}),
                 num_parallel_calls=tf.data.AUTOTUNE)
     if self.pack and self.packing == "best_fit":
       ds = packing_lib.pack_best_fit(ds, lengths, self.packing_window)
@@ -95,7 +96,7 @@ class DistillFeatureConverter(seqio.FeatureConverter):
       ds = seqio.utils.trim_and_pack_dataset(ds, lengths)
     else:
       ds = seqio.utils.trim_and_pad_dataset(ds, lengths)
-    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(as_graph(self._convert_example), num_parallel_calls=tf.data.AUTOTUNE)
 
   def _convert_example(self, ex):
     def row_segments(key):

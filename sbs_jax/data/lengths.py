@@ -14,6 +14,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from sbs_jax.data.preprocessors import as_graph
 from sbs_jax.errors import SbsError
 
 
@@ -37,8 +38,8 @@ def example_lengths(cfg) -> dict:
   for task in tasks_of(cfg.mixture_or_task):
     ds = task.get_dataset(sequence_length=None, split=cfg.train_split, shuffle=False,
                           num_epochs=1).take(cfg.length_check_examples)
-    ds = ds.map(lambda ex: (tf.size(ex["inputs"]), tf.size(ex["targets"]),
-                            tf.cast(ex.get("parts_cut", 0), tf.int32)),
+    ds = ds.map(as_graph(lambda ex: (tf.size(ex["inputs"]), tf.size(ex["targets"]),
+                                     tf.cast(ex.get("parts_cut", 0), tf.int32))),
                 num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
     chunks = list(ds.as_numpy_iterator())
     out[task.name] = tuple(

@@ -133,6 +133,8 @@ def pack_best_fit(ds, feature_lengths: Mapping[str, int], window: int):
 
   shapes = {k: [n] for k, n in zip(keys, capacity)}
   shapes["sizes"] = [len(keys)]
-  ds = ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(tf.autograph.experimental.do_not_convert(trim),
+              num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.padded_batch(window, padded_shapes=shapes)  # the last, partial window too
-  return ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+  return ds.map(tf.autograph.experimental.do_not_convert(pack),
+                num_parallel_calls=tf.data.AUTOTUNE).unbatch()

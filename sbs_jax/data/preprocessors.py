@@ -36,6 +36,30 @@ LABEL, RATIONALE = 1, 2
 LABEL_FIELDS = ("label", "llm_label")
 
 
+def as_graph(fn):
+  """`fn` for tf.data's map or filter, traced as written: AutoGraph does not rewrite it
+  (or what it calls, SentencePiece's tokenizer included). These functions have no Python
+  control flow on tensors, and rewriting them cost 1-2 s of every process's first
+  pipeline. A function that did need AutoGraph fails when traced, not silently."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
+def one_example_each(step):
+  """Marks a preprocessor that maps each example to exactly one example (it drops and adds
+  none), as seqio's tokenize and append_eos steps do: a task's examples can then be counted
+  without running it (`sbs_jax.train.data.split_size`)."""
+  step.one_example_each = True
+  return step
+
+
+def maps_one_to_one(step) -> bool:
+  """Whether a task's preprocessor (or a functools.partial of one) keeps the example count."""
+  step = getattr(step, "func", step)
+  return bool(getattr(step, "one_example_each", False)) or step in (
+      seqio.preprocessors.tokenize, seqio.preprocessors.tokenize_and_append_eos,
+      seqio.preprocessors.append_eos, seqio.preprocessors.append_eos_after_trim)
+
+
 def _field(record, name: str) -> tf.Tensor:
   """A samples feature of the record; its default (records.DEFAULTS) where the record has
   none (an in-memory source built without it, as before samples existed)."""
@@ -88,6 +112,7 @@ def _passthrough(record) -> dict:
 
 
 @seqio.map_over_dataset
+@tf.autograph.experimental.do_not_convert
 def _label_example(record, label_field: str, prefix: str):
   return dict(_passthrough(record), inputs=tf.strings.join([prefix, record["input"]]),
               targets=_label_target(record, label_field), task=tf.constant(LABEL, tf.int32))
@@ -99,8 +124,8 @@ def label_examples(dataset: tf.data.Dataset, label_field: str = "label",
   without that label are left out."""
   if label_field not in LABEL_FIELDS:
     raise ValueError(f"label_field must be one of {LABEL_FIELDS}, got {label_field!r}")
-  dataset = dataset.filter(
-      lambda r: tf.logical_and(_first(r), _keep_for_label(r, label_field)))
+  dataset = dataset.filter(as_graph(
+      lambda r: tf.logical_and(_first(r), _keep_for_label(r, label_field))))
   return _label_example(dataset, label_field=label_field, prefix=prefix)
 
 
@@ -116,10 +141,10 @@ def rationale_examples(dataset: tf.data.Dataset,
                        prefix: str = RATIONALE_PREFIX) -> tf.data.Dataset:
   """Records -> rationale-task examples (text), one per kept rationale; unparsed
   completions and rationales not kept are left out."""
-  dataset = dataset.filter(_has_rationale)
-  return dataset.map(
+  dataset = dataset.filter(as_graph(_has_rationale))
+  return dataset.map(as_graph(
       lambda r: dict(_passthrough(r), inputs=tf.strings.join([prefix, r["input"]]),
-                     targets=r["rationale"], task=tf.constant(RATIONALE, tf.int32)),
+                     targets=r["rationale"], task=tf.constant(RATIONALE, tf.int32))),
       num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -161,7 +186,7 @@ def paired_examples(dataset: tf.data.Dataset,
     return tf.logical_and(_keep_for_label(r, label_field),
                           tf.logical_or(_first(r), more))
 
-  dataset = dataset.filter(wanted)
+  dataset = dataset.filter(as_graph(wanted))
 
   def unit(r):
     predict_text = tf.strings.join([LABEL_PREFIX, r["input"]])
@@ -191,4 +216,4 @@ def paired_examples(dataset: tf.data.Dataset,
         parts_cut=has_label * (cut_p + cut_l) + keep * (cut_e + cut_r),
         task=tf.where(first, tf.constant(LABEL, tf.int32), tf.constant(RATIONALE, tf.int32)))
 
-  return dataset.map(unit, num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.map(as_graph(unit), num_parallel_calls=tf.data.AUTOTUNE)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from sbs_jax.data import records as records_lib
 from sbs_jax.data.annotation_dir import AnnotationDir
+from sbs_jax.data.preprocessors import as_graph
 from sbs_jax.errors import DataError
 
 TRAIN_FRACTIONS = {"train": 1.0, "train_50": 0.5, "train_25": 0.25, "train_12.5": 0.125}
@@ -96,6 +97,8 @@ class AnnotationSource(seqio.DataSource):
     if split == "validation":
       return lambda r: _in_bucket(val_salt, r["id"], self.validation_fraction)
     fraction = TRAIN_FRACTIONS[split]
+    if not carve and fraction == 1.0:
+      return None  # all of the train files
     frac_salt = f"sbs-subsample-{self.subsample_seed}:"
 
     def keep(r):
@@ -123,14 +126,29 @@ class AnnotationSource(seqio.DataSource):
       # `evaluation` tells the preprocessors to score against gold labels.
       return dict(tf.io.parse_single_example(raw, spec), evaluation=evaluation)
 
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(as_graph(parse),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     keep = self._keep(split)
     if keep is not None:
-      ds = ds.filter(keep)
+      ds = ds.filter(as_graph(keep))
     return ds
 
   def num_input_examples(self, split: str) -> int:
+    """The records of `split` (as many as get_dataset yields), counted once per dir.
+
+    SeqIO asks for it whenever it builds a pipeline. Only the ids are parsed, a batch at a
+    time, and only where the split is a filter of its files: a record-by-record parse of
+    every field took seconds of each run's start."""
     key = (self.annotation_dir, split)
     if key not in self._counts:
-      self._counts[key] = int(self.get_dataset(split).reduce(0, lambda n, _: n + 1))
+      raw = tf.data.TFRecordDataset(self.list_shards(split))
+      keep = self._keep(split)
+      if keep is None:
+        count = raw.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+      else:
+        ids = {"id": records_lib.feature_spec()["id"]}
+        count = raw.batch(4096).map(as_graph(lambda b: tf.io.parse_example(b, ids))).reduce(
+            tf.constant(0, tf.int64), as_graph(lambda n, r: n + tf.reduce_sum(tf.cast(
+                tf.broadcast_to(keep(r), tf.shape(r["id"])), tf.int64))))
+      self._counts[key] = int(count)
     return self._counts[key]

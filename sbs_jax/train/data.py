@@ -10,6 +10,7 @@ import numpy as np
 import seqio
 
 from sbs_jax.data.features import DistillFeatureConverter
+from sbs_jax.data.preprocessors import maps_one_to_one
 # The length check lives apart (no gin configurables), for T5X's process too.
 from sbs_jax.data.lengths import (OUR_FLAGS, check_lengths, fitted_lengths,  # noqa: F401
                                   length_note, tasks_of)
@@ -120,8 +121,30 @@ def label_examples(task_name: str, split: str, max_examples: int | None = None,
     raise SbsError(empty_split_message(task, split))
   total = len(rows)
   if max_examples and total == max_examples:  # capped: how many the split holds
-    total += int(ds.skip(max_examples).reduce(0, lambda n, _: n + 1))
+    total = split_size(task, split, ds)
   return LabelExamples(pad_rows(rows, length_multiple), texts, targets, ids, total)
+
+
+def split_size(task: seqio.Task, split: str, dataset=None) -> int:
+  """How many examples `split` of `task` holds (file order, one epoch).
+
+  Where the task's last preprocessors keep the example count (tokenizing and adding EOS:
+  `preprocessors.maps_one_to_one`), only the steps before them run; tokenizing a whole
+  split only to count it took seconds of every run's start. Otherwise `dataset` (the
+  task's pipeline for the split, unshuffled, one epoch; built if None) is counted."""
+  steps = list(task.preprocessors)
+  first = len(steps)  # the start of the steps at the end that keep the count
+  while first > 0 and maps_one_to_one(steps[first - 1]):
+    first -= 1
+  if first < len(steps):
+    ds = task.source.get_dataset(split=split, shuffle=False)
+    for step in steps[:first]:
+      ds = seqio.utils.add_kwargs_to_transform(
+          step, sequence_length=None, output_features=task.output_features)(ds)
+  else:
+    ds = dataset if dataset is not None else task.get_dataset(
+        sequence_length=None, split=split, shuffle=False, num_epochs=1)
+  return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
 
 
 def empty_split_message(task: seqio.Task, split: str) -> str:
