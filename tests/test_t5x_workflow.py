@@ -4,9 +4,10 @@ the result and report our metrics -> `sbs import-t5x` -> `sbs predict` gives t5x
 greedy labels. A tiny student, a few steps; one module fixture runs the chain once.
 
 distill_llm runs end to end; the other three gin files each continue the exported student
-for one step under `t5x.train` (no evaluation), and all four go through a check in this
-process (gin as T5X parses it, the vocabulary check T5X makes, one batch of the family's
-data through the model's feature converter and loss). Skipped where T5X is not installed
+for one step under T5X's own `train` (no evaluation; the three runs share one process,
+tests/t5x_train_runs.py), and all four go through a check in this process (gin as T5X
+parses it, the vocabulary check T5X makes, one batch of the family's data through the
+model's feature converter and loss). Skipped where T5X is not installed
 (`bash launch/install_t5x.sh ../shared/vendor`).
 """
 
@@ -182,20 +183,38 @@ def test_sbs_train_starts_from_the_imported_dir(chain, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.fixture(scope="module")
+def family_logs(chain, annotated):
+  """`t5x.train` with finetune.gin and each other family's gin file, one step from the
+  exported student (no evaluation): T5X's own `train`, the three runs in one process
+  (tests/t5x_train_runs.py); each family's part of the log."""
+  runs = [{"name": family,
+           "gin_files": ["t5x/configs/runs/finetune.gin", f"gin_configs/t5x/{family}.gin",
+                         chain["model_gin"]],
+           "bindings": [f"MODEL_DIR='{chain['root'] / f't5x_{family}'}'",
+                        f"INITIAL_CHECKPOINT_PATH='{chain['exported']['checkpoint']}'",
+                        "TRAIN_STEPS=5", "BATCH_SIZE=4", "train.train_eval_dataset_cfg=None",
+                        "train.infer_eval_dataset_cfg=None",
+                        "TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 128}",
+                        f"vocab.annotation_dir.path='{annotated}'"]}
+          for family in FAMILIES[1:]]
+  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "tests/t5x_train_runs.py", json.dumps(runs),
+                         f"{T5X_ROOT},{REPO}"], capture_output=True, text=True, env=env,
+                        cwd=REPO, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  parts = re.split(r"^=== t5x\.train run (\w+) ===$", proc.stderr, flags=re.M)
+  logs = dict(zip(parts[1::2], parts[2::2]))
+  assert list(logs) == list(FAMILIES[1:]), proc.stderr[-3000:]
+  return logs
+
+
 @pytest.mark.parametrize("family", FAMILIES[1:])  # distill_llm: the chain above
-def test_t5x_train_continues_the_student_with_each_family_gin(chain, annotated, family):
-  """`python -m t5x.train` with finetune.gin and the family's gin file trains the exported
-  student on the family's CQA mixture with the family's loss (one step, no evaluation)."""
+def test_t5x_train_continues_the_student_with_each_family_gin(chain, family_logs, family):
+  """T5X's train with finetune.gin and the family's gin file trains the exported student on
+  the family's CQA mixture with the family's loss (one step, no evaluation)."""
   t5x_dir = chain["root"] / f"t5x_{family}"
-  log = run_t5x(
-      "train", "--gin_file=t5x/configs/runs/finetune.gin",
-      f"--gin_file=gin_configs/t5x/{family}.gin", f"--gin_file={chain['model_gin']}",
-      f"--gin.MODEL_DIR='{t5x_dir}'",
-      f"--gin.INITIAL_CHECKPOINT_PATH='{chain['exported']['checkpoint']}'",
-      "--gin.TRAIN_STEPS=5", "--gin.BATCH_SIZE=4", "--gin.train.train_eval_dataset_cfg=None",
-      "--gin.train.infer_eval_dataset_cfg=None",
-      "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 128}",
-      f"--gin.vocab.annotation_dir.path='{annotated}'").stderr
+  log = family_logs[family]
   assert f"sbs_cqa_{family}" in log
   assert "Restoring key from ckpt: target/token_embedder/embedding" in log
   [line] = [l for l in log.splitlines() if "[5] collection=train" in l and " loss=" in l]
