@@ -16,6 +16,14 @@ if not os.environ["JAX_COMPILATION_CACHE_DIR"]:
   del os.environ["JAX_COMPILATION_CACHE_DIR"]
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))  # least recent go first
+# The tests' programs are tiny and run a few steps: compiling them took most of many tests'
+# time, and XLA's backend optimizations about a third of that (test_network.py: 23 s with
+# them, 16 s without, cache off). Code compiled without them runs slower (a step of the
+# marked task's student: 1.6x), so tests/test_effect.py, which trains 1,500 steps, turns
+# them back on for its runs. Results do not depend on it beyond float rounding: the tests
+# compare runs made under the same flags. A test that needs more fake devices sets XLA_FLAGS
+# itself; $XLA_FLAGS given to pytest wins.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")  # helpers.COMPILE_FAST
 
 import pytest  # pylint: disable=wrong-import-position
 from tests.helpers import REPO

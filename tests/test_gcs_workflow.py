@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from sbs_jax.model.model_dir import ModelDir
-from tests.helpers import REPO, run_sbs
+from tests.helpers import REPO, run_sbs, xla_devices
 from tests.helpers.cli import run_sbs_here
 from tests.helpers.multihost import tail, two_hosts, wait_all, wait_for
 
@@ -50,7 +50,7 @@ def _train_flags(model_dir, *more) -> list[str]:
 def _env(devices: int = 2) -> dict:
   """For `run_sbs`, which adds it to os.environ (where the emulator's settings are)."""
   return {"JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+          "XLA_FLAGS": xla_devices(devices)}
 
 
 @pytest.fixture(scope="module")

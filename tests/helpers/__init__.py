@@ -10,6 +10,14 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# XLA's backend optimizations off: the tests' tiny programs compile about a third faster
+# (tests/conftest.py sets it for the suite; tests/test_effect.py turns it back on).
+COMPILE_FAST = "--xla_backend_optimization_level=0"
+
+
+def xla_devices(devices: int) -> str:
+  """XLA_FLAGS for a process of `devices` fake CPU devices, compiled as the suite's are."""
+  return f"{COMPILE_FAST} --xla_force_host_platform_device_count={devices}"
 
 
 def run_sbs(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:

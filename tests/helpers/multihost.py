@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, xla_devices
 
 # A guard against a hung cluster only, never a budget the work must fit: a run takes about
 # a minute on 2 idle cores and several times that on a loaded machine. Every wait below
@@ -21,7 +21,7 @@ HANG_GUARD = float(os.environ.get("SBS_TEST_HANG_GUARD", 1800))
 
 def cluster_env(devices: int) -> dict:
   return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+              XLA_FLAGS=xla_devices(devices))
 
 
 def free_port() -> int:
