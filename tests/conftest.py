@@ -109,17 +109,16 @@ def gcs():
 # file alone at the end (xdist's own order, by number of tests, puts one-test files last).
 # A file not listed runs after these, in collection order. Refresh after a large change.
 FILE_SECONDS = {
-    "test_effect.py": 427, "test_gcs_workflow.py": 294, "test_t5x_workflow.py": 244,
-    "test_multihost.py": 153, "test_tasks.py": 133, "test_train_loop.py": 124,
-    "test_rank_classification.py": 122, "test_t5x_public_layout.py": 119,
-    "test_train_run_dir.py": 92, "test_hf_workflow.py": 87, "test_train_hardening.py": 84,
-    "test_tpu_compile.py": 77, "test_controlled_grid.py": 65, "test_bench.py": 62,
-    "test_demo.py": 61, "test_row_lengths.py": 61, "test_remat.py": 61,
-    "test_sharded_train.py": 56, "test_sweep.py": 51, "test_train_loss.py": 45,
-    "test_custom_dataset.py": 44, "test_annotate_openai.py": 39, "test_length_check.py": 39,
-    "test_predict.py": 37, "test_storage_errors.py": 33, "test_gin_configs.py": 33,
-    "test_plan.py": 32, "test_predict_multihost.py": 30, "test_t5x_loss.py": 30,
-    "test_network.py": 26,
+    "test_effect.py": 381, "test_gcs_workflow.py": 204, "test_t5x_workflow.py": 176,
+    "test_multihost.py": 157, "test_tasks.py": 138, "test_t5x_public_layout.py": 128,
+    "test_train_loop.py": 120, "test_rank_classification.py": 84, "test_hf_workflow.py": 83,
+    "test_train_hardening.py": 73, "test_tpu_compile.py": 73, "test_bench.py": 72,
+    "test_train_run_dir.py": 67, "test_sharded_train.py": 67, "test_controlled_grid.py": 64,
+    "test_demo.py": 58, "test_row_lengths.py": 55, "test_remat.py": 50, "test_sweep.py": 50,
+    "test_length_check.py": 43, "test_custom_dataset.py": 42, "test_gin_configs.py": 41,
+    "test_annotate_openai.py": 41, "test_predict.py": 35, "test_storage_errors.py": 35,
+    "test_train_loss.py": 35, "test_plan.py": 33, "test_predict_multihost.py": 26,
+    "test_network.py": 26, "test_t5x_compare.py": 22,
 }
 
 
