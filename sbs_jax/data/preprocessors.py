@@ -39,8 +39,9 @@ LABEL_FIELDS = ("label", "llm_label")
 def as_graph(fn):
   """`fn` for tf.data's map or filter, traced as written: AutoGraph does not rewrite it
   (or what it calls, SentencePiece's tokenizer included). These functions have no Python
-  control flow on tensors, and rewriting them cost 1-2 s of every process's first
-  pipeline. A function that did need AutoGraph fails when traced, not silently."""
+  control flow on tensors, and rewriting them took about 1 s of every training process
+  (AutoGraph's time in a tiny CQA training: 2.2 s, 1.1 s without ours). A function that did
+  need AutoGraph fails when traced, not silently."""
   return tf.autograph.experimental.do_not_convert(fn)
 
 
