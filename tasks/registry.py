@@ -45,7 +45,7 @@ PART_LENGTHS = {"input_length": 512, "label_length": 64, "rationale_length": 256
 
 @pp.one_example_each
 @seqio.map_over_dataset
-@tf.autograph.experimental.do_not_convert
+@pp.as_graph
 def _task_as_vector(example):
   """The scalar `task` id as a vector of one (the `task` feature's rank)."""
   return dict(example, task=tf.reshape(example["task"], [1]))

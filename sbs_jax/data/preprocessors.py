@@ -113,7 +113,7 @@ def _passthrough(record) -> dict:
 
 
 @seqio.map_over_dataset
-@tf.autograph.experimental.do_not_convert
+@as_graph
 def _label_example(record, label_field: str, prefix: str):
   return dict(_passthrough(record), inputs=tf.strings.join([prefix, record["input"]]),
               targets=_label_target(record, label_field), task=tf.constant(LABEL, tf.int32))
