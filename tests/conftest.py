@@ -23,7 +23,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))  # least r
 # them back on for its runs. Results do not depend on it beyond float rounding: the tests
 # compare runs made under the same flags. A test that needs more fake devices sets XLA_FLAGS
 # itself; $XLA_FLAGS given to pytest wins.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")  # helpers.COMPILE_FAST
+from tests.helpers import COMPILE_FAST  # pylint: disable=wrong-import-position  # no jax
+os.environ.setdefault("XLA_FLAGS", COMPILE_FAST)
 
 import pytest  # pylint: disable=wrong-import-position
 from tests.helpers import REPO
