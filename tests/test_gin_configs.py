@@ -81,7 +81,7 @@ def test_experiment_rows_cut_at_most_one_percent_here_and_more_is_refused(annota
   finally:
     gin.clear_config()
   assert data.max_truncated_share == 0.01
-  assert data.packing == "best_fit"  # the rows were derived for best-fit packing
+  assert data.packing == "pair_fit"  # the rows were derived for pair-fit packing
   report = check_lengths(data)[data.mixture_or_task]  # accepted: no SbsError
   assert report["checked"] > 0 and report["cut"] <= 0.01 * report["checked"], report
   longest = report["longest"]["inputs"]

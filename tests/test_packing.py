@@ -1,6 +1,7 @@
-"""Best-fit packing (`DataConfig.packing = "best_fit"`, sbs_jax/data/packing.py): every
-example once per epoch in SeqIO's features, fuller rows, the same loss as next-fit, the
-same stream after a resume, one-line refusals, and old runs resume only with next-fit."""
+"""Packing over windows (`DataConfig.packing = "best_fit"` or `"pair_fit"`,
+sbs_jax/data/packing.py): every example once per epoch in SeqIO's features, fuller rows,
+the same loss as next-fit, the same stream after a resume, one-line refusals, and old runs
+resume only with next-fit."""
 
 import collections
 import dataclasses
@@ -74,9 +75,10 @@ def _check_segments(row):
     assert (pos[~real] == 0).all()
 
 
-def test_every_example_once_per_epoch_in_seqios_features():
+@pytest.mark.parametrize("rule", packing.WINDOWED)
+def test_every_example_once_per_epoch_in_seqios_features(rule):
   examples = _stream(90)  # windows of 40: the last one holds 10
-  best = list(packing.pack_best_fit(_dataset(examples), LENGTHS, 40).as_numpy_iterator())
+  best = list(packing.pack_windows(_dataset(examples), LENGTHS, 40, rule).as_numpy_iterator())
   seqio_rows = list(seqio.utils.trim_and_pack_dataset(_dataset(examples), LENGTHS)
                     .as_numpy_iterator())
   assert set(best[0]) == set(seqio_rows[0])  # <key>, <key>_segment_ids, <key>_positions
@@ -109,16 +111,53 @@ def test_rows_of_a_window_follow_the_stream():
                                             [0, 1, 2, 3, 0, 0, 1, 2, 3, 4]])
 
 
+def test_pair_fit_fills_each_row_with_the_pair_that_fills_it_most():
+  """The largest example left opens a row; the two left that fill most of its room join it
+  (examples of one size in stream order); rows numbered by their opener's place."""
+  sizes = np.array([[5], [4], [3], [3], [3], [2]])
+  # 5 opens A (room 5): 3 + 2 fill it (4 finds no partner). 4 opens B (room 6): 3 + 3.
+  np.testing.assert_array_equal(packing.assign_rows(sizes, [10], "pair_fit"),
+                                [0, 1, 0, 1, 1, 0])
+  assert packing.assign_rows(sizes, [10]).max() == 2  # best-fit decreasing needs 3 rows
+  # Two features: both must fit. (6,2) opens A, room (4,8): (2,6) + (2,3) would fill
+  # more inputs but 9 targets; (2,3) + (1,4) is the pair that fits and fills most.
+  sizes = np.array([[6, 2], [2, 6], [2, 3], [4, 1], [1, 4]])
+  np.testing.assert_array_equal(packing.assign_rows(sizes, [10, 10], "pair_fit"),
+                                [0, 1, 0, 1, 0])
+  # One example of a size cannot pair with itself; two can.
+  np.testing.assert_array_equal(packing.assign_rows(np.array([[6], [2], [2]]), [10],
+                                                    "pair_fit"), [0, 0, 0])
+  np.testing.assert_array_equal(packing.assign_rows(np.array([[6], [2], [3]]), [8],
+                                                    "pair_fit"), [0, 0, 1])
+  with pytest.raises(ValueError, match="best_fit, pair_fit"):
+    packing.assign_rows(sizes, [10, 10], "pairfit")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pair_fit_rows_hold_every_example_within_the_lengths(seed):
+  """About three examples a row (a CQA paired row's shape): pair-fit fills them fuller."""
+  rng = np.random.default_rng(seed)
+  sizes = np.stack([rng.integers(12, 29, 500), rng.integers(4, 13, 500)], 1)
+  sizes[:5] = [[60, 1], [1, 25], [59, 24], [1, 1], [60, 25]]  # and some at the edges
+  rows = packing.assign_rows(sizes, [60, 25], "pair_fit")
+  assert sorted(set(rows.tolist())) == list(range(rows.max() + 1))
+  for k, length in enumerate((60, 25)):
+    assert np.bincount(rows, sizes[:, k]).max() <= length
+  fill = lambda r: sizes.sum() / ((r.max() + 1) * 85)
+  assert fill(rows) > fill(packing.assign_rows(sizes, [60, 25])) + 0.03
+
+
 def _loss(batch, params, student):
   (loss, label_sum, rationale_sum, counts), grads = jax.jit(
       lambda p, b: state_lib.loss_and_grads(student, p, b, 0.3))(params, batch)
   return float(loss), float(label_sum), float(rationale_sum), [float(c) for c in counts], grads
 
 
-def test_the_same_examples_give_the_same_loss_packed_best_fit_or_next_fit():
+@pytest.mark.parametrize("rule", packing.WINDOWED)
+def test_the_same_examples_give_the_same_loss_packed_by_a_window_rule_or_next_fit(rule):
   examples = paired_examples(40, np.random.default_rng(3))
   next_rows = packed_batch(examples, 40, 32, "next_fit")
-  best_rows = packed_batch(examples, 40, 32, "best_fit", window=16)
+  best_rows = packed_batch(examples, 40, 32, rule, window=16)
   assert len(best_rows["encoder_input_tokens"]) < len(next_rows["encoder_input_tokens"])
   student = build_student(config_for("tiny", vocab_size=128), optax.sgd(0.1),
                           make_mesh((1, 1)))
@@ -146,9 +185,10 @@ def _batches(cfg, start_step, count):
   return [next(stream) for _ in range(count)]
 
 
-def test_a_resumed_stream_is_the_uninterrupted_one(task):
+@pytest.mark.parametrize("rule", packing.WINDOWED)
+def test_a_resumed_stream_is_the_uninterrupted_one(task, rule):
   cfg = DataConfig(mixture_or_task=task, task_feature_lengths={"inputs": 64, "targets": 24},
-                   batch_size=4, packing="best_fit", packing_window=48)
+                   batch_size=4, packing=rule, packing_window=48)
   whole = _batches(cfg, 0, 30)  # past the first epoch (about 80 rows of 200 examples)
   again = _batches(cfg, 0, 30)  # a second pipeline, built anew
   resumed = _batches(cfg, 23, 7)
@@ -164,7 +204,7 @@ def test_a_resumed_stream_is_the_uninterrupted_one(task):
 
 def test_a_packing_typo_is_refused_in_one_line(capsys):
   with pytest.raises(ConfigError, match=r"DataConfig.packing = 'bestfit' is out of range: it "
-                     r"must be next_fit or best_fit"):
+                     r"must be next_fit or best_fit or pair_fit"):
     DataConfig(mixture_or_task="t", packing="bestfit")
   with pytest.raises(ConfigError, match="packing_window = 0"):
     DataConfig(mixture_or_task="t", packing="best_fit", packing_window=0)
@@ -172,7 +212,7 @@ def test_a_packing_typo_is_refused_in_one_line(capsys):
                       "--gin.DataConfig.packing='best-fit'")
   err = done.stderr.strip()
   assert done.returncode == 2 and len(err.splitlines()) == 1, err
-  assert "next_fit or best_fit" in err and "Traceback" not in err
+  assert "next_fit or best_fit or pair_fit" in err and "Traceback" not in err
 
 
 def _identity(cfg):
@@ -214,3 +254,9 @@ def test_an_old_run_resumes_only_with_next_fit(tmp_path):
   with pytest.raises(SbsError, match=r"packing_window 1024 \(this run: 256\).*"
                      r"--gin.DataConfig.packing_window=1024"):
     run_dir.RunDir(str(model_dir), other, 10)
+  # A pair_fit run pins its window, and a best_fit run does not resume as one.
+  pair = _identity(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                                     packing="pair_fit")))
+  assert pair["packing"] == "pair_fit" and pair["packing_window"] == 1024
+  with pytest.raises(SbsError, match=r'packing "best_fit" \(this run: "pair_fit"\)'):
+    run_dir.RunDir(str(model_dir), pair, 10)

@@ -17,9 +17,10 @@ same row. After packing each part becomes its own segment: segment (k, part) get
 row attends only to its `predict:` input and the rationale part only to its `explain:`
 input. Positions restart at 0 in every segment.
 
-Packing is SeqIO's next-fit (`packing="next_fit"`, `seqio.utils.trim_and_pack_dataset`) or
-best-fit decreasing over windows of the stream (`packing="best_fit"`,
-`sbs_jax.data.packing`), which fills short rows better; both give the same features.
+Packing is SeqIO's next-fit (`packing="next_fit"`, `seqio.utils.trim_and_pack_dataset`), or
+best-fit decreasing or pair-fit over windows of the stream (`packing="best_fit"` or
+`"pair_fit"`, `sbs_jax.data.packing`), which fill short rows better; all give the same
+features.
 """
 
 from __future__ import annotations
@@ -75,13 +76,14 @@ class DistillFeatureConverter(seqio.FeatureConverter):
   PACKING_FEATURE_DTYPES = {}  # segment ids and positions are always produced
 
   def __init__(self, *args, packing: str = "next_fit", packing_window: int = 1024,
-               **kwargs):
-    """`packing`: next_fit (SeqIO's) or best_fit over `packing_window` examples (module
-    doc); the rest as `seqio.FeatureConverter`."""
+               seed: int = 0, **kwargs):
+    """`packing`: next_fit (SeqIO's), or best_fit or pair_fit over `packing_window`
+    examples (module doc; `seed`: pair_fit's shuffle); the rest as
+    `seqio.FeatureConverter`."""
     if packing not in packing_lib.PACKINGS:
       raise ValueError(f"packing {packing!r}: use one of {', '.join(packing_lib.PACKINGS)}")
     super().__init__(*args, **kwargs)
-    self.packing, self.packing_window = packing, packing_window
+    self.packing, self.packing_window, self.seed = packing, packing_window, seed
 
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -90,8 +92,9 @@ class DistillFeatureConverter(seqio.FeatureConverter):
     ds = ds.map(as_graph(_add_parts), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(as_graph(lambda ex: {k: tf.cast(ex[k], tf.int32) for k in lengths}),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    if self.pack and self.packing == "best_fit":
-      ds = packing_lib.pack_best_fit(ds, lengths, self.packing_window)
+    if self.pack and self.packing in packing_lib.WINDOWED:
+      ds = packing_lib.pack_windows(ds, lengths, self.packing_window, self.packing,
+                                    self.seed)
     elif self.pack:
       ds = seqio.utils.trim_and_pack_dataset(ds, lengths)
     else:

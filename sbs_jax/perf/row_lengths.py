@@ -11,8 +11,9 @@ configured ones) that cuts at most `share` of each task's training examples by a
 per real token: the matmul FLOPs of one row (`flops.analytic_flops`) over the real tokens a
 row holds, simulated on the examples' lengths by the configured packing rule
 (`DataConfig.packing`): SeqIO's next-fit (chunks of max(lengths) examples in stream order:
-an example that does not fit both features closes the row), or best-fit decreasing over
-windows of the stream (`sbs_jax.data.packing`, the packer's own row assignment). The
+an example that does not fit both features closes the row), or best-fit decreasing or
+pair-fit over windows of the stream (`sbs_jax.data.packing`, the packer's own row
+assignment). The
 batch in rows grows as rows shrink, so that a step sees the same real tokens (the same
 examples) as the configured run. The FLOP curve is flat near its minimum and the memory
 is not, so of the candidates within 2% of the fewest FLOPs per real token (and no more
@@ -32,7 +33,7 @@ import math
 import numpy as np
 
 from sbs_jax.data.lengths import cut_mask
-from sbs_jax.data.packing import count_rows
+from sbs_jax.data.packing import WINDOWED, count_rows
 from sbs_jax.errors import SbsError
 from sbs_jax.model.config import T5Config
 from sbs_jax.perf import plan as plan_lib
@@ -67,14 +68,14 @@ def simulate_packing(inputs: np.ndarray, targets: np.ndarray, lengths: dict,
   - next_fit: SeqIO's rule (`seqio.utils.trim_and_pack_dataset` without custom ops):
     chunks of max(lengths) examples are packed next-fit, each chunk ending with its last,
     partly filled row;
-  - best_fit: `sbs_jax.data.packing`'s rule, windows of `window` examples packed best-fit
-    decreasing (the packer's own row assignment)."""
+  - best_fit or pair_fit: `sbs_jax.data.packing`'s rules, over windows of `window`
+    examples (the packer's own row assignment)."""
   l_in, l_tg = lengths["inputs"], lengths["targets"]
   ins = np.minimum(inputs, l_in)
   tgs = np.minimum(targets, l_tg)
   real = int(ins.sum()) + int(tgs.sum())
-  if packing == "best_fit":
-    rows = count_rows(np.stack([ins, tgs], axis=1), [l_in, l_tg], window)
+  if packing in WINDOWED:
+    rows = count_rows(np.stack([ins, tgs], axis=1), [l_in, l_tg], window, packing)
     return real / max(rows, 1)
   ins, tgs = ins.tolist(), tgs.tolist()
   chunk = max(l_in, l_tg)

@@ -43,11 +43,13 @@ class DataConfig:
     task_feature_lengths: packed row lengths, e.g. {"inputs": 1024, "targets": 352}.
     pack: pack several examples per row (with segment ids).
     packing: how examples are packed into rows: "next_fit" (SeqIO's
-      trim_and_pack_dataset: an example that does not fit closes the row) or "best_fit"
+      trim_and_pack_dataset: an example that does not fit closes the row), "best_fit"
       (best-fit decreasing over windows of `packing_window` consecutive examples of the
-      shuffled stream; fuller rows, above all short ones: sbs_jax/data/packing.py). A run
-      pins it (run.json); runs written before this field packed next_fit.
-    packing_window: best_fit only: how many consecutive examples are packed together
+      shuffled stream; fuller rows, above all short ones) or "pair_fit" (over the same
+      windows, a row at a time, filled by the pair of examples that fills it most: fuller
+      still for rows of two to four examples; sbs_jax/data/packing.py). A run pins it
+      (run.json); runs written before this field packed next_fit.
+    packing_window: best_fit and pair_fit only: how many consecutive examples are packed together
       (more: fuller rows, and examples moved further from their place in the stream).
     batch_size: rows per step, over all hosts (each row may hold several examples).
     seed: shuffling and mixing seed.

@@ -47,7 +47,8 @@ def training_rows(cfg: DataConfig, shard_info: seqio.ShardInfo | None = None,
       cfg.mixture_or_task, task_feature_lengths=cfg.task_feature_lengths,
       dataset_split=cfg.train_split, shuffle=True, seed=cfg.seed, num_epochs=num_epochs,
       shard_info=shard_info, feature_converter=DistillFeatureConverter(
-          pack=cfg.pack, packing=cfg.packing, packing_window=cfg.packing_window))
+          pack=cfg.pack, packing=cfg.packing, packing_window=cfg.packing_window,
+          seed=cfg.seed))
 
 
 def real_tokens(cfg: DataConfig, rows: int | None = 512) -> dict:

@@ -24,6 +24,7 @@ import logging
 import jax
 import tensorflow as tf
 
+from sbs_jax.data.packing import WINDOWED
 from sbs_jax.errors import SbsError
 from sbs_jax.jobdir import files, locks, manifest
 from sbs_jax.model.model_dir import RUN_FILE
@@ -71,12 +72,12 @@ def identity(cfg, model_config, label_task: str, vocabulary_file: str, extra_ids
 
 def packing_identity(pack: bool, packing: str | None, window: int | None) -> dict:
   """How rows were packed, as run.json records it: the rule (None unpacked) and, for
-  best_fit, its window. run.json written before `DataConfig.packing` existed has neither
+  best_fit and pair_fit, its window. run.json written before `DataConfig.packing` existed has neither
   field: those runs packed next_fit (`packing=None` reads them so)."""
   if not pack:
     return {"packing": None, "packing_window": None}
   packing = packing or "next_fit"
-  return {"packing": packing, "packing_window": window if packing == "best_fit" else None}
+  return {"packing": packing, "packing_window": window if packing in WINDOWED else None}
 
 
 def with_old_packing(stored: dict) -> dict:
