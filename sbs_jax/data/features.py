@@ -76,14 +76,16 @@ class DistillFeatureConverter(seqio.FeatureConverter):
   PACKING_FEATURE_DTYPES = {}  # segment ids and positions are always produced
 
   def __init__(self, *args, packing: str = "next_fit", packing_window: int = 1024,
-               seed: int = 0, **kwargs):
+               seed: int = 0, shuffle_buffer: int = packing_lib.PAIR_FIT_SHUFFLE,
+               **kwargs):
     """`packing`: next_fit (SeqIO's), or best_fit or pair_fit over `packing_window`
-    examples (module doc; `seed`: pair_fit's shuffle); the rest as
+    examples (module doc; `seed` and `shuffle_buffer`: pair_fit's shuffle); the rest as
     `seqio.FeatureConverter`."""
     if packing not in packing_lib.PACKINGS:
       raise ValueError(f"packing {packing!r}: use one of {', '.join(packing_lib.PACKINGS)}")
     super().__init__(*args, **kwargs)
-    self.packing, self.packing_window, self.seed = packing, packing_window, seed
+    self.packing, self.packing_window = packing, packing_window
+    self.seed, self.shuffle_buffer = seed, shuffle_buffer
 
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -94,7 +96,7 @@ class DistillFeatureConverter(seqio.FeatureConverter):
                 num_parallel_calls=tf.data.AUTOTUNE)
     if self.pack and self.packing in packing_lib.WINDOWED:
       ds = packing_lib.pack_windows(ds, lengths, self.packing_window, self.packing,
-                                    self.seed)
+                                    self.seed, self.shuffle_buffer)
     elif self.pack:
       ds = seqio.utils.trim_and_pack_dataset(ds, lengths)
     else:

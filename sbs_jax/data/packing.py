@@ -14,7 +14,10 @@ the sum of its features' shares of their row lengths.
   room join it (the largest one that fits where no two do). Pairs need examples of many
   sizes in a window, and a split's file order can put the long examples first (CQA's
   does), which SeqIO's shuffle buffer of 1,000 examples keeps: pair_fit first passes the
-  stream through a shuffle buffer of `PAIR_FIT_SHUFFLE` examples (seeded). Rows of two to
+  stream through a shuffle buffer (seeded) as large as the split, at most `PAIR_FIT_SHUFFLE`
+  examples. The buffer fills before the first row, so a run's first batch waits for the
+  split to be tokenized once (CQA: about 5 s), and an example may move by up to the buffer's
+  size, also across the boundary of two passes over the split. Rows of two to
   four examples come out fuller than best-fit makes them: CQA's paired training examples
   in rows of 288/104, over one pass of the trainer's stream, 96.8% real tokens against
   87.1% (docs/scale.md, "Pair-fit packing").
@@ -38,9 +41,14 @@ import numpy as np
 
 PACKINGS = ("next_fit", "best_fit", "pair_fit")
 WINDOWED = ("best_fit", "pair_fit")  # the rules of this module, over windows of examples
-# pair_fit's shuffle buffer, in examples (a whole split of CQA, SVAMP or ANLI round 1). Part
-# of the rule: a run pins "pair_fit" (run.json), so a new size needs a new rule name.
+# pair_fit's largest shuffle buffer, in examples (a whole split of CQA, SVAMP or ANLI round
+# 1). Part of the rule: a run pins "pair_fit" (run.json), so a new size needs a new rule name.
 PAIR_FIT_SHUFFLE = 16384
+
+
+def pair_fit_shuffle(examples: int) -> int:
+  """pair_fit's shuffle buffer for a stream of `examples` per pass (module doc)."""
+  return max(1, min(PAIR_FIT_SHUFFLE, int(examples)))
 _SUFFIXES = ("", "_segment_ids", "_positions")
 
 
@@ -218,10 +226,12 @@ def pack_window(sizes: np.ndarray, *values: np.ndarray, capacity,
 
 
 def pack_windows(ds, feature_lengths: Mapping[str, int], window: int,
-                 rule: str = "best_fit", seed: int = 0):
+                 rule: str = "best_fit", seed: int = 0,
+                 shuffle_buffer: int = PAIR_FIT_SHUFFLE):
   """`ds` (a tf.data.Dataset of 1-D features, one example per element) packed by `rule`
-  (best_fit or pair_fit, shuffled first with `seed`) over windows of `window` examples
-  (module doc): the same features as `seqio.utils.trim_and_pack_dataset`."""
+  (best_fit, or pair_fit after a shuffle through `shuffle_buffer` examples with `seed`) over
+  windows of `window` examples (module doc): the same features as
+  `seqio.utils.trim_and_pack_dataset`."""
   if rule not in WINDOWED:
     raise ValueError(f"packing rule {rule!r}: use one of {', '.join(WINDOWED)}")
   # TensorFlow only here: the config (sbs_jax.train.config) reads PACKINGS without it.
@@ -252,7 +262,7 @@ def pack_windows(ds, feature_lengths: Mapping[str, int], window: int,
   ds = ds.map(tf.autograph.experimental.do_not_convert(trim),
               num_parallel_calls=tf.data.AUTOTUNE)
   if rule == "pair_fit":
-    ds = ds.shuffle(PAIR_FIT_SHUFFLE, seed=seed)
+    ds = ds.shuffle(pair_fit_shuffle(shuffle_buffer), seed=seed)
   ds = ds.padded_batch(window, padded_shapes=shapes)  # the last, partial window too
   return ds.map(tf.autograph.experimental.do_not_convert(pack),
                 num_parallel_calls=tf.data.AUTOTUNE).unbatch()

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import seqio
 
+from sbs_jax.data import packing as packing_lib
 from sbs_jax.data.features import DistillFeatureConverter
 from sbs_jax.data.preprocessors import maps_one_to_one
 # The length check lives apart (no gin configurables), for T5X's process too.
@@ -42,13 +43,21 @@ def training_rows(cfg: DataConfig, shard_info: seqio.ShardInfo | None = None,
                   num_epochs: int | None = None):
   """The trainer's stream of training rows (shuffled with the seed, packed by
   `cfg.packing` or padded to `task_feature_lengths`, repeated forever, or `num_epochs`
-  passes over the split), before batching."""
+  passes over the split), before batching. pair_fit shuffles through a buffer of the
+  split's records (on this host), at most `packing.PAIR_FIT_SHUFFLE`."""
+  shuffle = packing_lib.PAIR_FIT_SHUFFLE
+  if cfg.pack and cfg.packing == "pair_fit":
+    counts = [task.num_input_examples(cfg.train_split)
+              for task in _tasks_of(cfg.mixture_or_task)]
+    if None not in counts:  # a source that cannot count keeps the largest buffer
+      hosts = shard_info.num_shards if shard_info else 1
+      shuffle = packing_lib.pair_fit_shuffle(-(-sum(counts) // hosts))
   return seqio.get_dataset(
       cfg.mixture_or_task, task_feature_lengths=cfg.task_feature_lengths,
       dataset_split=cfg.train_split, shuffle=True, seed=cfg.seed, num_epochs=num_epochs,
       shard_info=shard_info, feature_converter=DistillFeatureConverter(
           pack=cfg.pack, packing=cfg.packing, packing_window=cfg.packing_window,
-          seed=cfg.seed))
+          seed=cfg.seed, shuffle_buffer=shuffle))
 
 
 def real_tokens(cfg: DataConfig, rows: int | None = 512) -> dict:
