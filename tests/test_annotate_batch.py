@@ -59,9 +59,11 @@ def test_round_trip_gives_the_records_of_an_openai_run(tmp_path, endpoint, style
   folder, extra = tmp_path / "batch", ["--endpoint", endpoint, "--price_in", "1",
                                        "--price_out", "2"]
   monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # never written into a batch file
-  # First run: the requests are written, nothing else; exit code 0.
+  # First run: the requests are written, nothing else; exit code 75, so that a `&&` chain
+  # stops there.
   assert annotate_command.main(parse(batch_argv(data, tmp_path / "out", folder,
-                                                *extra))) == 0
+                                                *extra))) == annotate_command.WAITING_EXIT_CODE
+  assert annotate_command.WAITING_EXIT_CODE not in (0, 1, 2)
   printed = capsys.readouterr().out
   summary = json.loads(printed.splitlines()[-1])
   assert summary["waiting_for_batch"] and summary["requests"] == 10
@@ -89,6 +91,9 @@ def test_round_trip_gives_the_records_of_an_openai_run(tmp_path, endpoint, style
   assert done.stats["manifest"]["teacher"] == "batch:fake"
   assert done.stats["batch_this_run"]["samples_answered"] == 10
   assert run(*batch_argv(data, tmp_path / "out", folder, *extra)).already_done
+  capsys.readouterr()
+  assert annotate_command.main(parse(batch_argv(data, tmp_path / "out", folder, *extra))) == 0
+  assert not json.loads(capsys.readouterr().out.splitlines()[-1]).get("waiting_for_batch")
 
 
 def test_failures_missing_lines_and_the_retry_file(tmp_path):

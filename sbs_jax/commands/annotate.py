@@ -95,6 +95,10 @@ def add_parser(subparsers) -> None:
   p.set_defaults(func=main, local_only=("out_dir", "data_dir", "prompt_file"))
 
 
+# The exit code of a run that waits for a batch (sysexits' EX_TEMPFAIL: retry later), so
+# that `sbs annotate ... && sbs train ...` does not go on without records.
+WAITING_EXIT_CODE = 75
+
 # The summary line's fields (the last line on stdout).
 SUMMARY = ("dataset", "split", "answer_format", "examples", "parsed", "unparsable",
            "teacher_accuracy", "usage", "num_samples", "keep", "vote_accuracy",
@@ -106,7 +110,7 @@ def main(args) -> int:
   result = job_lib.run(job)
   if result.waiting is not None:
     _print_batch_steps(job, result.waiting)
-    return 0
+    return WAITING_EXIT_CODE
   stats = result.split_stats or result.stats
   shown = {k: stats.get(k) for k in SUMMARY}
   print(json.dumps(shown, sort_keys=True))
