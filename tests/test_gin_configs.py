@@ -97,6 +97,8 @@ def test_experiment_rows_cut_at_most_one_percent_here_and_more_is_refused(annota
     check_lengths(half)
   parse([path, GIN / "overlays" / "tiny_cpu.gin"])
   try:
-    assert config.TrainConfig().data.max_truncated_share == 0.5
+    tiny = config.TrainConfig().data
+    assert tiny.max_truncated_share == 0.5
+    assert tiny.packing == "best_fit"  # no wait for pair-fit's pass over the split
   finally:
     gin.clear_config()
