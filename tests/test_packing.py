@@ -133,6 +133,17 @@ def test_pair_fit_fills_each_row_with_the_pair_that_fills_it_most():
     packing.assign_rows(sizes, [10, 10], "pairfit")
 
 
+def test_pair_fit_packs_a_window_of_too_many_distinct_sizes_best_fit():
+  rng = np.random.default_rng(0)
+  wide = np.stack([rng.integers(1, 1025, 2048), rng.integers(1, 353, 2048)], 1)
+  assert len(np.unique(wide[:, 0])) * len(np.unique(wide[:, 1])) > packing.PAIR_FIT_CELLS
+  np.testing.assert_array_equal(packing.assign_rows(wide, [1024, 352], "pair_fit"),
+                                packing.assign_rows(wide, [1024, 352], "best_fit"))
+  narrow = wide[:, :] % [200, 80] + 1  # 200 x 80 sizes: within the table, packed pair-fit
+  assert not np.array_equal(packing.assign_rows(narrow, [1024, 352], "pair_fit"),
+                            packing.assign_rows(narrow, [1024, 352], "best_fit"))
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_pair_fit_rows_hold_every_example_within_the_lengths(seed):
   """About three examples a row (a CQA paired row's shape): pair-fit fills them fuller."""
