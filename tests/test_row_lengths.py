@@ -264,14 +264,16 @@ def test_compiled_step_per_real_token_of_the_configured_data(annotated):
 
 def test_window_packing_fills_short_rows_of_real_cqa_better(annotated):
   """CQA's paired training rows (the `annotated` records and vocabulary) at 336/112, over
-  one pass: SeqIO's next-fit leaves about a fifth of each row empty, best-fit much less,
-  pair-fit less still."""
+  one pass of a quarter of the split: SeqIO's next-fit leaves about a fifth of each row
+  empty, best-fit much less, pair-fit less still."""
   import tasks  # pylint: disable=import-outside-toplevel,unused-import  (registers them)
   cfg = DataConfig(mixture_or_task="sbs_cqa_distill_llm_paired", batch_size=8,
-                   task_feature_lengths={"inputs": 336, "targets": 112})
+                   task_feature_lengths={"inputs": 336, "targets": 112},
+                   train_split="train_25")
   next_fit = train_data.real_tokens(cfg, rows=None)  # one pass
   best_fit = train_data.real_tokens(dataclasses.replace(cfg, packing="best_fit"), rows=None)
   assert best_fit["fill"] > next_fit["fill"] + 0.06, (next_fit, best_fit)
   pair_fit = train_data.real_tokens(dataclasses.replace(cfg, packing="pair_fit"), rows=None)
-  # One pass here: 81.3%, 87.4% and 89.9% real (2026-12-08).
-  assert pair_fit["fill"] > best_fit["fill"] + 0.015, (best_fit, pair_fit)
+  # One pass of train_25 here: 81.9%, 88.3% and 89.7% real; of the whole split (three
+  # times the test's time) 81.3%, 87.4% and 89.9% (2026-12-08).
+  assert pair_fit["fill"] > best_fit["fill"] + 0.01, (best_fit, pair_fit)

@@ -56,6 +56,8 @@ def register_token_task(name: str, examples) -> None:
                  for ex in examples), output_signature=sig)
   seqio.TaskRegistry.remove(name)
   vocab = seqio.PassThroughVocabulary(128)
-  seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
+  # Counted, as our annotation sources are: pair_fit's shuffle buffer is the split's size.
+  seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(
+      dataset_fn, splits=["train"], num_input_examples={"train": len(examples)}),
                          output_features={k: seqio.Feature(vocab, add_eos=False)
                                           for k in ("inputs", "targets")})
