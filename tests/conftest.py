@@ -105,21 +105,22 @@ def gcs():
 
 
 # Seconds each of the slowest files took in the whole suite on 2 cores (pytest --durations,
-# 2026-12-07, summed per file). `--dist loadfile` hands out whole files; started longest
-# first, the two workers end close together instead of one of them running a five-minute
-# file alone at the end (xdist's own order, by number of tests, puts one-test files last).
-# A file not listed runs after these, in collection order. Refresh after a large change.
+# 2026-12-08, summed per file; test_row_lengths less what 7f3e932 cut). `--dist loadfile`
+# hands out whole files; started longest first, the two workers end close together instead
+# of one of them running a five-minute file alone at the end (xdist's own order, by number
+# of tests, puts one-test files last). A file not listed runs after these, in collection
+# order. Refresh after a large change.
 FILE_SECONDS = {
-    "test_effect.py": 381, "test_gcs_workflow.py": 204, "test_t5x_workflow.py": 176,
-    "test_multihost.py": 157, "test_tasks.py": 138, "test_t5x_public_layout.py": 128,
-    "test_train_loop.py": 120, "test_rank_classification.py": 84, "test_hf_workflow.py": 83,
-    "test_train_hardening.py": 73, "test_tpu_compile.py": 73, "test_bench.py": 72,
-    "test_train_run_dir.py": 67, "test_sharded_train.py": 67, "test_controlled_grid.py": 64,
-    "test_demo.py": 58, "test_row_lengths.py": 55, "test_remat.py": 50, "test_sweep.py": 50,
-    "test_length_check.py": 43, "test_custom_dataset.py": 42, "test_gin_configs.py": 41,
-    "test_annotate_openai.py": 41, "test_predict.py": 35, "test_storage_errors.py": 35,
-    "test_train_loss.py": 35, "test_plan.py": 33, "test_predict_multihost.py": 26,
-    "test_network.py": 26, "test_t5x_compare.py": 22,
+    "test_effect.py": 444, "test_gcs_workflow.py": 229, "test_multihost.py": 215,
+    "test_t5x_workflow.py": 192, "test_tasks.py": 149, "test_tpu_compile.py": 111,
+    "test_t5x_public_layout.py": 109, "test_train_run_dir.py": 103,
+    "test_train_loop.py": 98, "test_rank_classification.py": 97, "test_hf_workflow.py": 96,
+    "test_train_hardening.py": 80, "test_bench.py": 76, "test_sharded_train.py": 70,
+    "test_row_lengths.py": 69, "test_controlled_grid.py": 68, "test_demo.py": 56,
+    "test_sweep.py": 55, "test_plan.py": 47, "test_remat.py": 41,
+    "test_storage_errors.py": 40, "test_annotate_openai.py": 40,
+    "test_length_check.py": 39, "test_custom_dataset.py": 38, "test_train_loss.py": 34,
+    "test_gin_configs.py": 33, "test_predict.py": 33, "test_report.py": 29,
 }
 
 
