@@ -124,11 +124,12 @@ def test_pair_fit_fills_each_row_with_the_pair_that_fills_it_most():
   sizes = np.array([[6, 2], [2, 6], [2, 3], [4, 1], [1, 4]])
   np.testing.assert_array_equal(packing.assign_rows(sizes, [10, 10], "pair_fit"),
                                 [0, 1, 0, 1, 0])
-  # One example of a size cannot pair with itself; two can.
+  # Room 4 after the 6: two examples of 2 fill it. With one example of 2, 2 + 2 (which
+  # would take it twice) is no pair: the 4 fills the room, and the 2 and the 1 go on.
   np.testing.assert_array_equal(packing.assign_rows(np.array([[6], [2], [2]]), [10],
                                                     "pair_fit"), [0, 0, 0])
-  np.testing.assert_array_equal(packing.assign_rows(np.array([[6], [2], [3]]), [8],
-                                                    "pair_fit"), [0, 0, 1])
+  np.testing.assert_array_equal(packing.assign_rows(np.array([[6], [2], [1], [4]]), [10],
+                                                    "pair_fit"), [0, 1, 1, 0])
   with pytest.raises(ValueError, match="best_fit, pair_fit"):
     packing.assign_rows(sizes, [10, 10], "pairfit")
 
@@ -139,7 +140,7 @@ def test_pair_fit_packs_a_window_of_too_many_distinct_sizes_best_fit():
   assert len(np.unique(wide[:, 0])) * len(np.unique(wide[:, 1])) > packing.PAIR_FIT_CELLS
   np.testing.assert_array_equal(packing.assign_rows(wide, [1024, 352], "pair_fit"),
                                 packing.assign_rows(wide, [1024, 352], "best_fit"))
-  narrow = wide[:, :] % [200, 80] + 1  # 200 x 80 sizes: within the table, packed pair-fit
+  narrow = wide % [200, 80] + 1  # 200 x 80 sizes: within the table, packed pair-fit
   assert not np.array_equal(packing.assign_rows(narrow, [1024, 352], "pair_fit"),
                             packing.assign_rows(narrow, [1024, 352], "best_fit"))
 

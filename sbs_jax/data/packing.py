@@ -17,10 +17,10 @@ the sum of its features' shares of their row lengths.
   does), which SeqIO's shuffle buffer of 1,000 examples keeps: pair_fit first passes the
   stream through a shuffle buffer (seeded) as large as the split, at most `PAIR_FIT_SHUFFLE`
   examples. The buffer fills before the first row, so a run's first batch waits for the
-  split to be tokenized once (CQA: about 5 s), and an example may move by up to the buffer's
+  split to be tokenized once (CQA: about 4 s), and an example may move by up to the buffer's
   size, also across the boundary of two passes over the split. Rows of two to
   four examples come out fuller than best-fit makes them: CQA's paired training examples
-  in rows of 288/104, over one pass of the trainer's stream, 96.8% real tokens against
+  in rows of 288/104, over one pass of the trainer's stream, 96.6% real tokens against
   87.1% (docs/scale.md, "Pair-fit packing").
 
 Rows come out in the stream order of the example that opened each of them, and the examples
@@ -46,20 +46,18 @@ WINDOWED = ("best_fit", "pair_fit")  # the rules of this module, over windows of
 # pair_fit's largest shuffle buffer, in examples (a whole split of CQA, SVAMP or ANLI round
 # 1). Part of the rule: a run pins "pair_fit" (run.json), so a new size needs a new rule name.
 PAIR_FIT_SHUFFLE = 16384
-
-
 # A window whose examples come in more distinct (inputs, targets) sizes than this is packed
 # best-fit: pair-fit's table would cost more than it fills. Sizes that spread so widely
 # make rows of one or two examples, where the two rules fill alike (4,096 examples of
 # uniform sizes in rows of 1024/352: best-fit 92.8% real, pair-fit 92.6%, at 88,000 and
 # 1,000 examples a second).
 PAIR_FIT_CELLS = 1 << 15
+_SUFFIXES = ("", "_segment_ids", "_positions")
 
 
 def pair_fit_shuffle(examples: int) -> int:
   """pair_fit's shuffle buffer for a stream of `examples` per pass (module doc)."""
   return max(1, min(PAIR_FIT_SHUFFLE, int(examples)))
-_SUFFIXES = ("", "_segment_ids", "_positions")
 
 
 def assign_rows(sizes: np.ndarray, capacity, rule: str = "best_fit") -> np.ndarray:
@@ -78,8 +76,8 @@ def assign_rows(sizes: np.ndarray, capacity, rule: str = "best_fit") -> np.ndarr
   capacity, sizes = columns[0], columns[1:]
   count = len(sizes)
   score = sizes @ (np.prod(capacity) // capacity)
-  cells = math.prod(len(np.unique(column)) for column in sizes.T)
-  if rule == "pair_fit" and cells <= PAIR_FIT_CELLS:
+  if rule == "pair_fit" and math.prod(
+      len(np.unique(column)) for column in sizes.T) <= PAIR_FIT_CELLS:
     row, opener = _pair_fit(sizes, capacity, score)
     rank = np.empty(len(opener), np.int64)
     rank[np.argsort(opener)] = np.arange(len(opener))
@@ -128,8 +126,7 @@ def _pair_fit(sizes: np.ndarray, capacity: np.ndarray, score: np.ndarray
   if sizes.shape[1] != 2:
     raise ValueError(f"pair_fit packs rows of one or two distinct features; these have "
                      f"{sizes.shape[1]} (lengths {capacity.tolist()}): use best_fit")
-  values = [np.unique(sizes[:, k], return_inverse=True) for k in range(2)]
-  (v_in, c_in), (v_tg, c_tg) = values
+  (v_in, c_in), (v_tg, c_tg) = (np.unique(sizes[:, k], return_inverse=True) for k in range(2))
   width = len(v_tg)
   cells = len(v_in) * width
   cell = c_in.reshape(-1) * width + c_tg.reshape(-1)
@@ -138,6 +135,7 @@ def _pair_fit(sizes: np.ndarray, capacity: np.ndarray, score: np.ndarray
   cell_score[cell] = score
   cell_in, cell_tg = v_in[np.arange(cells) // width], v_tg[np.arange(cells) % width]
   shift = max(int(cells).bit_length(), 1)
+  mask = (1 << shift) - 1
   keys = (cell_score << shift) | np.arange(cells)  # the larger cell, ties: the higher number
   waiting = [[] for _ in range(cells)]  # each cell's examples left, latest first
   for i in np.argsort(cell, kind="stable")[::-1].tolist():
@@ -154,8 +152,7 @@ def _pair_fit(sizes: np.ndarray, capacity: np.ndarray, score: np.ndarray
   def lookup(best, room_in, room_tg):
     a = np.searchsorted(v_in, room_in, side="right") - 1
     b = np.searchsorted(v_tg, room_tg, side="right") - 1
-    found = np.where((a >= 0) & (b >= 0), best[np.maximum(a, 0), np.maximum(b, 0)], -1)
-    return found
+    return np.where((a >= 0) & (b >= 0), best[np.maximum(a, 0), np.maximum(b, 0)], -1)
 
   def take(c: int) -> tuple[int, int]:
     left[c] -= 1
@@ -176,7 +173,6 @@ def _pair_fit(sizes: np.ndarray, capacity: np.ndarray, score: np.ndarray
         break
       best = table()
       partner = lookup(best, room_in - cell_in[alive], room_tg - cell_tg[alive])
-      mask = (1 << shift) - 1
       value = cell_score[alive] + np.where(partner >= 0, partner >> shift, 0)
       # A cell's best partner may be the cell itself with one example left: look again
       # without it, for those that could still beat the best pair found.
@@ -207,8 +203,9 @@ def count_rows(sizes: np.ndarray, capacity, window: int, rule: str = "best_fit")
 
 def pack_window(sizes: np.ndarray, *values: np.ndarray, capacity,
                 rule: str = "best_fit") -> list[np.ndarray]:
-  """One window's rows by `rule`: for each feature (values [n, capacity of the feature], its first
-  `sizes[:, k]` tokens real), the packed tokens, segment ids and positions, [rows, length]."""
+  """One window's rows by `rule`: for each feature (values [n, capacity of the feature],
+  its first `sizes[:, k]` tokens real), the packed tokens, segment ids and positions,
+  [rows, length]."""
   sizes = np.asarray(sizes, np.int64)
   count = len(sizes)
   if not count:

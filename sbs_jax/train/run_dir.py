@@ -72,8 +72,8 @@ def identity(cfg, model_config, label_task: str, vocabulary_file: str, extra_ids
 
 def packing_identity(pack: bool, packing: str | None, window: int | None) -> dict:
   """How rows were packed, as run.json records it: the rule (None unpacked) and, for
-  best_fit and pair_fit, its window. run.json written before `DataConfig.packing` existed has neither
-  field: those runs packed next_fit (`packing=None` reads them so)."""
+  best_fit and pair_fit, its window. run.json written before `DataConfig.packing` existed
+  has neither field: those runs packed next_fit (`packing=None` reads them so)."""
   if not pack:
     return {"packing": None, "packing_window": None}
   packing = packing or "next_fit"
